@@ -1,0 +1,46 @@
+"""lwdna_plugin: dissimilate timm (and mmengine) models into layer-wise different widths (LW-DNA).
+
+The pipeline, one module per stage: adapter -> widen -> score -> budget -> shrink -> export.
+"""
+
+__version__ = "0.1.0.dev0"
+
+from .adapter import ZOOS, Recipe
+from .api import Result, dissimilate, parse_flops
+from .budget import Floors, plan_widths
+from .data import load_batches
+from .export import build, load_spec, register_timm
+from .flops import FLOP_CONVENTION, FlopModel, count_flops, count_params
+from .graph import ChannelGroup, GroupGraph
+from .grow import GROWERS, BaseGrowFunc
+from .report import Report
+from .resize import resize
+from .score import CRITERIA, score_channels
+from .widen import widen
+
+__all__ = [
+    "CRITERIA",
+    "FLOP_CONVENTION",
+    "GROWERS",
+    "ZOOS",
+    "BaseGrowFunc",
+    "ChannelGroup",
+    "Floors",
+    "FlopModel",
+    "GroupGraph",
+    "Recipe",
+    "Report",
+    "Result",
+    "build",
+    "count_flops",
+    "count_params",
+    "dissimilate",
+    "load_batches",
+    "load_spec",
+    "parse_flops",
+    "plan_widths",
+    "register_timm",
+    "resize",
+    "score_channels",
+    "widen",
+]

@@ -1,0 +1,236 @@
+"""`dissimilate`: the whole pipeline in one call, adapter -> widen -> score -> budget -> shrink -> export."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .adapter import Batch, classification_loss, model_device, resolve_model
+from .budget import Floors, Plan, plan_widths
+from .export import SCHEMA, dump_spec, tensor_shapes, versions
+from .flops import FLOP_CONVENTION, FlopModel, count_flops, count_params
+from .graph import GroupGraph
+from .initialise import initialise
+from .report import Report, layer_rows
+from .score import Criterion, score_channels
+from .shrink import shrink
+from .widen import widen
+
+_SI = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+# fvcore can exceed the analytic model (pooling and other width-dependent ops it treats as
+# constant); each round re-plans against a target corrected by the measured ratio.
+_MAX_ROUNDS = 4
+
+
+@dataclass
+class Result:
+    """What `dissimilate` returns: the LW-DNA model, its JSON spec and a report."""
+
+    model: nn.Module
+    spec: dict[str, Any]
+    report: Report
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write spec.json, report.md and channels.png into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        dump_spec(self.spec, directory / "spec.json")
+        (directory / "report.md").write_text(self.report.to_markdown())
+        self.report.plot(directory / "channels.png")
+        return directory
+
+
+def parse_flops(flops: float | str, original: int) -> int:
+    """A FLOP target: a fraction of the original (`0.9`) or an absolute count (`"350M"`, `3.5e8`)."""
+    if isinstance(flops, str):
+        text = flops.strip().upper()
+        scale = _SI.get(text[-1:], 1.0)
+        try:
+            value = float(text[:-1] if text[-1:] in _SI else text)
+        except ValueError:
+            raise ValueError(f"flops={flops!r}: give a fraction such as 0.9 or a count such as '350M'") from None
+        return int(value * scale)
+    if flops <= 0:
+        raise ValueError(f"flops={flops}: must be positive")
+    return int(flops * original) if flops <= 10 else int(flops)
+
+
+def dissimilate(
+    model: str | nn.Module,
+    width: float = 2.0,
+    flops: float | str = 1.0,
+    data: Iterable[Batch] | None = None,
+    *,
+    batches: int = 2,
+    criterion: Criterion = "gate",
+    aggregate: str = "sum",
+    floors: Floors = Floors(),
+    round_to: int = 1,
+    seed: int = 0,
+    model_kwargs: dict[str, Any] | None = None,
+    loss_fn: Callable[[nn.Module, Batch], torch.Tensor] | None = None,
+    input_size: tuple[int, int, int] | None = None,
+    ignore: Iterable[str] = (),
+    progress: bool = False,
+) -> Result:
+    """Find a layer-wise dissimilated (LW-DNA) version of `model` at no more than `flops`.
+
+    Args:
+        model: a timm model name (built with `model_kwargs`, pretrained=False) or an nn.Module,
+            which is copied, never modified.
+        width: how much every channel group is widened before scoring (the paper uses 2).
+        flops: the target, as a fraction of the original model's FLOPs or an absolute count ("350M").
+        data: an iterable of (images, targets) batches; the first `batches` are used for scoring
+            and the input size is read from them.
+        criterion: 'gate' (gradient of a per-channel gate, the paper's), 'l1', 'bn', 'random', or a
+            torch-pruning `Importance` / callable mapping a torch-pruning group to channel scores.
+        aggregate: how coupled layers' gate scores combine: 'sum', 'mean' or 'norm'.
+        floors: minimum widths per group (fractions of the widened width, and an absolute count).
+        round_to: keep every width a multiple of this (8 suits most accelerators).
+        loss_fn: `loss_fn(model, batch) -> loss`; cross-entropy of the logits by default.
+        input_size: (C, H, W) when `data` is None (data-free criteria only).
+        ignore: layer names whose channel groups keep their width.
+        progress: show a progress bar over the stages.
+    """
+    stages = ["graph", "widen", "score", "search", "shrink", "verify"]
+    bar = tqdm(total=len(stages), desc="dissimilate", disable=not progress, leave=False)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def done(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = now - clock
+        clock = now
+        bar.set_postfix_str(stage)
+        bar.update()
+
+    torch.manual_seed(seed)
+    base, recipe = resolve_model(model, model_kwargs)
+    device = model_device(base)
+    batch_list = list(itertools.islice(iter(data), batches)) if data is not None else []
+    if data is not None and not batch_list:
+        raise ValueError("`data` yielded no batches: pass an iterable of (images, targets)")
+    if batch_list:
+        shape = tuple(batch_list[0][0].shape[1:])
+    elif input_size is not None:
+        shape = tuple(input_size)
+    else:
+        raise ValueError("pass `data` (batches of images, targets) or, for a data-free criterion, `input_size`")
+    example = torch.zeros(1, *shape, device=device)
+    create = recipe.create if recipe is not None else None
+
+    original_flops, original_params = count_flops(base, example), count_params(base)
+    target = parse_flops(flops, original_flops)
+    base_groups = GroupGraph(base, example, ignore).groups
+    fixed = {g.key: g.fixed for g in base_groups if g.fixed}
+    done("graph")
+
+    wide, widened = widen(base, example, width, round_to, create, ignore)
+    graph = GroupGraph(wide, example, ignore)
+    done("widen")
+
+    scores = score_channels(graph, criterion, batch_list, loss_fn or classification_loss, aggregate)
+    done("score")
+
+    flop_model = FlopModel(graph, example)
+    plan = plan_widths(graph, scores, flop_model, target, floors, round_to)
+    done("search")
+
+    search_seconds, planned = 0.0, target
+    for _ in range(_MAX_ROUNDS):
+        lw = copy.deepcopy(wide)
+        shrink(GroupGraph(lw, example, ignore), plan)
+        achieved = count_flops(lw, example)
+        if achieved <= target:
+            break
+        start = time.perf_counter()
+        planned *= target / achieved
+        plan = plan_widths(graph, scores, flop_model, planned, floors, round_to)
+        search_seconds += time.perf_counter() - start
+    else:
+        raise RuntimeError(
+            f"could not get under {target:,} FLOPs (last try {achieved:,}); please report this model"
+        )
+    timings["search"] += search_seconds
+    initialise(lw, create)
+    done("shrink")
+
+    lw.train(base.training)
+    report = Report(
+        model=recipe.name if recipe else type(base).__name__,
+        layers=layer_rows(base, wide, lw),
+        flops={
+            "original": original_flops,
+            "widened": flop_model.total,
+            "lwdna": achieved,
+            "target": target,
+        },
+        params={"original": original_params, "widened": count_params(wide), "lwdna": count_params(lw)},
+        convention=FLOP_CONVENTION,
+        fixed_groups=fixed,
+        notes=_notes(plan, target, achieved, criterion, aggregate, len(batch_list)),
+    )
+    settings = {
+        "width": width,
+        "criterion": criterion if isinstance(criterion, str) else "custom",
+        "aggregate": aggregate,
+        "batches": len(batch_list),
+        "batch_size": int(batch_list[0][0].shape[0]) if batch_list else 0,
+        "seed": seed,
+        "floors": {"rho": floors.rho, "tau": floors.tau, "min_channels": floors.min_channels},
+        "round_to": round_to,
+        "ignored": sorted(ignore),
+    }
+    groups = {
+        g.key: {"original": g.size, "widened": widened[g.key], "kept": plan.widths[g.key]}
+        for g in base_groups
+        if g.key in plan.widths
+    }
+    spec = _spec(recipe, shape, {"flops": target, "requested": flops}, report, settings, groups, lw)
+    done("verify")
+    bar.close()
+    return Result(lw, spec, report, timings)
+
+
+def _notes(plan: Plan, target: int, achieved: int, criterion: Criterion, aggregate: str, batches: int) -> list[str]:
+    name = criterion if isinstance(criterion, str) else getattr(criterion, "__name__", type(criterion).__name__)
+    notes = [
+        f"criterion: {name} (aggregate={aggregate}) on {batches} batch(es)",
+        f"achieved / target FLOPs: {achieved / target:.4f}",
+    ]
+    if plan.max_flops < target:
+        notes.append("the widened model is below the target: every channel was kept (raise `width` to use the budget)")
+    return notes
+
+
+def _spec(recipe, shape, target, report: Report, settings, groups, lw: nn.Module) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA,
+        "base": recipe.to_dict() if recipe else None,
+        "input_size": list(shape),
+        "target": target,
+        "achieved": {
+            "flops": report.flops["lwdna"],
+            "params": report.params["lwdna"],
+            "flops_ratio": round(report.flops["lwdna"] / report.flops["original"], 6),
+            "params_ratio": round(report.params["lwdna"] / report.params["original"], 6),
+        },
+        "original": {"flops": report.flops["original"], "params": report.params["original"]},
+        "flop_counter": FLOP_CONVENTION,
+        **settings,
+        "versions": versions(),
+        "groups": groups,
+        "fixed_groups": report.fixed_groups,
+        "shapes": tensor_shapes(lw),
+    }

@@ -1,0 +1,118 @@
+"""Budget: one global score threshold, per-group floors and rounding, at a FLOP target.
+
+The threshold is found by bisection against the analytic `FlopModel`; a greedy pass then
+adds the best-scored remaining channels that still fit, so the plan lands just under the
+target even when rounding makes the threshold coarse.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .flops import FlopModel
+from .graph import GroupGraph
+from .widen import step_of
+
+
+@dataclass(frozen=True)
+class Floors:
+    """Per-group minimum widths: `rho` (conv layers) and `tau` (classifier input) are fractions
+    of the widened width; `min_channels` is an absolute minimum."""
+
+    rho: float = 0.4
+    tau: float = 0.45
+    min_channels: int = 4
+
+
+@dataclass
+class Plan:
+    widths: dict[str, int]
+    keep: dict[str, list[int]]
+    predicted_flops: float
+    threshold: float
+    floor_flops: float
+    max_flops: float
+
+
+def plan_widths(
+    graph: GroupGraph,
+    scores: dict[str, torch.Tensor],
+    flop_model: FlopModel,
+    target: float,
+    floors: Floors = Floors(),
+    round_to: int = 1,
+    tolerance: float = 1e-3,
+) -> Plan:
+    """Widths and kept channels for every scored group, at or under `target` FLOPs."""
+    groups = [graph.group(k) for k in flop_model.keys]
+    free = [i for i, g in enumerate(groups) if g.key in scores]
+    steps = np.array([step_of(g, round_to) for g in groups])
+    sizes = flop_model.sizes.copy()
+    lows = sizes.copy()
+    ordered: dict[int, np.ndarray] = {}
+    for i in free:
+        g = groups[i]
+        fraction = floors.tau if g.classifier_input else floors.rho
+        low = max(math.ceil(fraction * g.size), floors.min_channels)
+        lows[i] = min(g.size, math.ceil(low / steps[i]) * steps[i])
+        ordered[i] = np.sort(scores[g.key].double().numpy())[::-1]
+
+    def widths_at(threshold: float) -> np.ndarray:
+        w = sizes.copy()
+        for i in free:
+            count = int(np.searchsorted(-ordered[i], -threshold, side="right"))
+            w[i] = min(sizes[i], max(lows[i], math.ceil(count / steps[i]) * steps[i]))
+        return w
+
+    floor_flops, max_flops = flop_model(lows), flop_model(sizes)
+    if floor_flops > target:
+        raise ValueError(
+            f"the FLOP target {target:,.0f} is below what the floors allow ({floor_flops:,.0f} FLOPs with "
+            f"rho={floors.rho}, tau={floors.tau}, min_channels={floors.min_channels}); "
+            "raise `flops` or lower the floors"
+        )
+    candidates = np.unique(np.concatenate([ordered[i] for i in free])) if free else np.array([0.0])
+    lo, hi = 0, len(candidates)  # invariant: candidates[hi] (or +inf) fits, candidates[lo - 1] does not
+    if max_flops <= target:
+        hi = 0
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if flop_model(widths_at(candidates[mid])) <= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    threshold = float(candidates[hi]) if hi < len(candidates) else math.inf
+    widths = widths_at(threshold)
+    flops = flop_model(widths)
+    while target - flops > tolerance * target:
+        best = None
+        for i in sorted(free, key=lambda j: -_next_score(ordered[j], widths[j])):
+            if widths[i] + steps[i] > sizes[i]:
+                continue
+            trial = widths.copy()
+            trial[i] += steps[i]
+            trial_flops = flop_model(trial)
+            if trial_flops <= target:
+                best = (trial, trial_flops)
+                break
+        if best is None:
+            break
+        widths, flops = best
+    keys = flop_model.keys
+    plan_widths = {keys[i]: int(widths[i]) for i in free}
+    keep = {k: _top(scores[k], w) for k, w in plan_widths.items()}
+    return Plan(plan_widths, keep, flops, threshold, floor_flops, max_flops)
+
+
+def _next_score(ordered: np.ndarray, width: float) -> float:
+    return float(ordered[int(width)]) if int(width) < len(ordered) else -math.inf
+
+
+def _top(score: torch.Tensor, k: int) -> list[int]:
+    """Indices of the k best channels; ties go to the lower index so plans are reproducible."""
+    order = sorted(range(len(score)), key=lambda i: (-float(score[i]), i))
+    return sorted(order[:k])

@@ -1,0 +1,129 @@
+"""FLOP counting with fvcore, and the analytic FLOP model the budget search runs against.
+
+Convention: fvcore's, where one "flop" is one multiply-accumulate of a conv or linear layer
+(norms and pooling add one per element). Every count this package reports is fvcore's total.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+from fvcore.nn import FlopCountAnalysis
+
+from .graph import GroupGraph
+
+FLOP_CONVENTION = "fvcore FlopCountAnalysis total; one flop = one multiply-accumulate (conv, linear)"
+
+
+def _analysis(model: nn.Module, inputs: torch.Tensor) -> FlopCountAnalysis:
+    # fvcore logs every op it has no formula for (activations, sums); they carry no MACs.
+    logging.getLogger("fvcore.nn.jit_analysis").setLevel(logging.ERROR)
+    was_training = model.training
+    model.eval()
+    analysis = FlopCountAnalysis(model, inputs)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    analysis.total()
+    model.train(was_training)
+    return analysis
+
+
+def count_flops(model: nn.Module, inputs: torch.Tensor) -> int:
+    """fvcore's total for one forward pass of `inputs` (use a batch of one)."""
+    with torch.no_grad():
+        return int(_analysis(model, inputs).total())
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass
+class _Dim:
+    """A layer dimension whose size is `fixed + sum(repeat * width[group])`."""
+
+    current: int
+    fixed: int
+    terms: list[tuple[int, int]]
+
+
+class FlopModel:
+    """FLOPs as a function of every group's width, fitted once to fvcore's per-layer counts.
+
+    A leaf layer's count scales with the product of its input and output widths (conv,
+    linear) or with its one width (norms, depthwise convs); the rest of the network is constant.
+    """
+
+    def __init__(self, graph: GroupGraph, inputs: torch.Tensor) -> None:
+        model = graph.model
+        with torch.no_grad():
+            analysis = _analysis(model, inputs)
+        per_module = analysis.by_module()
+        self.total = int(analysis.total())
+        self.keys = [g.key for g in graph.groups]
+        index = {k: i for i, k in enumerate(self.keys)}
+        self.sizes = np.array([g.size for g in graph.groups], dtype=np.float64)
+
+        dims: dict[tuple[str, str], _Dim] = {}
+        for g in graph.groups:
+            for m in g.members:
+                if m.optype == "parameter":
+                    continue
+                key = (m.name, m.dim)
+                if key not in dims:
+                    dims[key] = _Dim(_channels(graph, m.name, m.dim), 0, [])
+                dims[key].terms.append((index[g.key], m.repeat))
+        for d in dims.values():
+            d.fixed = d.current - sum(r * self.sizes[i] for i, r in d.terms)
+
+        names = sorted({name for name, _ in dims})
+        self._dim_keys = list(dims)
+        slot = {k: i for i, k in enumerate(self._dim_keys)}
+        self._matrix = np.zeros((len(dims), len(self.keys)))
+        self._fixed = np.array([d.fixed for d in dims.values()])
+        self._current = np.array([float(d.current) for d in dims.values()])
+        for i, d in enumerate(dims.values()):
+            for g, r in d.terms:
+                self._matrix[i, g] += r
+        counts, first, second = [], [], []
+        unit = len(dims)
+        for name in names:
+            flops = per_module.get(name, 0)
+            if not flops or not _is_leaf(model, name):
+                continue
+            tied = slot.get((name, "tied"))
+            pair = [tied] if tied is not None else [slot.get((name, "in")), slot.get((name, "out"))]
+            pair = [p for p in pair if p is not None]
+            counts.append(flops)
+            first.append(pair[0] if pair else unit)
+            second.append(pair[1] if len(pair) > 1 else unit)
+        self._counts = np.array(counts, dtype=np.float64)
+        self._first, self._second = np.array(first, dtype=int), np.array(second, dtype=int)
+        self.constant = self.total - self._counts.sum()
+
+    def __call__(self, widths: np.ndarray) -> float:
+        """Predicted fvcore total for per-group widths (in `self.keys` order)."""
+        ratio = np.append((self._fixed + self._matrix @ widths) / self._current, 1.0)
+        return float(self.constant + (self._counts * ratio[self._first] * ratio[self._second]).sum())
+
+
+def _is_leaf(model: nn.Module, name: str) -> bool:
+    return next(model.get_submodule(name).children(), None) is None
+
+
+def _channels(graph: GroupGraph, name: str, dim: str) -> int:
+    module = _lookup(graph.model, name)
+    if isinstance(module, nn.Parameter):
+        return module.shape[graph.dg.module2node[module].pruning_dim]
+    if dim == "in":
+        return graph.dg.get_in_channels(module)
+    return graph.dg.get_out_channels(module)
+
+
+def _lookup(model: nn.Module, name: str) -> nn.Module | nn.Parameter:
+    owner, _, attr = name.rpartition(".")
+    parent = model.get_submodule(owner)
+    return getattr(parent, attr) if attr in parent._parameters else model.get_submodule(name)

@@ -1,0 +1,253 @@
+"""Channel groups: torch-pruning's dependency graph, seen as the units LW-DNA resizes.
+
+A channel group is everything that must keep the same channel count: a conv's outputs and
+the norm, depthwise conv, residual sum, concatenation slice and consumer inputs coupled to
+them. torch-pruning finds the coupling; this module names each group after its root layer,
+records where every member holds the group's channels, and marks the groups that must keep
+their width (the model's output, irregular index mappings, layers with no grow function).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from torch_pruning import ops
+from torch_pruning.dependency import shape_infer
+
+from .grow import GROWERS
+
+# Ops whose only pruning job is bookkeeping that the graph re-derives from shapes.
+_PASS_THROUGH = {
+    ops.OPTYPE.ELEMENTWISE,
+    ops.OPTYPE.RESHAPE,
+    ops.OPTYPE.UNBIND,
+    ops.OPTYPE.EXPAND,
+}
+
+
+@dataclass
+class Member:
+    """Where one layer holds a group's channels: `dim` is 'out', 'in' or 'tied' (norms, depthwise)."""
+
+    name: str
+    dim: str
+    optype: str
+    positions: list[int]
+    root_idxs: list[int]
+    repeat: int
+
+
+@dataclass
+class ChannelGroup:
+    """A set of coupled channels that LW-DNA widens, scores and shrinks as one."""
+
+    key: str
+    size: int
+    members: list[Member] = field(default_factory=list)
+    divisor: int = 1
+    fixed: str | None = None
+    classifier_input: bool = False
+
+    @property
+    def prunable(self) -> bool:
+        return self.fixed is None
+
+
+class GroupGraph:
+    """torch-pruning's `DependencyGraph` of a model plus its channel groups, keyed by root layer name."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: torch.Tensor,
+        ignored: Iterable[str] = (),
+    ) -> None:
+        self.model = model
+        was_training = model.training
+        outputs: list[tuple[nn.Module, object, int]] = []
+        hooks = [
+            m.register_forward_hook(partial(_record_output, outputs))
+            for m in model.modules()
+            if m is not model and next(m.children(), None) is not None
+        ]
+        try:
+            with warnings.catch_warnings():
+                # torch-pruning warns about every parameter outside a known layer; we report those groups ourselves.
+                warnings.simplefilter("ignore")
+                self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+        finally:
+            for h in hooks:
+                h.remove()
+        model.train(was_training)
+        self.cached_widths = self._find_cached_widths(outputs)
+        self.ignored = set(ignored)
+        self._roots: dict[str, nn.Module] = {}
+        self.groups: list[ChannelGroup] = []
+        for tp_group in self.dg.get_all_groups(root_module_types=(ops.TORCH_CONV, ops.TORCH_LINEAR)):
+            root = tp_group[0].dep.target.module
+            key = self.dg._module2name[root]
+            self._roots[key] = root
+            self.groups.append(self._describe(key, tp_group))
+
+    def name_of(self, module: nn.Module | nn.Parameter) -> str:
+        return self.dg._module2name[module]
+
+    def group(self, key: str) -> ChannelGroup:
+        for g in self.groups:
+            if g.key == key:
+                return g
+        raise KeyError(f"no channel group rooted at layer {key!r}; known roots: {[g.key for g in self.groups][:8]}...")
+
+    def root(self, key: str) -> nn.Module:
+        return self._roots[key]
+
+    def tp_group(self, key: str, idxs: Sequence[int] | None = None) -> tp.dependency.Group:
+        """The torch-pruning group of `key` for `idxs` (all current channels by default)."""
+        root = self._roots[key]
+        pruner = self.dg.get_pruner_of_module(root)
+        if idxs is None:
+            idxs = range(pruner.get_out_channels(root))
+        return self.dg.get_pruning_group(root, pruner.prune_out_channels, list(idxs))
+
+    def refresh(self, key: str) -> tuple[ChannelGroup, tp.dependency.Group]:
+        """Re-describe one group after layers changed size (positions shift in concatenations)."""
+        tp_group = self.tp_group(key)
+        fresh = self._describe(key, tp_group)
+        self.groups[[g.key for g in self.groups].index(key)] = fresh
+        return fresh, tp_group
+
+    def _find_cached_widths(self, outputs: list[tuple[nn.Module, object, int]]) -> list[tuple[nn.Module, str, object]]:
+        """Integer attributes of a block that equal the width of the concatenation it returns.
+
+        Such an attribute bounds a slice of that concatenation (GhostNet's `out[:, :self.out_chs]`;
+        autograd drops a slice that keeps everything, so the graph shows the concatenation). A
+        block that returns a layer's output keeps its width in the layer, so it is not searched.
+        """
+        nodes = {node.grad_fn: node for node in self.dg.module2node.values() if node.grad_fn is not None}
+        found = []
+        for module, grad_fn, channels in outputs:
+            node = nodes.get(grad_fn)
+            # A full slice reaches autograd as an alias, which the graph keeps as an element-wise op.
+            while node is not None and node.type == ops.OPTYPE.ELEMENTWISE and len(node.inputs) == 1:
+                node = node.inputs[0]
+            if node is None or node.type not in (ops.OPTYPE.CONCAT, ops.OPTYPE.SLICE):
+                continue
+            for attr, value in vars(module).items():
+                if type(value) is int and value == channels and value > 1:
+                    found.append((module, attr, node))
+        return found
+
+    def sync_cached_widths(self) -> list[str]:
+        """After a resize, set each cached width attribute to its block's new output width."""
+        changed = []
+        for module, attr, node in self.cached_widths:
+            width = shape_infer.infer_out_channels_recursively(self.dg, node, [0])
+            if width is not None and width != getattr(module, attr):
+                setattr(module, attr, width)
+                changed.append(f"{self.dg._module2name.get(module, type(module).__name__)}.{attr}")
+        return changed
+
+    def _describe(self, key: str, tp_group: tp.dependency.Group) -> ChannelGroup:
+        size = len(tp_group[0].idxs)
+        group = ChannelGroup(key=key, size=size)
+        divisors, reasons = [1], []
+        for item in tp_group:
+            node, handler = item.dep.target, item.dep.handler
+            optype = node.type
+            if optype == ops.OPTYPE.OUTPUT:
+                reasons.append("feeds the model output")
+                continue
+            if optype in _PASS_THROUGH:
+                continue
+            module = node.module
+            names = self.dg._param_to_name if optype == ops.OPTYPE.PARAMETER else self.dg._module2name
+            name = names.get(module)
+            pruner = self.dg.get_pruner_of_module(module)
+            tied = pruner.prune_in_channels == pruner.prune_out_channels
+            dim = "tied" if tied else ("out" if self.dg.is_out_channel_pruning_fn(handler) else "in")
+            if dim != "in" and not node.outputs and optype != ops.OPTYPE.PARAMETER:
+                reasons.append(f"{name} produces the model output")
+            repeat, reason = _layout(list(item.idxs), list(item.root_idxs), size)
+            if reason:
+                reasons.append(f"irregular channel mapping at {name or node.name}: {reason}")
+            if optype not in GROWERS:
+                reasons.append(f"no grow function for {type(module).__name__} ({name or node.name})")
+            if name in self.ignored:
+                reasons.append(f"layer {name} is ignored")
+            if name is None:
+                continue
+            if isinstance(module, ops.TORCH_LINEAR) and dim == "in" and _is_classifier(self.dg, node):
+                group.classifier_input = True
+            if optype == ops.OPTYPE.CONV:
+                divisors.append(module.groups)
+            elif optype == ops.OPTYPE.GN:
+                divisors.append(module.num_groups)
+            group.members.append(Member(name, dim, optype.name.lower(), list(item.idxs), list(item.root_idxs), repeat))
+        group.divisor = math.lcm(*divisors)
+        if size % group.divisor:
+            reasons.append(f"{size} channels are not divisible by the layer groups ({group.divisor})")
+        group.fixed = reasons[0] if reasons else None
+        return group
+
+
+def _record_output(records: list, module: nn.Module, inputs: object, output: object) -> None:
+    if isinstance(output, torch.Tensor) and output.grad_fn is not None and output.dim() in (3, 4):
+        records.append((module, output.grad_fn, output.shape[1] if output.dim() == 4 else output.shape[-1]))
+
+
+def _layout(positions: list[int], root_idxs: list[int], size: int) -> tuple[int, str | None]:
+    """How many positions each root channel occupies; a reason when the block cannot grow in place.
+
+    Two layouts grow in place: 'block' (each channel's positions adjacent, as after a flatten)
+    and 'cyclic' (the group repeated back to back, as when one tensor is concatenated with a
+    depthwise copy of itself).
+    """
+    if not positions:
+        return 1, "no channels mapped"
+    if len(positions) % size:
+        return 1, f"{len(positions)} positions for {size} channels"
+    repeat = len(positions) // size
+    order = sorted(range(len(positions)), key=positions.__getitem__)
+    pos = [positions[i] for i in order]
+    if pos != list(range(pos[0], pos[0] + len(pos))):
+        return repeat, "positions are not one contiguous block"
+    roots = [root_idxs[i] for i in order]
+    blocks = all(len(set(roots[k * repeat:(k + 1) * repeat])) == 1 for k in range(size))
+    cycles = all(len(set(roots[k * size:(k + 1) * size])) == size for k in range(repeat))
+    if len(set(roots)) != size or not (blocks or cycles):
+        return repeat, "channels map unevenly"
+    return repeat, None
+
+
+def growth_slots(positions: list[int], root_idxs: list[int], size: int, n: int) -> list[tuple[int, int]]:
+    """(insert-before position, count) pairs that add `n` channels to a member, last slot first."""
+    repeat = len(positions) // size
+    start = min(positions)
+    order = sorted(range(len(positions)), key=positions.__getitem__)
+    if repeat == 1 or len({root_idxs[i] for i in order[:repeat]}) == 1:
+        return [(start + len(positions), n * repeat)]
+    return [(start + (k + 1) * size, n) for k in reversed(range(repeat))]
+
+
+def _is_classifier(dg: tp.DependencyGraph, node: tp.dependency.Node) -> bool:
+    """True if this linear layer's output reaches the model output through shape-preserving ops only."""
+    stack, seen = list(node.outputs), set()
+    if not stack:
+        return True
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.type == ops.OPTYPE.OUTPUT:
+            return True
+        if n.type in _PASS_THROUGH:
+            stack.extend(n.outputs)
+    return False

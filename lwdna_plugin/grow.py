@@ -1,0 +1,210 @@
+"""The grow side torch-pruning lacks: insert channels into a layer, one function per layer type.
+
+Mirrors `torch_pruning.pruner.function`: a table keyed by `torch_pruning.ops.OPTYPE`, each entry
+with `grow_out_channels(layer, at, n)` and `grow_in_channels(layer, at, n)` that insert `n`
+channels before position `at` and keep the layer's attributes consistent. New entries are
+zero; the caller re-initialises the whole model the way its zoo does. Graph ops (concat,
+split, slice) update the sizes torch-pruning caches so its index mappings stay right.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch_pruning import ops
+
+
+def _insert(tensor: torch.Tensor, dim: int, at: int, n: int, fill: float = 0.0) -> torch.Tensor:
+    dim = dim % tensor.dim()
+    shape = list(tensor.shape)
+    shape[dim] = n
+    new = torch.full(shape, fill, dtype=tensor.dtype, device=tensor.device)
+    head, tail = tensor.narrow(dim, 0, at), tensor.narrow(dim, at, tensor.shape[dim] - at)
+    return torch.cat([head, new, tail], dim=dim)
+
+
+def _grow_param(layer: nn.Module, attr: str, dim: int, at: int, n: int, fill: float = 0.0) -> None:
+    value = getattr(layer, attr)
+    if value is None:
+        return
+    grown = _insert(value.data, dim, at, n, fill)
+    if isinstance(value, nn.Parameter):
+        setattr(layer, attr, nn.Parameter(grown, requires_grad=value.requires_grad))
+    else:
+        setattr(layer, attr, grown)
+
+
+class BaseGrowFunc:
+    """Grow functions for one layer type; `grow_in_channels = grow_out_channels` for tied layers."""
+
+    def grow_out_channels(self, layer: nn.Module, at: int, n: int) -> nn.Module:
+        raise NotImplementedError
+
+    def grow_in_channels(self, layer: nn.Module, at: int, n: int) -> nn.Module:
+        raise NotImplementedError
+
+
+class ConvGrower(BaseGrowFunc):
+    def grow_out_channels(self, layer: nn.Module, at: int, n: int) -> nn.Module:
+        _grow_param(layer, "weight", 1 if layer.transposed else 0, at, n)
+        _grow_param(layer, "bias", 0, at, n)
+        layer.out_channels += n
+        return layer
+
+    def grow_in_channels(self, layer: nn.Module, at: int, n: int) -> nn.Module:
+        # A grouped conv stores in_channels/groups per filter; callers keep n divisible by groups.
+        per_group = layer.in_channels // layer.groups
+        _grow_param(layer, "weight", 0 if layer.transposed else 1, per_group, n // layer.groups)
+        layer.in_channels += n
+        return layer
+
+
+class DepthwiseConvGrower(BaseGrowFunc):
+    def grow_out_channels(self, layer: nn.Module, at: int, n: int) -> nn.Module:
+        _grow_param(layer, "weight", 0, at, n)
+        _grow_param(layer, "bias", 0, at, n)
+        layer.out_channels += n
+        layer.in_channels += n
+        layer.groups += n
+        return layer
+
+    grow_in_channels = grow_out_channels
+
+
+class LinearGrower(BaseGrowFunc):
+    def grow_out_channels(self, layer: nn.Module, at: int, n: int) -> nn.Module:
+        _grow_param(layer, "weight", 0, at, n)
+        _grow_param(layer, "bias", 0, at, n)
+        layer.out_features += n
+        return layer
+
+    def grow_in_channels(self, layer: nn.Module, at: int, n: int) -> nn.Module:
+        _grow_param(layer, "weight", 1, at, n)
+        layer.in_features += n
+        return layer
+
+
+class BatchNormGrower(BaseGrowFunc):
+    def grow_out_channels(self, layer: nn.Module, at: int, n: int) -> nn.Module:
+        _grow_param(layer, "weight", 0, at, n, 1.0)
+        _grow_param(layer, "bias", 0, at, n)
+        _grow_param(layer, "running_mean", 0, at, n)
+        _grow_param(layer, "running_var", 0, at, n, 1.0)
+        layer.num_features += n
+        return layer
+
+    grow_in_channels = grow_out_channels
+
+
+class LayerNormGrower(BaseGrowFunc):
+    def grow_out_channels(self, layer: nn.Module, at: int, n: int) -> nn.Module:
+        _grow_param(layer, "weight", -1, at, n, 1.0)
+        _grow_param(layer, "bias", -1, at, n)
+        shape = tuple(layer.normalized_shape)
+        layer.normalized_shape = shape[:-1] + (shape[-1] + n,)
+        return layer
+
+    grow_in_channels = grow_out_channels
+
+
+class GroupNormGrower(BaseGrowFunc):
+    def grow_out_channels(self, layer: nn.Module, at: int, n: int) -> nn.Module:
+        _grow_param(layer, "weight", 0, at, n, 1.0)
+        _grow_param(layer, "bias", 0, at, n)
+        layer.num_channels += n
+        return layer
+
+    grow_in_channels = grow_out_channels
+
+
+class PReLUGrower(BaseGrowFunc):
+    def grow_out_channels(self, layer: nn.Module, at: int, n: int) -> nn.Module:
+        if layer.num_parameters > 1:
+            _grow_param(layer, "weight", 0, at, n, 0.25)
+            layer.num_parameters += n
+        return layer
+
+    grow_in_channels = grow_out_channels
+
+
+class EmbeddingGrower(BaseGrowFunc):
+    def grow_out_channels(self, layer: nn.Module, at: int, n: int) -> nn.Module:
+        _grow_param(layer, "weight", 1, at, n)
+        layer.embedding_dim += n
+        return layer
+
+    grow_in_channels = grow_out_channels
+
+
+class ParameterGrower(BaseGrowFunc):
+    """A bare `nn.Parameter` (class token, position embedding, layer scale): returns the new one."""
+
+    def __init__(self, dim: int = -1) -> None:
+        self.dim = dim
+
+    def grow_out_channels(self, layer: nn.Parameter, at: int, n: int) -> nn.Parameter:
+        return nn.Parameter(_insert(layer.data, self.dim, at, n), requires_grad=layer.requires_grad)
+
+    grow_in_channels = grow_out_channels
+
+
+def _grow_sizes(sizes: list[int], at: int, n: int) -> None:
+    """Add `n` to the segment that ends at or contains position `at - 1`."""
+    offset = 0
+    for i, s in enumerate(sizes):
+        if offset <= at - 1 < offset + s:
+            sizes[i] += n
+            return
+        offset += s
+    sizes[-1] += n
+
+
+class ConcatGrower(BaseGrowFunc):
+    def grow_out_channels(self, layer: nn.Module, at: int, n: int) -> nn.Module:
+        if layer.concat_sizes is not None:
+            _grow_sizes(layer.concat_sizes, at, n)
+        return layer
+
+    grow_in_channels = grow_out_channels
+
+
+class SplitGrower(BaseGrowFunc):
+    def grow_out_channels(self, layer: nn.Module, at: int, n: int) -> nn.Module:
+        if layer.split_sizes is not None:
+            _grow_sizes(layer.split_sizes, at, n)
+            offsets = [0]
+            for s in layer.split_sizes:
+                offsets.append(offsets[-1] + s)
+            layer.offsets = offsets
+        return layer
+
+    grow_in_channels = grow_out_channels
+
+
+class NoOpGrower(BaseGrowFunc):
+    """Ops that carry channels through unchanged (sums, reshapes) or are re-derived by the graph."""
+
+    def grow_out_channels(self, layer: nn.Module, at: int, n: int) -> nn.Module:
+        return layer
+
+    grow_in_channels = grow_out_channels
+
+
+GROWERS: dict[ops.OPTYPE, BaseGrowFunc] = {
+    ops.OPTYPE.CONV: ConvGrower(),
+    ops.OPTYPE.DEPTHWISE_CONV: DepthwiseConvGrower(),
+    ops.OPTYPE.LINEAR: LinearGrower(),
+    ops.OPTYPE.BN: BatchNormGrower(),
+    ops.OPTYPE.IN: BatchNormGrower(),
+    ops.OPTYPE.LN: LayerNormGrower(),
+    ops.OPTYPE.GN: GroupNormGrower(),
+    ops.OPTYPE.PRELU: PReLUGrower(),
+    ops.OPTYPE.EMBED: EmbeddingGrower(),
+    ops.OPTYPE.PARAMETER: ParameterGrower(),
+    ops.OPTYPE.CONCAT: ConcatGrower(),
+    ops.OPTYPE.SPLIT: SplitGrower(),
+    ops.OPTYPE.ELEMENTWISE: NoOpGrower(),
+    ops.OPTYPE.RESHAPE: NoOpGrower(),
+    ops.OPTYPE.UNBIND: NoOpGrower(),
+    ops.OPTYPE.EXPAND: NoOpGrower(),
+}

@@ -1,0 +1,109 @@
+"""The human side of a result: per-layer channel table, totals, and the per-layer width plot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch.nn as nn
+from torch_pruning import ops
+
+
+@dataclass
+class LayerRow:
+    name: str
+    original: int
+    widened: int
+    kept: int
+
+    @property
+    def ratio(self) -> float:
+        return self.kept / self.original
+
+
+@dataclass
+class Report:
+    """Per layer: original / widened / kept output channels; FLOPs and params (fvcore) before and after."""
+
+    model: str
+    layers: list[LayerRow]
+    flops: dict[str, int]
+    params: dict[str, int]
+    convention: str
+    fixed_groups: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_markdown(self) -> str:
+        f, p = self.flops, self.params
+        lines = [
+            f"# LW-DNA report: {self.model}",
+            "",
+            f"FLOPs counted by {self.convention}.",
+            "",
+            "| | original | widened | LW-DNA | LW-DNA / original |",
+            "|---|---:|---:|---:|---:|",
+            f"| FLOPs | {f['original']:,} | {f['widened']:,} | {f['lwdna']:,} | {f['lwdna'] / f['original']:.4f} |",
+            f"| params | {p['original']:,} | {p['widened']:,} | {p['lwdna']:,} | {p['lwdna'] / p['original']:.4f} |",
+            "",
+            f"FLOP target: {f['target']:,} ({f['target'] / f['original']:.4f} of the original).",
+            "",
+        ]
+        lines += [f"- {note}" for note in self.notes]
+        if self.fixed_groups:
+            lines += ["", "## Channel groups left at their original width", ""]
+            lines += [f"- `{k}`: {why}" for k, why in sorted(self.fixed_groups.items())]
+        lines += [
+            "",
+            "## Output channels per layer",
+            "",
+            "| layer | original | widened | kept | kept / original |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        lines += [f"| `{r.name}` | {r.original} | {r.widened} | {r.kept} | {r.ratio:.2f} |" for r in self.layers]
+        return "\n".join(lines) + "\n"
+
+    __str__ = to_markdown
+
+    def plot(self, path: str | Path) -> Path:
+        """Per-layer output channels as a fraction of the original, the way the paper plots them."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        path = Path(path)
+        x = range(len(self.layers))
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.12 * len(self.layers) + 2), 3.6), dpi=120)
+        ax.bar(x, [r.ratio for r in self.layers], color="#3b75af", label="LW-DNA")
+        ax.plot(x, [r.widened / r.original for r in self.layers], color="#999999", lw=1, ls="--", label="widened")
+        ax.axhline(1.0, color="#d62728", lw=1, label="original")
+        ax.set_xlabel("layer (network order)")
+        ax.set_ylabel("channels / original")
+        ratio = self.flops["lwdna"] / self.flops["original"]
+        ax.set_title(f"{self.model}: per-layer width, FLOPs {ratio:.3f}x of the original")
+        ax.set_xlim(-1, len(self.layers))
+        ax.legend(loc="upper right", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+        return path
+
+
+def layer_rows(original: nn.Module, widened: nn.Module, lwdna: nn.Module) -> list[LayerRow]:
+    """Output channels of every conv and linear layer in the three models, in network order."""
+    wide, lw = dict(widened.named_modules()), dict(lwdna.named_modules())
+    rows = []
+    for name, module in original.named_modules():
+        width = _out_width(module)
+        if width is None or name not in lw:
+            continue
+        rows.append(LayerRow(name, width, _out_width(wide[name]), _out_width(lw[name])))
+    return rows
+
+
+def _out_width(module: nn.Module) -> int | None:
+    if isinstance(module, ops.TORCH_CONV):
+        return module.out_channels
+    if isinstance(module, ops.TORCH_LINEAR):
+        return module.out_features
+    return None

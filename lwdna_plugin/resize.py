@@ -1,0 +1,71 @@
+"""One primitive that sets a channel group to any width: torch-pruning removes, `grow` inserts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch.nn as nn
+from torch_pruning import ops
+
+from .graph import GroupGraph, growth_slots
+from .grow import GROWERS, ParameterGrower
+
+
+def resize(
+    graph: GroupGraph,
+    widths: Mapping[str, int],
+    keep: Mapping[str, Sequence[int]] | None = None,
+) -> None:
+    """Set every group named in `widths` to that many channels, in place on `graph.model`.
+
+    Shrinking removes the channels not listed in `keep[key]` (default: the trailing ones) with
+    torch-pruning; growing appends channels after each member's block of the group.
+    """
+    keep = keep or {}
+    for key, target in widths.items():
+        group, tp_group = graph.refresh(key)
+        if target == group.size:
+            continue
+        if group.fixed:
+            raise ValueError(f"channel group {key!r} cannot change width ({group.fixed}); leave it out of `widths`")
+        if target < 1 or target % group.divisor:
+            raise ValueError(
+                f"channel group {key!r}: width {target} must be a positive multiple of {group.divisor} "
+                "(its grouped layers' group count)"
+            )
+        if target < group.size:
+            kept = sorted(keep.get(key, range(target)))
+            if len(kept) != target:
+                raise ValueError(f"channel group {key!r}: keep lists {len(kept)} channels, width is {target}")
+            removed = sorted(set(range(group.size)) - set(kept))
+            graph.tp_group(key, removed).prune(record_history=False)
+        else:
+            _grow(graph, tp_group, group.size, target - group.size)
+    graph.sync_cached_widths()
+
+
+def _grow(graph: GroupGraph, tp_group, size: int, n: int) -> None:
+    dg = graph.dg
+    for item in tp_group:
+        node, handler = item.dep.target, item.dep.handler
+        grower = GROWERS[node.type]
+        for at, count in growth_slots(list(item.idxs), list(item.root_idxs), size, n):
+            if node.type == ops.OPTYPE.PARAMETER:
+                _grow_parameter(graph, node, at, count)
+            elif dg.is_out_channel_pruning_fn(handler):
+                grower.grow_out_channels(node.module, at, count)
+            else:
+                grower.grow_in_channels(node.module, at, count)
+
+
+def _grow_parameter(graph: GroupGraph, node, at: int, count: int) -> None:
+    """Replace a bare parameter on its owner and in torch-pruning's maps, as `Group.prune` does."""
+    dg, old = graph.dg, node.module
+    name = dg._param_to_name.pop(old)
+    new = ParameterGrower(node.pruning_dim).grow_out_channels(old, at, count)
+    owner_name, _, attr = name.rpartition(".")
+    owner: nn.Module = graph.model.get_submodule(owner_name)
+    setattr(owner, attr, new)
+    dg._param_to_name[new] = name
+    dg.module2node[new] = dg.module2node.pop(old)
+    node.module = new

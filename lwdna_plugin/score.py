@@ -1,0 +1,169 @@
+"""Score every channel of every group at initialisation.
+
+The default, `gate`, is the paper's criterion: the loss gradient with respect to a per-channel
+multiplier (equal to |sum of activation x gradient| over the channel's activations), taken on
+one or two real mini-batches. `l1`, `bn` and `random` are torch-pruning importances applied to
+our groups, and any `torch_pruning.importance.Importance` (or a callable taking a torch-pruning
+group and returning one score per channel) can be passed instead of a name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from torch_pruning import ops
+
+from .graph import ChannelGroup, GroupGraph
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+Criterion = str | Callable[[tp.dependency.Group], torch.Tensor]
+
+AGGREGATIONS = ("sum", "mean", "norm")
+
+_IMPORTANCES: dict[str, Callable[[], Callable]] = {
+    "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1, group_reduction="mean", normalizer=None),
+    "bn": lambda: tp.importance.BNScaleImportance(normalizer=None),
+    "random": lambda: tp.importance.RandomImportance(),
+}
+CRITERIA = ("gate", *_IMPORTANCES)
+
+# Layers whose channel axis is the last one of their output (linear layers on tokens or NHWC maps).
+_CHANNELS_LAST = (ops.TORCH_LINEAR, ops.TORCH_EMBED)
+
+
+def score_channels(
+    graph: GroupGraph,
+    criterion: Criterion,
+    batches: Iterable[Batch] = (),
+    loss_fn: LossFn | None = None,
+    aggregate: str = "sum",
+) -> dict[str, torch.Tensor]:
+    """One score per channel for every prunable group, keyed by group."""
+    if aggregate not in AGGREGATIONS:
+        raise ValueError(f"aggregate={aggregate!r}: choose one of {AGGREGATIONS}")
+    groups = [g for g in graph.groups if g.prunable]
+    if criterion == "gate":
+        if loss_fn is None:
+            raise ValueError("criterion 'gate' needs data and a loss; pass `data=` batches or choose 'l1'")
+        return gate_saliency(graph, groups, batches, loss_fn, aggregate)
+    if isinstance(criterion, str):
+        if criterion not in _IMPORTANCES:
+            raise ValueError(f"criterion={criterion!r}: choose one of {CRITERIA} or pass a callable")
+        criterion = _IMPORTANCES[criterion]()
+    scores = {}
+    for g in groups:
+        value = criterion(graph.tp_group(g.key))
+        if value is None:
+            raise ValueError(
+                f"criterion {criterion!r} gave no score for channel group {g.key!r} "
+                "(for 'bn': the group has no BatchNorm); choose another criterion"
+            )
+        scores[g.key] = value.detach().float().cpu().reshape(-1)
+    return scores
+
+
+def gate_saliency(
+    graph: GroupGraph,
+    groups: list[ChannelGroup],
+    batches: Iterable[Batch],
+    loss_fn: LossFn,
+    aggregate: str = "sum",
+) -> dict[str, torch.Tensor]:
+    """|dL/dg| for a multiplier g = 1 on each channel of each layer that outputs a group's channels."""
+    model = graph.model
+    gates: dict[str, torch.Tensor] = {}
+    hooks = []
+    for g in groups:
+        for m in g.members:
+            if m.dim == "in" or m.optype == "parameter" or m.name in gates:
+                continue
+            module = model.get_submodule(m.name)
+            hooks.append(module.register_forward_hook(partial(_apply_gate, gates, m.name)))
+    was_training = model.training
+    model.train()
+    seen = 0
+    try:
+        for batch in batches:
+            loss = loss_fn(model, batch)
+            loss.backward()
+            seen += 1
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+        model.zero_grad(set_to_none=True)
+    if seen == 0:
+        raise ValueError("the data yielded no batches: gate scores need at least one (images, targets) batch")
+    return {g.key: _aggregate(g, gates, aggregate) for g in groups}
+
+
+def _apply_gate(gates: dict[str, torch.Tensor], name: str, module: nn.Module, inputs, output):
+    if not isinstance(output, torch.Tensor):
+        return None
+    dim = _channel_dim(module, output)
+    if dim is None:
+        return None
+    gate = gates.get(name)
+    if gate is None:
+        gate = torch.ones(output.shape[dim], device=output.device, dtype=output.dtype, requires_grad=True)
+        gates[name] = gate
+    shape = [1] * output.dim()
+    shape[dim] = -1
+    return output * gate.view(shape)
+
+
+def _channel_dim(module: nn.Module, output: torch.Tensor) -> int | None:
+    """The output axis that holds the module's channels (NCHW axis 1 or the last axis)."""
+    width = _width(module)
+    if width is None or output.dim() < 2:
+        return None
+    matches = [d for d in (1, output.dim() - 1) if output.shape[d] == width]
+    if len(matches) < 2:
+        return matches[0] if matches else None
+    # Both axes fit: linear layers and token/NHWC layer norms act on the last axis.
+    channels_last = isinstance(module, _CHANNELS_LAST) or (
+        isinstance(module, ops.TORCH_LAYERNORM) and not type(module).__name__.endswith("2d")
+    )
+    return matches[-1] if channels_last else matches[0]
+
+
+def _width(module: nn.Module) -> int | None:
+    for attr in ("out_channels", "out_features", "num_features", "num_channels", "embedding_dim"):
+        if hasattr(module, attr):
+            return getattr(module, attr)
+    if isinstance(module, ops.TORCH_LAYERNORM):
+        return module.normalized_shape[-1]
+    return None
+
+
+def _aggregate(group: ChannelGroup, gates: dict[str, torch.Tensor], how: str) -> torch.Tensor:
+    """Combine the gate gradients of a group's member layers into one score per channel.
+
+    'sum' is one gate shared by all members (|sum of gradients|, the paper's choice); 'mean'
+    divides that by the member count; 'norm' averages each member's |gradient| scaled to mean 1,
+    so every member counts equally whatever its gradient scale.
+    """
+    per_member = []
+    for m in group.members:
+        gate = gates.get(m.name)
+        if m.dim == "in" or gate is None or gate.grad is None:
+            continue
+        grad = torch.zeros(group.size, dtype=torch.float64)
+        grad[torch.tensor(m.root_idxs)] = gate.grad.detach().double().cpu()[torch.tensor(m.positions)]
+        per_member.append(grad)
+    if not per_member:
+        return torch.zeros(group.size)
+    stacked = torch.stack(per_member)
+    if how == "sum":
+        score = stacked.sum(0).abs()
+    elif how == "mean":
+        score = stacked.sum(0).abs() / len(per_member)
+    else:
+        magnitude = stacked.abs()
+        score = (magnitude / magnitude.mean(1, keepdim=True).clamp_min(1e-30)).mean(0)
+    return score.float()
