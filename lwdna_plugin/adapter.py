@@ -46,7 +46,9 @@ class Recipe:
         return {"zoo": self.zoo, "name": self.name, "kwargs": dict(self.kwargs)}
 
 
-def resolve_model(model: str | nn.Module, model_kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, Recipe | None]:
+def resolve_model(
+    model: str | nn.Module, model_kwargs: dict[str, Any] | None = None
+) -> tuple[nn.Module, Recipe | None]:
     """The caller's model as a fresh module we may change, and its recipe when it has one."""
     if isinstance(model, str):
         recipe = Recipe("timm", model, dict(model_kwargs or {}))

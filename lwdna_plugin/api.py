@@ -74,7 +74,7 @@ def dissimilate(
     batches: int = 2,
     criterion: Criterion = "gate",
     aggregate: str = "sum",
-    floors: Floors = Floors(),
+    floors: Floors | None = None,
     round_to: int = 1,
     seed: int = 0,
     model_kwargs: dict[str, Any] | None = None,
@@ -115,6 +115,7 @@ def dissimilate(
         bar.set_postfix_str(stage)
         bar.update()
 
+    floors = floors or Floors()
     torch.manual_seed(seed)
     base, recipe = resolve_model(model, model_kwargs)
     device = model_device(base)
@@ -159,9 +160,7 @@ def dissimilate(
         plan = plan_widths(graph, scores, flop_model, planned, floors, round_to)
         search_seconds += time.perf_counter() - start
     else:
-        raise RuntimeError(
-            f"could not get under {target:,} FLOPs (last try {achieved:,}); please report this model"
-        )
+        raise RuntimeError(f"could not get under {target:,} FLOPs (last try {achieved:,}); please report this model")
     timings["search"] += search_seconds
     initialise(lw, create)
     done("shrink")
@@ -175,6 +174,7 @@ def dissimilate(
             "widened": flop_model.total,
             "lwdna": achieved,
             "target": target,
+            "predicted": int(plan.predicted_flops),
         },
         params={"original": original_params, "widened": count_params(wide), "lwdna": count_params(lw)},
         convention=FLOP_CONVENTION,
@@ -207,7 +207,8 @@ def _notes(plan: Plan, target: int, achieved: int, criterion: Criterion, aggrega
     name = criterion if isinstance(criterion, str) else getattr(criterion, "__name__", type(criterion).__name__)
     notes = [
         f"criterion: {name} (aggregate={aggregate}) on {batches} batch(es)",
-        f"achieved / target FLOPs: {achieved / target:.4f}",
+        f"achieved / target FLOPs: {achieved / target:.4f}; the search's analytic model predicted "
+        f"{plan.predicted_flops / achieved:.4f}x the fvcore count",
     ]
     if plan.max_flops < target:
         notes.append("the widened model is below the target: every channel was kept (raise `width` to use the budget)")

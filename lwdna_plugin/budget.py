@@ -43,11 +43,12 @@ def plan_widths(
     scores: dict[str, torch.Tensor],
     flop_model: FlopModel,
     target: float,
-    floors: Floors = Floors(),
+    floors: Floors | None = None,
     round_to: int = 1,
     tolerance: float = 1e-3,
 ) -> Plan:
     """Widths and kept channels for every scored group, at or under `target` FLOPs."""
+    floors = floors or Floors()
     groups = [graph.group(k) for k in flop_model.keys]
     free = [i for i, g in enumerate(groups) if g.key in scores]
     steps = np.array([step_of(g, round_to) for g in groups])

@@ -64,9 +64,9 @@ def load_batches(
         images, labels, _ = NAMED[str(source)]()
         order = torch.randperm(len(labels), generator=generator)[: batches * batch_size]
         images, labels = _fit(images[order], in_chans, img_size), labels[order]
-        return [
-            (images[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(order), batch_size)
-        ][:batches]
+        return [(images[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(order), batch_size)][
+            :batches
+        ]
     root = Path(source)
     if not root.is_dir():
         raise FileNotFoundError(

@@ -91,8 +91,8 @@ class FlopModel:
         counts, first, second = [], [], []
         unit = len(dims)
         for name in names:
-            flops = per_module.get(name, 0)
-            if not flops or not _is_leaf(model, name):
+            flops = _own_flops(model, name, per_module)
+            if not flops:
                 continue
             tied = slot.get((name, "tied"))
             pair = [tied] if tied is not None else [slot.get((name, "in")), slot.get((name, "out"))]
@@ -110,8 +110,13 @@ class FlopModel:
         return float(self.constant + (self._counts * ratio[self._first] * ratio[self._second]).sum())
 
 
-def _is_leaf(model: nn.Module, name: str) -> bool:
-    return next(model.get_submodule(name).children(), None) is None
+def _own_flops(model: nn.Module, name: str, per_module: dict[str, int]) -> int:
+    """A layer's count without its children's (timm's BatchNormAct2d holds an activation child)."""
+    module = _lookup(model, name)
+    if not isinstance(module, nn.Module):
+        return 0
+    children = sum(per_module.get(f"{name}.{child}", 0) for child, _ in module.named_children())
+    return per_module.get(name, 0) - children
 
 
 def _channels(graph: GroupGraph, name: str, dim: str) -> int:

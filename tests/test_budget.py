@@ -1,0 +1,62 @@
+"""The budget: targets, floors, rounding, and the speed of the search."""
+
+import time
+
+import pytest
+import timm
+import torch
+
+import lwdna_plugin as lw
+from conftest import IMG
+
+X = torch.zeros(1, 3, IMG, IMG)
+
+
+def test_parse_flops():
+    assert lw.parse_flops(1.0, 1000) == 1000
+    assert lw.parse_flops(0.5, 1000) == 500
+    assert lw.parse_flops("350M", 1) == 350_000_000
+    assert lw.parse_flops("1.5G", 1) == 1_500_000_000
+    with pytest.raises(ValueError, match="flops"):
+        lw.parse_flops("lots", 1)
+
+
+def test_absolute_target_and_round_to(batches):
+    result = lw.dissimilate("resnet18", flops="120M", data=batches, round_to=8, model_kwargs={"num_classes": 10})
+    assert 0.995 * 120e6 <= result.spec["achieved"]["flops"] <= 120e6
+    assert all(e["kept"] % 8 == 0 for e in result.spec["groups"].values())
+
+
+def test_unreachable_target_names_the_floors(batches):
+    with pytest.raises(ValueError, match="floors"):
+        lw.dissimilate("resnet18", flops=0.2, data=batches)
+
+
+def _widened_graph(name):
+    model = timm.create_model(name, pretrained=False, num_classes=10)
+    wide, _ = lw.widen(model, X, 2.0)
+    return lw.GroupGraph(wide, X)
+
+
+def test_search_is_fast_and_respects_floors():
+    graph = _widened_graph("resnet50")
+    scores = lw.score_channels(graph, "l1")
+    model = lw.FlopModel(graph, X)
+    start = time.perf_counter()
+    plan = lw.plan_widths(graph, scores, model, 0.25 * model.total, lw.Floors(rho=0.3))
+    assert time.perf_counter() - start < 1.0
+    assert plan.predicted_flops <= 0.25 * model.total
+    assert plan.predicted_flops >= 0.999 * 0.25 * model.total
+    for key, width in plan.widths.items():
+        assert width >= 0.3 * graph.group(key).size - 1
+        assert len(plan.keep[key]) == width
+
+
+def test_flop_model_matches_fvcore_after_resize():
+    graph = _widened_graph("resnet18")
+    model = lw.FlopModel(graph, X)
+    widths = {g.key: g.size // 2 for g in graph.groups if g.prunable}
+    vector = [widths.get(k, s) for k, s in zip(model.keys, model.sizes, strict=True)]
+    predicted = model(torch.tensor(vector, dtype=torch.float64).numpy())
+    lw.resize(graph, widths)
+    assert abs(predicted - lw.count_flops(graph.model, X)) / predicted < 1e-3

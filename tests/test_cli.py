@@ -1,0 +1,77 @@
+"""The `lwdna` command: the README's demo and its errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+from lwdna_plugin.cli import main
+
+
+def test_cli_dissimilate_writes_outputs(tmp_path, capsys):
+    code = main(
+        [
+            "dissimilate",
+            "resnet18",
+            "--data",
+            "mnist5k",
+            "--batches",
+            "1",
+            "--batch-size",
+            "8",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    for name in ("spec.json", "report.md", "channels.png"):
+        assert (tmp_path / name).is_file()
+    assert "FLOPs" in capsys.readouterr().out
+
+
+def test_cli_missing_data_is_a_clear_error(tmp_path, capsys):
+    code = main(["dissimilate", "resnet18", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path), "--quiet"])
+    assert code == 2
+    assert "neither an ImageFolder directory nor a named set" in capsys.readouterr().err
+
+
+def test_cli_unknown_model(tmp_path, capsys):
+    code = main(["dissimilate", "resnet_nonexistent", "--data", "mnist5k", "--out", str(tmp_path), "--quiet"])
+    assert code == 2
+    assert "timm has no model" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "lwdna_plugin.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "dissimilate" in out.stdout
+
+
+@pytest.mark.parametrize("size", [32])
+def test_cli_image_folder(tmp_path, size):
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (40, 40), color=(i * 60, 10, 200 if cls == "a" else 0)).save(
+                tmp_path / "data" / cls / f"{i}.png"
+            )
+    code = main(
+        [
+            "dissimilate",
+            "resnet18",
+            "--data",
+            str(tmp_path / "data"),
+            "--img-size",
+            str(size),
+            "--batches",
+            "1",
+            "--batch-size",
+            "8",
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ]
+    )
+    assert code == 0

@@ -1,0 +1,45 @@
+"""Widen, score, shrink and rebuild real timm models at 64x64; fvcore FLOPs at the target."""
+
+import pytest
+import torch
+
+import lwdna_plugin as lw
+from conftest import IMG, example
+
+MODELS = [
+    "resnet18",
+    "resnet50",
+    "resnext50_32x4d",
+    "seresnet50",
+    "regnetx_002",
+    "efficientnet_b0",
+    "mobilenetv2_100",
+    "mobilenetv3_large_100",
+    "ghostnet_100",
+    "densenet121",
+    "convnext_atto",
+    "vit_tiny_patch16_224",
+]
+
+
+def kwargs_for(name):
+    return {"num_classes": 10, **({"img_size": IMG} if name.startswith("vit") else {})}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_dissimilate_and_rebuild(name, batches, tmp_path):
+    result = lw.dissimilate(name, width=2.0, flops=1.0, data=batches, model_kwargs=kwargs_for(name))
+    target = result.spec["target"]["flops"]
+    measured = lw.count_flops(result.model, torch.zeros(1, 3, IMG, IMG))
+    assert measured == result.spec["achieved"]["flops"]
+    assert 0.995 * target <= measured <= target
+    assert result.model(example()).shape == (2, 10)
+    assert any(e["kept"] != e["original"] for e in result.spec["groups"].values()), "nothing was dissimilated"
+
+    result.save(tmp_path)
+    rebuilt = lw.build(tmp_path / "spec.json")
+    assert lw.count_flops(rebuilt, torch.zeros(1, 3, IMG, IMG)) == measured
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+        k: v.shape for k, v in result.model.state_dict().items()
+    }
+    assert rebuilt(example()).shape == (2, 10)

@@ -1,0 +1,59 @@
+"""Criteria: the gate saliency and torch-pruning importances, on real batches."""
+
+import pytest
+import timm
+import torch
+import torch_pruning as tp
+
+import lwdna_plugin as lw
+from conftest import IMG
+
+X = torch.zeros(1, 3, IMG, IMG)
+
+
+@pytest.fixture(scope="module")
+def graph():
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    return lw.GroupGraph(model, X)
+
+
+def _check(scores, graph):
+    prunable = [g for g in graph.groups if g.prunable]
+    assert set(scores) == {g.key for g in prunable}
+    for g in prunable:
+        assert scores[g.key].shape == (g.size,)
+        assert torch.isfinite(scores[g.key]).all()
+
+
+@pytest.mark.parametrize("criterion", ["l1", "bn", "random", tp.importance.GroupMagnitudeImportance(p=2)])
+def test_data_free_criteria(graph, criterion):
+    _check(lw.score_channels(graph, criterion), graph)
+
+
+@pytest.mark.parametrize("aggregate", ["sum", "mean", "norm"])
+def test_gate_saliency(graph, batches, aggregate):
+    from lwdna_plugin.adapter import classification_loss
+
+    scores = lw.score_channels(graph, "gate", batches, classification_loss, aggregate)
+    _check(scores, graph)
+    assert sum(float(s.sum()) for s in scores.values()) > 0
+    assert all(p.grad is None for p in graph.model.parameters())
+
+
+def test_gate_needs_data(batches):
+    with pytest.raises(ValueError, match="input_size|data"):
+        lw.dissimilate("resnet18")
+    with pytest.raises(ValueError, match="no batches"):
+        lw.dissimilate("resnet18", data=[])
+
+
+def test_unknown_criterion(graph):
+    with pytest.raises(ValueError, match="criterion"):
+        lw.score_channels(graph, "psychic")
+
+
+def test_criterion_changes_the_architecture(batches):
+    kw = {"num_classes": 10}
+    gate = lw.dissimilate("resnet18", data=batches, model_kwargs=kw).spec["groups"]
+    rand = lw.dissimilate("resnet18", data=batches, criterion="random", model_kwargs=kw).spec["groups"]
+    assert gate != rand
