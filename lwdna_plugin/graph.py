@@ -71,7 +71,7 @@ class GroupGraph:
     ) -> None:
         self.model = model
         was_training = model.training
-        outputs: list[tuple[nn.Module, object, int]] = []
+        outputs: list[tuple[nn.Module, int]] = []
         hooks = [
             m.register_forward_hook(partial(_record_output, outputs))
             for m in model.modules()
@@ -92,9 +92,40 @@ class GroupGraph:
         self.groups: list[ChannelGroup] = []
         for tp_group in self.dg.get_all_groups(root_module_types=(ops.TORCH_CONV, ops.TORCH_LINEAR)):
             root = tp_group[0].dep.target.module
-            key = self.dg._module2name[root]
-            self._roots[key] = root
-            self.groups.append(self._describe(key, tp_group))
+            group = self._describe(self.dg._module2name[root], tp_group)
+            if group.fixed and group.fixed.startswith("irregular"):
+                root, group = self._reroot(tp_group, root, group)
+            self._roots[group.key] = root
+            self.groups.append(group)
+
+    def _reroot(
+        self, tp_group: tp.dependency.Group, root: nn.Module, group: ChannelGroup
+    ) -> tuple[nn.Module, ChannelGroup]:
+        """Root an irregular group at its narrowest producer instead, if that makes it regular.
+
+        A root wider than another producer of the same channels (GhostNet's squeeze-excite
+        expands to a concatenation of a tensor and its depthwise copy) maps two of its channels
+        onto one of the narrower layer's; rooted at the narrower layer, the mapping is cyclic.
+        """
+        producers = [
+            item.dep.target.module
+            for item in tp_group
+            if isinstance(item.dep.target.module, (ops.TORCH_CONV, ops.TORCH_LINEAR))
+            and item.dep.target.module is not root
+            and self.dg.is_out_channel_pruning_fn(item.dep.handler)
+        ]
+        pruner = self.dg.get_pruner_of_module
+        for module in sorted(producers, key=lambda m: pruner(m).get_out_channels(m)):
+            width = pruner(module).get_out_channels(module)
+            if width >= group.size:
+                break
+            candidate = self._describe(
+                self.dg._module2name[module],
+                self.dg.get_pruning_group(module, pruner(module).prune_out_channels, list(range(width))),
+            )
+            if candidate.prunable:
+                return module, candidate
+        return root, group
 
     def name_of(self, module: nn.Module | nn.Parameter) -> str:
         return self.dg._module2name[module]
@@ -123,21 +154,26 @@ class GroupGraph:
         self.groups[[g.key for g in self.groups].index(key)] = fresh
         return fresh, tp_group
 
-    def _find_cached_widths(self, outputs: list[tuple[nn.Module, object, int]]) -> list[tuple[nn.Module, str, object]]:
-        """Integer attributes of a block that equal the width of the concatenation it returns.
+    def _find_cached_widths(self, outputs: list[tuple[nn.Module, int]]) -> list[tuple[nn.Module, str, object]]:
+        """Integer attributes of a block that equal the width of a concatenation made inside it.
 
-        Such an attribute bounds a slice of that concatenation (GhostNet's `out[:, :self.out_chs]`;
-        autograd drops a slice that keeps everything, so the graph shows the concatenation). A
-        block that returns a layer's output keeps its width in the layer, so it is not searched.
+        Such an attribute bounds a slice of that concatenation (GhostNet's `out[:, :self.out_chs]`).
+        The concatenation is found by where its inputs come from: every input produced inside
+        the block. A block without a concatenation keeps its widths in its layers.
         """
-        nodes = {node.grad_fn: node for node in self.dg.module2node.values() if node.grad_fn is not None}
+        names = self.dg._module2name
+        concat_owner: dict[str, object] = {}
+        for node in self.dg.module2node.values():
+            if node.type != ops.OPTYPE.CONCAT:
+                continue
+            producers = [_named_producer(n, names) for n in node.inputs]
+            if all(producers):
+                owner = _common_parent(producers)
+                concat_owner.setdefault(owner, node)
         found = []
-        for module, grad_fn, channels in outputs:
-            node = nodes.get(grad_fn)
-            # A full slice reaches autograd as an alias, which the graph keeps as an element-wise op.
-            while node is not None and node.type == ops.OPTYPE.ELEMENTWISE and len(node.inputs) == 1:
-                node = node.inputs[0]
-            if node is None or node.type not in (ops.OPTYPE.CONCAT, ops.OPTYPE.SLICE):
+        for module, channels in outputs:
+            node = concat_owner.get(names.get(module, ""))
+            if node is None or shape_infer.infer_out_channels_recursively(self.dg, node, [0]) != channels:
                 continue
             for attr, value in vars(module).items():
                 if type(value) is int and value == channels and value > 1:
@@ -198,8 +234,32 @@ class GroupGraph:
 
 
 def _record_output(records: list, module: nn.Module, inputs: object, output: object) -> None:
-    if isinstance(output, torch.Tensor) and output.grad_fn is not None and output.dim() in (3, 4):
-        records.append((module, output.grad_fn, output.shape[1] if output.dim() == 4 else output.shape[-1]))
+    if isinstance(output, torch.Tensor) and output.dim() in (3, 4):
+        records.append((module, output.shape[1] if output.dim() == 4 else output.shape[-1]))
+
+
+def _named_producer(node: tp.dependency.Node, names: dict) -> str | None:
+    """The nearest layer upstream of `node` (through unnamed ops such as activations)."""
+    stack, seen = [node], set()
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if names.get(n.module):
+            return names[n.module]
+        stack.extend(n.inputs)
+    return None
+
+
+def _common_parent(names: list[str]) -> str:
+    parts = [n.split(".")[:-1] for n in names]
+    common = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) > 1:
+            break
+        common.append(level[0])
+    return ".".join(common)
 
 
 def _layout(positions: list[int], root_idxs: list[int], size: int) -> tuple[int, str | None]:
