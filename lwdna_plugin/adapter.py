@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+from .data import Batch
 
 
 def _create_timm(name: str, kwargs: dict[str, Any]) -> nn.Module:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,14 +14,15 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .adapter import Batch, classification_loss, model_device, resolve_model
+from .adapter import classification_loss, model_device, resolve_model
 from .budget import Floors, Plan, plan_widths
+from .data import Batch
 from .export import SCHEMA, dump_spec, tensor_shapes, versions
 from .flops import FLOP_CONVENTION, FlopModel, count_flops, count_params
 from .graph import GroupGraph
 from .initialise import initialise
 from .report import Report, layer_rows
-from .score import Criterion, score_channels
+from .score import Criterion, LossFn, score_channels
 from .shrink import shrink
 from .widen import widen
 
@@ -78,7 +79,7 @@ def dissimilate(
     round_to: int = 1,
     seed: int = 0,
     model_kwargs: dict[str, Any] | None = None,
-    loss_fn: Callable[[nn.Module, Batch], torch.Tensor] | None = None,
+    loss_fn: LossFn | None = None,
     input_size: tuple[int, int, int] | None = None,
     ignore: Iterable[str] = (),
     progress: bool = False,

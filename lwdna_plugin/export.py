@@ -84,14 +84,19 @@ def build(spec: str | Path | Mapping[str, Any], base: nn.Module | None = None, *
         )
     example = torch.zeros(1, *data["input_size"], device=model_device(model))
     graph = GroupGraph(model, example, data.get("ignored", []))
+    unlisted = sorted({g.key for g in graph.groups if g.prunable} - set(data["groups"]))
+    if unlisted:
+        raise ValueError(
+            f"the base model has channel groups the spec does not list ({', '.join(unlisted[:3])}, ...): "
+            f"the spec was made for another model or timm version ({_origin(data)})"
+        )
     widths = {}
     for key, entry in data["groups"].items():
         group = _find(graph, key, data)
         if group.size != entry["original"]:
             raise ValueError(
                 f"layer {key!r} has {group.size} channels in this base model, the spec expects "
-                f"{entry['original']}: the spec was made for another model or timm version "
-                f"(spec: {data['base']['name']}, timm {data['versions']['timm']})"
+                f"{entry['original']}: the spec was made for another model or timm version ({_origin(data)})"
             )
         widths[key] = entry["kept"]
     resize(graph, widths)
@@ -136,9 +141,13 @@ def _find(graph: GroupGraph, key: str, data: Mapping[str, Any]):
     except KeyError:
         raise ValueError(
             f"the base model has no channel group rooted at layer {key!r}: the spec was made for "
-            f"{data['base']['name'] if data.get('base') else 'another model'} "
-            f"with timm {data['versions']['timm']}"
+            f"another model or timm version ({_origin(data)})"
         ) from None
+
+
+def _origin(data: Mapping[str, Any]) -> str:
+    base = data.get("base") or {}
+    return f"spec: {base.get('name', 'a plain module')} with timm {data['versions']['timm']}"
 
 
 def _verify(model: nn.Module, shapes: Mapping[str, list[int]]) -> None:

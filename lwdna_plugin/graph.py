@@ -127,17 +127,11 @@ class GroupGraph:
                 return module, candidate
         return root, group
 
-    def name_of(self, module: nn.Module | nn.Parameter) -> str:
-        return self.dg._module2name[module]
-
     def group(self, key: str) -> ChannelGroup:
         for g in self.groups:
             if g.key == key:
                 return g
         raise KeyError(f"no channel group rooted at layer {key!r}; known roots: {[g.key for g in self.groups][:8]}...")
-
-    def root(self, key: str) -> nn.Module:
-        return self._roots[key]
 
     def tp_group(self, key: str, idxs: Sequence[int] | None = None) -> tp.dependency.Group:
         """The torch-pruning group of `key` for `idxs` (all current channels by default)."""

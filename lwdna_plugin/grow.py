@@ -24,7 +24,7 @@ def _insert(tensor: torch.Tensor, dim: int, at: int, n: int, fill: float = 0.0) 
 
 
 def _grow_param(layer: nn.Module, attr: str, dim: int, at: int, n: int, fill: float = 0.0) -> None:
-    value = getattr(layer, attr)
+    value = getattr(layer, attr, None)
     if value is None:
         return
     grown = _insert(value.data, dim, at, n, fill)
@@ -84,13 +84,18 @@ class LinearGrower(BaseGrowFunc):
         return layer
 
 
-class BatchNormGrower(BaseGrowFunc):
+class NormGrower(BaseGrowFunc):
+    """Batch, instance and group norms: affine parameters and running statistics, if present."""
+
+    def __init__(self, count_attr: str = "num_features") -> None:
+        self.count_attr = count_attr
+
     def grow_out_channels(self, layer: nn.Module, at: int, n: int) -> nn.Module:
         _grow_param(layer, "weight", 0, at, n, 1.0)
         _grow_param(layer, "bias", 0, at, n)
         _grow_param(layer, "running_mean", 0, at, n)
         _grow_param(layer, "running_var", 0, at, n, 1.0)
-        layer.num_features += n
+        setattr(layer, self.count_attr, getattr(layer, self.count_attr) + n)
         return layer
 
     grow_in_channels = grow_out_channels
@@ -102,16 +107,6 @@ class LayerNormGrower(BaseGrowFunc):
         _grow_param(layer, "bias", -1, at, n)
         shape = tuple(layer.normalized_shape)
         layer.normalized_shape = shape[:-1] + (shape[-1] + n,)
-        return layer
-
-    grow_in_channels = grow_out_channels
-
-
-class GroupNormGrower(BaseGrowFunc):
-    def grow_out_channels(self, layer: nn.Module, at: int, n: int) -> nn.Module:
-        _grow_param(layer, "weight", 0, at, n, 1.0)
-        _grow_param(layer, "bias", 0, at, n)
-        layer.num_channels += n
         return layer
 
     grow_in_channels = grow_out_channels
@@ -194,10 +189,10 @@ GROWERS: dict[ops.OPTYPE, BaseGrowFunc] = {
     ops.OPTYPE.CONV: ConvGrower(),
     ops.OPTYPE.DEPTHWISE_CONV: DepthwiseConvGrower(),
     ops.OPTYPE.LINEAR: LinearGrower(),
-    ops.OPTYPE.BN: BatchNormGrower(),
-    ops.OPTYPE.IN: BatchNormGrower(),
+    ops.OPTYPE.BN: NormGrower(),
+    ops.OPTYPE.IN: NormGrower(),
     ops.OPTYPE.LN: LayerNormGrower(),
-    ops.OPTYPE.GN: GroupNormGrower(),
+    ops.OPTYPE.GN: NormGrower("num_channels"),
     ops.OPTYPE.PRELU: PReLUGrower(),
     ops.OPTYPE.EMBED: EmbeddingGrower(),
     ops.OPTYPE.PARAMETER: ParameterGrower(),

@@ -17,9 +17,9 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import ops
 
+from .data import Batch
 from .graph import ChannelGroup, GroupGraph
 
-Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 Criterion = str | Callable[[tp.dependency.Group], torch.Tensor]
 

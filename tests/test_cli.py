@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -43,8 +44,9 @@ def test_cli_unknown_model(tmp_path, capsys):
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "lwdna_plugin.cli", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "dissimilate" in out.stdout
+    script = Path(sys.executable).parent / "lwdna"
+    out = subprocess.run([str(script), "dissimilate", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--round-to" in out.stdout
 
 
 @pytest.mark.parametrize("size", [32])
