@@ -27,8 +27,6 @@ from .shrink import shrink
 from .widen import widen
 
 _SI = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
-# fvcore can exceed the analytic model (pooling and other width-dependent ops it treats as
-# constant); each round re-plans against a target corrected by the measured ratio.
 _MAX_ROUNDS = 4
 
 
@@ -117,6 +115,7 @@ def dissimilate(
         bar.update()
 
     floors = floors or Floors()
+    ignore = tuple(ignore)
     torch.manual_seed(seed)
     base, recipe = resolve_model(model, model_kwargs)
     device = model_device(base)
@@ -149,22 +148,13 @@ def dissimilate(
     plan = plan_widths(graph, scores, flop_model, target, floors, round_to)
     done("search")
 
-    search_seconds, planned = 0.0, target
-    for _ in range(_MAX_ROUNDS):
-        lw = copy.deepcopy(wide)
-        shrink(GroupGraph(lw, example, ignore), plan)
-        achieved = count_flops(lw, example)
-        if achieved <= target:
-            break
-        start = time.perf_counter()
-        planned *= target / achieved
-        plan = plan_widths(graph, scores, flop_model, planned, floors, round_to)
-        search_seconds += time.perf_counter() - start
-    else:
-        raise RuntimeError(f"could not get under {target:,} FLOPs (last try {achieved:,}); please report this model")
-    timings["search"] += search_seconds
+    lw, plan, achieved, replanning = _shrink_to_target(
+        wide, graph, scores, flop_model, plan, target, floors, round_to, example, ignore
+    )
     initialise(lw, create)
     done("shrink")
+    timings["search"] += replanning
+    timings["shrink"] -= replanning
 
     lw.train(base.training)
     report = Report(
@@ -202,6 +192,26 @@ def dissimilate(
     done("verify")
     bar.close()
     return Result(lw, spec, report, timings)
+
+
+def _shrink_to_target(wide, graph, scores, flop_model, plan, target, floors, round_to, example, ignore):
+    """Shrink a copy of `wide` to the plan; if fvcore counts more than the target, re-plan lower.
+
+    The analytic model treats a few width-dependent ops (pooling, some element-wise ones) as
+    constant, so each round corrects the planned target by the measured ratio.
+    """
+    planned, replanning = target, 0.0
+    for _ in range(_MAX_ROUNDS):
+        lw = copy.deepcopy(wide)
+        shrink(GroupGraph(lw, example, ignore), plan)
+        achieved = count_flops(lw, example)
+        if achieved <= target:
+            return lw, plan, achieved, replanning
+        start = time.perf_counter()
+        planned *= target / achieved
+        plan = plan_widths(graph, scores, flop_model, planned, floors, round_to)
+        replanning += time.perf_counter() - start
+    raise RuntimeError(f"could not get under {target:,} FLOPs (last try {achieved:,}); please report this model")
 
 
 def _notes(plan: Plan, target: int, achieved: int, criterion: Criterion, aggregate: str, batches: int) -> list[str]:
