@@ -14,7 +14,7 @@ import torch.nn as nn
 from torch_pruning import ops
 
 
-def _insert(tensor: torch.Tensor, dim: int, at: int, n: int, fill: float = 0.0) -> torch.Tensor:
+def insert_along(tensor: torch.Tensor, dim: int, at: int, n: int, fill: float = 0.0) -> torch.Tensor:
     dim = dim % tensor.dim()
     shape = list(tensor.shape)
     shape[dim] = n
@@ -27,7 +27,7 @@ def _grow_param(layer: nn.Module, attr: str, dim: int, at: int, n: int, fill: fl
     value = getattr(layer, attr, None)
     if value is None:
         return
-    grown = _insert(value.data, dim, at, n, fill)
+    grown = insert_along(value.data, dim, at, n, fill)
     if isinstance(value, nn.Parameter):
         setattr(layer, attr, nn.Parameter(grown, requires_grad=value.requires_grad))
     else:
@@ -138,7 +138,7 @@ class ParameterGrower(BaseGrowFunc):
         self.dim = dim
 
     def grow_out_channels(self, layer: nn.Parameter, at: int, n: int) -> nn.Parameter:
-        return nn.Parameter(_insert(layer.data, self.dim, at, n), requires_grad=layer.requires_grad)
+        return nn.Parameter(insert_along(layer.data, self.dim, at, n), requires_grad=layer.requires_grad)
 
     grow_in_channels = grow_out_channels
 

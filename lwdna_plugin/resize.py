@@ -8,7 +8,10 @@ import torch.nn as nn
 from torch_pruning import ops
 
 from .graph import GroupGraph, growth_slots
-from .grow import GROWERS, ParameterGrower
+from .grow import GROWERS, ParameterGrower, insert_along
+
+# Tensors the layer functions of torch-pruning and `grow` already resize.
+_LAYER_TENSORS = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
 
 
 def resize(
@@ -33,15 +36,51 @@ def resize(
                 f"channel group {key!r}: width {target} must be a positive multiple of {group.divisor} "
                 "(its grouped layers' group count)"
             )
+        extras = _extra_tensors(graph, tp_group)
         if target < group.size:
             kept = sorted(keep.get(key, range(target)))
             if len(kept) != target:
                 raise ValueError(f"channel group {key!r}: keep lists {len(kept)} channels, width is {target}")
             removed = sorted(set(range(group.size)) - set(kept))
             graph.tp_group(key, removed).prune(record_history=False)
+            for module, attr, positions, roots in extras:
+                gone = {p for p, r in zip(positions, roots, strict=True) if r in set(removed)}
+                _replace(module, attr, lambda t, gone=gone: t[[i for i in range(t.shape[0]) if i not in gone]])
         else:
-            _grow(graph, tp_group, group.size, target - group.size)
+            n = target - group.size
+            _grow(graph, tp_group, group.size, n)
+            for module, attr, positions, roots in extras:
+                for at, count in growth_slots(positions, roots, group.size, n):
+                    _replace(module, attr, lambda t, at=at, count=count: insert_along(t, 0, at, count))
     graph.sync_cached_widths()
+
+
+def _extra_tensors(graph: GroupGraph, tp_group) -> list[tuple[nn.Module, str, list[int], list[int]]]:
+    """Per-output-channel tensors of a group's layers that the layer functions do not know.
+
+    A layer subclass may keep more per-channel state than its base class (timm's
+    ScaledStdConv2d has a `gain` per output channel); such a tensor is resized with the layer.
+    """
+    found = []
+    for item in tp_group:
+        module = item.dep.target.module
+        if not isinstance(module, nn.Module) or not graph.dg.is_out_channel_pruning_fn(item.dep.handler):
+            continue
+        width = graph.dg.get_out_channels(module)
+        for attr, tensor in [*module._parameters.items(), *module._buffers.items()]:
+            if tensor is None or attr in _LAYER_TENSORS or tensor.dim() == 0 or tensor.shape[0] != width:
+                continue
+            found.append((module, attr, list(item.idxs), list(item.root_idxs)))
+    return found
+
+
+def _replace(module: nn.Module, attr: str, change) -> None:
+    tensor = getattr(module, attr)
+    new = change(tensor.data)
+    if isinstance(tensor, nn.Parameter):
+        setattr(module, attr, nn.Parameter(new, requires_grad=tensor.requires_grad))
+    else:
+        setattr(module, attr, new)
 
 
 def _grow(graph: GroupGraph, tp_group, size: int, n: int) -> None:
