@@ -129,23 +129,21 @@ def main() -> None:
     parser.add_argument("--no-anchor", action="store_true", help="skip torch-pruning's own pruning")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--anchor", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.batches, args.batch_size)))
-        return
-    if args.anchor:
-        print(json.dumps(tp_anchor(args.anchor)))
+        row = worker(args.worker, args.batches, args.batch_size)
+        if not args.no_anchor:
+            row.update(tp_anchor(args.worker))
+        print(json.dumps(row))
         return
 
     names = args.models or read_zoo(args.zoo)
     rows, started = [], time.perf_counter()
     for i, name in enumerate(names, 1):
         extra = ["--batches", str(args.batches), "--batch-size", str(args.batch_size)]
-        row = {"model": name, **{s: False for s in STEPS}, "ok": False}
+        extra += ["--no-anchor"] if args.no_anchor else []
+        row = {"model": name, **{s: False for s in STEPS}, "ok": False, "tp_ok": False}
         row.update(run_isolated(["--worker", name, *extra], args.timeout))
-        if not args.no_anchor:
-            row.update({"tp_ok": False, **run_isolated(["--anchor", name], args.timeout)})
         rows.append(row)
         status = "ok" if row["ok"] else f"FAIL {row.get('error', '')}"
         print(f"[{i}/{len(names)}] {name}: {status} ({row.get('seconds', '-')} s)", flush=True)
@@ -157,9 +155,14 @@ def main() -> None:
     mark = {True: "ok", False: "-"}
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [r["model"], *(mark[bool(r.get(s))] for s in STEPS), str(r.get("flops_over_target", "")),
-                 str(r.get("seconds", "")), mark[bool(r.get("tp_ok"))] if not args.no_anchor else "n/a",
-                 (r.get("error") or "").replace("|", "/")]
+        cells = [
+            r["model"],
+            *(mark[bool(r.get(s))] for s in STEPS),
+            str(r.get("flops_over_target", "")),
+            str(r.get("seconds", "")),
+            mark[bool(r.get("tp_ok"))] if not args.no_anchor else "n/a",
+            (r.get("error") or "").replace("|", "/"),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     summary = (
         f"LW-DNA end to end: {ours}/{len(rows)}; torch-pruning 50% global pruning: "

@@ -66,14 +66,26 @@ def recipe_of(module: nn.Module) -> Recipe | None:
     name = cfg.get("architecture")
     if not name or name not in timm.list_models():
         return None
-    kwargs = {}
-    if hasattr(module, "num_classes"):
-        kwargs["num_classes"] = module.num_classes
+    kwargs = _observed_kwargs(module)
     try:
         rebuilt = Recipe("timm", name, kwargs).create()
     except (TypeError, ValueError, RuntimeError):
         return None
     return Recipe("timm", name, kwargs) if _same_shapes(rebuilt, module) else None
+
+
+def _observed_kwargs(module: nn.Module) -> dict[str, Any]:
+    """The timm keyword arguments a built model still shows: classes, input channels, image size."""
+    kwargs: dict[str, Any] = {}
+    if hasattr(module, "num_classes"):
+        kwargs["num_classes"] = module.num_classes
+    first_conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
+    if first_conv is not None and first_conv.in_channels != 3:
+        kwargs["in_chans"] = first_conv.in_channels
+    img_size = getattr(getattr(module, "patch_embed", None), "img_size", None)
+    if img_size is not None:
+        kwargs["img_size"] = list(img_size) if isinstance(img_size, (tuple, list)) else img_size
+    return kwargs
 
 
 def _same_shapes(a: nn.Module, b: nn.Module) -> bool:

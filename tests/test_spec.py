@@ -87,3 +87,10 @@ def test_module_without_recipe_needs_its_base(batches):
 def test_schema_is_checked(resnet18_result):
     with pytest.raises(ValueError, match="schema"):
         lw.build({**resnet18_result.spec, "schema": "other/9"})
+
+
+def test_timm_module_with_kwargs_gets_a_recipe(batches):
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=IMG)
+    result = lw.dissimilate(vit, data=batches)
+    assert result.spec["base"]["kwargs"] == {"num_classes": 10, "img_size": [IMG, IMG]}
+    assert lw.build(result.spec)(example()).shape == (2, 10)
