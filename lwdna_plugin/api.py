@@ -141,7 +141,7 @@ def dissimilate(
     graph = GroupGraph(wide, example, ignore)
     done("widen")
 
-    scores = score_channels(graph, criterion, batch_list, loss_fn or classification_loss, aggregate)
+    scores = score_channels(graph, criterion, batch_list, loss_fn or classification_loss, aggregate, progress)
     done("score")
 
     flop_model = FlopModel(graph, example)

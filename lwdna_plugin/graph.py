@@ -207,6 +207,9 @@ class GroupGraph:
             repeat, reason = _layout(list(item.idxs), list(item.root_idxs), size)
             if reason:
                 reasons.append(f"irregular channel mapping at {name or node.name}: {reason}")
+            width = pruner.get_in_channels(module) if dim == "in" else pruner.get_out_channels(module)
+            if isinstance(module, nn.Module) and width is not None and max(item.idxs, default=0) >= width:
+                reasons.append(f"channel mapping at {name or node.name} points past its {width} channels")
             if optype not in GROWERS:
                 reasons.append(f"no grow function for {type(module).__name__} ({name or node.name})")
             if name in self.ignored:

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import ops
+from tqdm.auto import tqdm
 
 from .data import Batch
 from .graph import ChannelGroup, GroupGraph
@@ -42,6 +43,7 @@ def score_channels(
     batches: Iterable[Batch] = (),
     loss_fn: LossFn | None = None,
     aggregate: str = "sum",
+    progress: bool = False,
 ) -> dict[str, torch.Tensor]:
     """One score per channel for every prunable group, keyed by group."""
     if aggregate not in AGGREGATIONS:
@@ -50,6 +52,7 @@ def score_channels(
     if criterion == "gate":
         if loss_fn is None:
             raise ValueError("criterion 'gate' needs data and a loss; pass `data=` batches or choose 'l1'")
+        batches = tqdm(batches, desc="scoring batches", disable=not progress, leave=False)
         return gate_saliency(graph, groups, batches, loss_fn, aggregate)
     if isinstance(criterion, str):
         if criterion not in _IMPORTANCES:
