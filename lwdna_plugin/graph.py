@@ -23,6 +23,9 @@ from torch_pruning.dependency import shape_infer
 
 from .grow import GROWERS
 
+# Key suffix of a group rooted at a layer's input channels (an attention output projection).
+_INPUT_SUFFIX = ":in"
+
 # Ops whose only pruning job is bookkeeping that the graph re-derives from shapes.
 _PASS_THROUGH = {
     ops.OPTYPE.ELEMENTWISE,
@@ -88,44 +91,46 @@ class GroupGraph:
         model.train(was_training)
         self.cached_widths = self._find_cached_widths(outputs)
         self.ignored = set(ignored)
-        self._roots: dict[str, nn.Module] = {}
+        # Root layer of each group and whether the group is its input (rather than output) channels.
+        self._roots: dict[str, tuple[nn.Module, bool]] = {}
         self.groups: list[ChannelGroup] = []
         for tp_group in self.dg.get_all_groups(root_module_types=(ops.TORCH_CONV, ops.TORCH_LINEAR)):
             root = tp_group[0].dep.target.module
             group = self._describe(self.dg._module2name[root], tp_group)
+            as_input = False
             if group.fixed and group.fixed.startswith("irregular"):
-                root, group = self._reroot(tp_group, root, group)
-            self._roots[group.key] = root
+                root, as_input, group = self._reroot(tp_group, root, group)
+            self._roots[group.key] = (root, as_input)
             self.groups.append(group)
 
     def _reroot(
         self, tp_group: tp.dependency.Group, root: nn.Module, group: ChannelGroup
-    ) -> tuple[nn.Module, ChannelGroup]:
-        """Root an irregular group at its narrowest producer instead, if that makes it regular.
+    ) -> tuple[nn.Module, bool, ChannelGroup]:
+        """Root an irregular group at its narrowest layer instead, if that makes it regular.
 
-        A root wider than another producer of the same channels (GhostNet's squeeze-excite
-        expands to a concatenation of a tensor and its depthwise copy) maps two of its channels
-        onto one of the narrower layer's; rooted at the narrower layer, the mapping is cyclic.
+        A root wider than another layer of the same channels maps several of its channels onto
+        one of the narrower layer's: GhostNet's squeeze-excite expands to a concatenation of a
+        tensor and its depthwise copy, an attention `qkv` projection feeds `proj` through three
+        chunks. Rooted at the narrower layer (its output, or else its input), the mapping is cyclic.
         """
-        producers = [
-            item.dep.target.module
-            for item in tp_group
-            if isinstance(item.dep.target.module, (ops.TORCH_CONV, ops.TORCH_LINEAR))
-            and item.dep.target.module is not root
-            and self.dg.is_out_channel_pruning_fn(item.dep.handler)
-        ]
-        pruner = self.dg.get_pruner_of_module
-        for module in sorted(producers, key=lambda m: pruner(m).get_out_channels(m)):
-            width = pruner(module).get_out_channels(module)
-            if width >= group.size:
-                break
-            candidate = self._describe(
-                self.dg._module2name[module],
-                self.dg.get_pruning_group(module, pruner(module).prune_out_channels, list(range(width))),
-            )
+        candidates = []
+        for item in tp_group:
+            module = item.dep.target.module
+            if module is root or not isinstance(module, (ops.TORCH_CONV, ops.TORCH_LINEAR)):
+                continue
+            as_input = not self.dg.is_out_channel_pruning_fn(item.dep.handler)
+            pruner = self.dg.get_pruner_of_module(module)
+            width = pruner.get_in_channels(module) if as_input else pruner.get_out_channels(module)
+            if width < group.size:
+                candidates.append((as_input, width, self.dg._module2name[module], module))
+        for as_input, width, name, module in sorted(candidates, key=lambda c: c[:3]):
+            pruner = self.dg.get_pruner_of_module(module)
+            fn = pruner.prune_in_channels if as_input else pruner.prune_out_channels
+            key = f"{name}{_INPUT_SUFFIX}" if as_input else name
+            candidate = self._describe(key, self.dg.get_pruning_group(module, fn, list(range(width))))
             if candidate.prunable:
-                return module, candidate
-        return root, group
+                return module, as_input, candidate
+        return root, False, group
 
     def group(self, key: str) -> ChannelGroup:
         for g in self.groups:
@@ -135,11 +140,12 @@ class GroupGraph:
 
     def tp_group(self, key: str, idxs: Sequence[int] | None = None) -> tp.dependency.Group:
         """The torch-pruning group of `key` for `idxs` (all current channels by default)."""
-        root = self._roots[key]
+        root, as_input = self._roots[key]
         pruner = self.dg.get_pruner_of_module(root)
         if idxs is None:
-            idxs = range(pruner.get_out_channels(root))
-        return self.dg.get_pruning_group(root, pruner.prune_out_channels, list(idxs))
+            idxs = range(pruner.get_in_channels(root) if as_input else pruner.get_out_channels(root))
+        fn = pruner.prune_in_channels if as_input else pruner.prune_out_channels
+        return self.dg.get_pruning_group(root, fn, list(idxs))
 
     def refresh(self, key: str) -> tuple[ChannelGroup, tp.dependency.Group]:
         """Re-describe one group after layers changed size (positions shift in concatenations)."""
@@ -174,9 +180,34 @@ class GroupGraph:
                     found.append((module, attr, node))
         return found
 
+    def _head_owner(self, key: str) -> nn.Module | None:
+        """The attention block whose heads a group rooted at an output projection's input spans.
+
+        timm's attention blocks keep `num_heads` and `head_dim` (and often `attn_dim` and
+        `scale`); the group keeps the head count and resizes every head's dimension.
+        """
+        if not key.endswith(_INPUT_SUFFIX):
+            return None
+        owner = self.model.get_submodule(key[: -len(_INPUT_SUFFIX)].rpartition(".")[0])
+        heads, dim = getattr(owner, "num_heads", None), getattr(owner, "head_dim", None)
+        if type(heads) is int and type(dim) is int:
+            return owner
+        return None
+
     def sync_cached_widths(self) -> list[str]:
         """After a resize, set each cached width attribute to its block's new output width."""
         changed = []
+        for key, (root, as_input) in self._roots.items():
+            owner = self._head_owner(key) if as_input else None
+            width = self.dg.get_pruner_of_module(root).get_in_channels(root) if owner is not None else None
+            if owner is None or width == owner.num_heads * owner.head_dim:
+                continue
+            old_dim, owner.head_dim = owner.head_dim, width // owner.num_heads
+            if getattr(owner, "attn_dim", None) == old_dim * owner.num_heads:
+                owner.attn_dim = width
+            if isinstance(getattr(owner, "scale", None), float):
+                owner.scale = owner.head_dim**-0.5
+            changed.append(f"{self.dg._module2name.get(owner)}.head_dim")
         for module, attr, node in self.cached_widths:
             width = shape_infer.infer_out_channels_recursively(self.dg, node, [0])
             if width is not None and width != getattr(module, attr):
@@ -207,8 +238,11 @@ class GroupGraph:
             repeat, reason = _layout(list(item.idxs), list(item.root_idxs), size)
             if reason:
                 reasons.append(f"irregular channel mapping at {name or node.name}: {reason}")
-            width = pruner.get_in_channels(module) if dim == "in" else pruner.get_out_channels(module)
-            if isinstance(module, nn.Module) and width is not None and max(item.idxs, default=0) >= width:
+            if optype == ops.OPTYPE.PARAMETER:
+                width = module.shape[node.pruning_dim]
+            else:
+                width = pruner.get_in_channels(module) if dim == "in" else pruner.get_out_channels(module)
+            if width is not None and max(item.idxs, default=0) >= width:
                 reasons.append(f"channel mapping at {name or node.name} points past its {width} channels")
             if optype not in GROWERS:
                 reasons.append(f"no grow function for {type(module).__name__} ({name or node.name})")
@@ -223,6 +257,9 @@ class GroupGraph:
             elif optype == ops.OPTYPE.GN:
                 divisors.append(module.num_groups)
             group.members.append(Member(name, dim, optype.name.lower(), list(item.idxs), list(item.root_idxs), repeat))
+        heads = self._head_owner(key)
+        if heads is not None:
+            divisors.append(heads.num_heads)
         group.divisor = math.lcm(*divisors)
         if size % group.divisor:
             reasons.append(f"{size} channels are not divisible by the layer groups ({group.divisor})")

@@ -169,8 +169,9 @@ def _aggregate(group: ChannelGroup, gates: dict[str, torch.Tensor], how: str) ->
         gate = gates.get(m.name)
         if m.dim == "in" or gate is None or gate.grad is None:
             continue
+        # A channel may sit at several positions of one layer (an attention qkv holds q, k and v).
         grad = torch.zeros(group.size, dtype=torch.float64)
-        grad[torch.tensor(m.root_idxs)] = gate.grad.detach().double().cpu()[torch.tensor(m.positions)]
+        grad.index_add_(0, torch.tensor(m.root_idxs), gate.grad.detach().double().cpu()[torch.tensor(m.positions)])
         per_member.append(grad)
     if not per_member:
         return torch.zeros(group.size)
