@@ -75,10 +75,17 @@ class GroupGraph:
         self.model = model
         was_training = model.training
         outputs: list[tuple[nn.Module, int]] = []
+        leaves: list[tuple[nn.Module, object, int]] = []
+        known = tuple(ops.type2class(t) for t in tp.DependencyGraph().REGISTERED_PRUNERS if ops.type2class(t))
         hooks = [
             m.register_forward_hook(partial(_record_output, outputs))
             for m in model.modules()
             if m is not model and next(m.children(), None) is not None
+        ]
+        hooks += [
+            m.register_forward_hook(partial(_record_leaf, leaves))
+            for m in model.modules()
+            if next(m.children(), None) is None and not isinstance(m, known) and _per_channel_state(m)
         ]
         try:
             with warnings.catch_warnings():
@@ -90,6 +97,12 @@ class GroupGraph:
                 h.remove()
         model.train(was_training)
         self.cached_widths = self._find_cached_widths(outputs)
+        nodes = {node.grad_fn: node for node in self.dg.module2node.values() if node.grad_fn is not None}
+        # Layers torch-pruning does not know (a blur filter applied with F.conv2d) show up as
+        # element-wise ops; their per-channel tensors and width attributes follow the group.
+        self.opaque: dict[object, nn.Module] = {
+            nodes[grad_fn]: module for module, grad_fn, _ in leaves if grad_fn in nodes
+        }
         self.ignored = set(ignored)
         # Root layer of each group and whether the group is its input (rather than output) channels.
         self._roots: dict[str, tuple[nn.Module, bool]] = {}
@@ -265,6 +278,15 @@ class GroupGraph:
             reasons.append(f"{size} channels are not divisible by the layer groups ({group.divisor})")
         group.fixed = reasons[0] if reasons else None
         return group
+
+
+def _per_channel_state(module: nn.Module) -> bool:
+    return any(t.dim() > 0 for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)])
+
+
+def _record_leaf(records: list, module: nn.Module, inputs: object, output: object) -> None:
+    if isinstance(output, torch.Tensor) and output.grad_fn is not None and output.dim() in (3, 4):
+        records.append((module, output.grad_fn, output.shape[1] if output.dim() == 4 else output.shape[-1]))
 
 
 def _record_output(records: list, module: nn.Module, inputs: object, output: object) -> None:

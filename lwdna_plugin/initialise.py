@@ -3,8 +3,8 @@
 The zoo's constructor is run once more while its layer constructors (conv, linear, norms)
 are told the resized shapes, so every init rule the zoo applies (fan-out Kaiming, zero-init
 of last norms, truncated normals, ...) sees the new widths. Tensors the constructor does not
-create through a layer (class tokens, position embeddings, layer scales) are resampled from
-the zoo's own freshly initialised tensor, which keeps their distribution.
+create through a layer (class tokens, position embeddings, layer scales, blur filters) are
+resampled slice by slice from the zoo's own freshly initialised tensor.
 """
 
 from __future__ import annotations
@@ -82,11 +82,20 @@ def _shape_of(module: nn.Module) -> dict | None:
 
 
 def _resample(source: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    flat = source.detach().flatten()
-    if flat.numel() == 0:
+    """Draw whole slices of `source` along each dimension whose size differs.
+
+    Copying slices keeps per-channel structure intact (a blur filter, a gain, a constant layer
+    scale) and keeps the distribution of a randomly initialised tensor.
+    """
+    if source.numel() == 0:
         return torch.zeros(shape, dtype=source.dtype, device=source.device)
-    pick = torch.randint(0, flat.numel(), tuple(shape), device=flat.device)
-    return flat[pick]
+    out = source.detach()
+    if out.dim() != len(shape):
+        return out.flatten()[torch.randint(0, out.numel(), tuple(shape), device=out.device)]
+    for dim, (have, want) in enumerate(zip(source.shape, shape, strict=True)):
+        if have != want:
+            out = out.index_select(dim, torch.randint(0, have, (want,), device=out.device))
+    return out
 
 
 def initialise(model: nn.Module, create: Callable[[], nn.Module] | None) -> nn.Module:

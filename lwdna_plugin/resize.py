@@ -45,37 +45,55 @@ def resize(
             graph.tp_group(key, removed).prune(record_history=False)
             for module, attr, positions, roots in extras:
                 gone = {p for p, r in zip(positions, roots, strict=True) if r in set(removed)}
-                _replace(module, attr, lambda t, gone=gone: t[[i for i in range(t.shape[0]) if i not in gone]])
+                _replace(
+                    module, attr, -len(gone), lambda t, gone=gone: t[[i for i in range(t.shape[0]) if i not in gone]]
+                )
         else:
             n = target - group.size
             _grow(graph, tp_group, group.size, n)
             for module, attr, positions, roots in extras:
                 for at, count in growth_slots(positions, roots, group.size, n):
-                    _replace(module, attr, lambda t, at=at, count=count: insert_along(t, 0, at, count))
+                    _replace(module, attr, count, lambda t, at=at, count=count: insert_along(t, 0, at, count))
     graph.sync_cached_widths()
 
 
 def _extra_tensors(graph: GroupGraph, tp_group) -> list[tuple[nn.Module, str, list[int], list[int]]]:
-    """Per-output-channel tensors of a group's layers that the layer functions do not know.
+    """Per-channel tensors (and width attributes) of a group's layers that no layer function knows.
 
     A layer subclass may keep more per-channel state than its base class (timm's
-    ScaledStdConv2d has a `gain` per output channel); such a tensor is resized with the layer.
+    ScaledStdConv2d has a `gain` per output channel); a layer torch-pruning does not know at
+    all (timm's BlurPool2d: a `filt` buffer and a `channels` attribute) sits in the group as
+    an element-wise op. Both are resized with the group.
     """
     found = []
     for item in tp_group:
-        module = item.dep.target.module
-        if not isinstance(module, nn.Module) or not graph.dg.is_out_channel_pruning_fn(item.dep.handler):
+        node, module = item.dep.target, item.dep.target.module
+        if node in graph.opaque:
+            module = graph.opaque[node]
+            width = max(t.shape[0] for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)])
+        elif isinstance(module, nn.Module) and graph.dg.is_out_channel_pruning_fn(item.dep.handler):
+            width = graph.dg.get_out_channels(module)
+        else:
             continue
-        width = graph.dg.get_out_channels(module)
         for attr, tensor in [*module._parameters.items(), *module._buffers.items()]:
             if tensor is None or attr in _LAYER_TENSORS or tensor.dim() == 0 or tensor.shape[0] != width:
                 continue
             found.append((module, attr, list(item.idxs), list(item.root_idxs)))
+        if node in graph.opaque:
+            found += [
+                (module, attr, list(item.idxs), list(item.root_idxs))
+                for attr, value in vars(module).items()
+                if type(value) is int and value == width
+            ]
     return found
 
 
-def _replace(module: nn.Module, attr: str, change) -> None:
+def _replace(module: nn.Module, attr: str, delta: int, change) -> None:
+    """Resize a per-channel tensor with `change`, or move a width attribute by `delta`."""
     tensor = getattr(module, attr)
+    if type(tensor) is int:
+        setattr(module, attr, tensor + delta)
+        return
     new = change(tensor.data)
     if isinstance(tensor, nn.Parameter):
         setattr(module, attr, nn.Parameter(new, requires_grad=tensor.requires_grad))
