@@ -124,7 +124,8 @@ class GroupGraph:
         A root wider than another layer of the same channels maps several of its channels onto
         one of the narrower layer's: GhostNet's squeeze-excite expands to a concatenation of a
         tensor and its depthwise copy, an attention `qkv` projection feeds `proj` through three
-        chunks. Rooted at the narrower layer (its output, or else its input), the mapping is cyclic.
+        chunks. Rooted at the narrower layer (its output, or an attention projection's input),
+        the mapping is cyclic.
         """
         candidates = []
         for item in tp_group:
@@ -140,6 +141,10 @@ class GroupGraph:
             pruner = self.dg.get_pruner_of_module(module)
             fn = pruner.prune_in_channels if as_input else pruner.prune_out_channels
             key = f"{name}{_INPUT_SUFFIX}" if as_input else name
+            if as_input and self._head_owner(key) is None:
+                # Only attention heads are known to split a layer's input evenly; elsewhere a
+                # split's sizes may be fixed in Python (Res2Net's `torch.split(x, self.width)`).
+                continue
             candidate = self._describe(key, self.dg.get_pruning_group(module, fn, list(range(width))))
             if candidate.prunable:
                 return module, as_input, candidate

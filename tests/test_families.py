@@ -39,3 +39,32 @@ def test_ghost_modules_resize_their_slice_bound():
 def test_split_and_concat_families(batches, tmp_path):
     """Res2Net splits a tensor into scales and concatenates them back."""
     _roundtrip("res2net50_26w_4s", batches, tmp_path)
+
+
+def test_attention_heads_keep_their_count_and_resize_their_dimension(batches):
+    """ViT: the qkv/proj group is rooted at proj's input; num_heads stays, head_dim follows."""
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=IMG)
+    graph = lw.GroupGraph(model, X)
+    heads = [g for g in graph.groups if g.key.endswith("attn.proj:in")]
+    assert len(heads) == len(model.blocks) and all(g.prunable and g.divisor == 3 for g in heads)
+    wide, _ = lw.widen(model, X, 2.0)
+    assert all(b.attn.head_dim == 128 and b.attn.qkv.out_features == 3 * 384 for b in wide.blocks)
+    result = lw.dissimilate(model, data=batches)
+    for block in result.model.blocks:
+        attn = block.attn
+        assert attn.num_heads == 3
+        assert attn.head_dim * attn.num_heads == attn.proj.in_features == attn.qkv.out_features // 3
+        assert attn.scale == attn.head_dim**-0.5
+    assert result.model(torch.randn(2, 3, IMG, IMG)).shape == (2, 10)
+
+
+def test_layers_unknown_to_torch_pruning_follow_their_group():
+    """TResNet's BlurPool2d filters every channel with F.conv2d and a `filt` buffer."""
+    model = timm.create_model("tresnet_m", pretrained=False, num_classes=10)
+    graph = lw.GroupGraph(model, X)
+    assert graph.opaque, "BlurPool2d was not found"
+    lw.resize(graph, {g.key: 2 * g.size for g in graph.groups if g.prunable})
+    for m in model.modules():
+        if type(m).__name__ == "BlurPool2d":
+            assert m.filt.shape[0] == m.channels
+    assert model(X).shape == (1, 10)
