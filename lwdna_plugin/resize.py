@@ -78,14 +78,23 @@ def _extra_tensors(graph: GroupGraph, tp_group) -> list[tuple[nn.Module, str, li
         for attr, tensor in [*module._parameters.items(), *module._buffers.items()]:
             if tensor is None or attr in _LAYER_TENSORS or tensor.dim() == 0 or tensor.shape[0] != width:
                 continue
+            if tensor in graph.dg.module2node:  # a bare parameter: the graph resizes it itself
+                continue
             found.append((module, attr, list(item.idxs), list(item.root_idxs)))
         if node in graph.opaque:
             found += [
                 (module, attr, list(item.idxs), list(item.root_idxs))
                 for attr, value in vars(module).items()
-                if type(value) is int and value == width
+                if _width_attr(value, width)
             ]
     return found
+
+
+def _width_attr(value: object, width: int) -> bool:
+    """An int equal to the width, or a shape tuple holding it once (timm's Scale keeps `(dim, 1, 1)`)."""
+    if type(value) is int:
+        return value == width
+    return isinstance(value, tuple) and all(type(v) is int for v in value) and value.count(width) == 1
 
 
 def _replace(module: nn.Module, attr: str, delta: int, change) -> None:
@@ -93,6 +102,10 @@ def _replace(module: nn.Module, attr: str, delta: int, change) -> None:
     tensor = getattr(module, attr)
     if type(tensor) is int:
         setattr(module, attr, tensor + delta)
+        return
+    if isinstance(tensor, tuple):
+        width = max(tensor)
+        setattr(module, attr, tuple(v + delta if v == width else v for v in tensor))
         return
     new = change(tensor.data)
     if isinstance(tensor, nn.Parameter):
