@@ -71,6 +71,8 @@ def _extra_tensors(graph: GroupGraph, tp_group) -> list[tuple[nn.Module, str, li
         if node in graph.opaque:
             module = graph.opaque[node]
             width = max(t.shape[0] for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)])
+            if width <= max(item.idxs):
+                continue  # a scalar affine (HGNetV2's LearnableAffineBlock) has no per-channel state
         elif isinstance(module, nn.Module) and graph.dg.is_out_channel_pruning_fn(item.dep.handler):
             width = graph.dg.get_out_channels(module)
         else:

@@ -68,3 +68,16 @@ def test_layers_unknown_to_torch_pruning_follow_their_group():
         if type(m).__name__ == "BlurPool2d":
             assert m.filt.shape[0] == m.channels
     assert model(X).shape == (1, 10)
+
+
+def test_metaformer_scale_shape_follows_its_group():
+    """PoolFormer's Scale keeps `shape = (dim, 1, 1)` beside a bare `scale` parameter."""
+    model = timm.create_model("poolformer_s12", pretrained=False, num_classes=10)
+    graph = lw.GroupGraph(model, X)
+    lw.resize(graph, {g.key: 2 * g.size for g in graph.groups if g.prunable})
+    assert model(X).shape == (1, 10)
+
+
+def test_scalar_affine_blocks_are_left_alone(batches, tmp_path):
+    """HGNetV2's LearnableAffineBlock holds one scale and one bias, not one per channel."""
+    _roundtrip("hgnetv2_b0", batches, tmp_path)
