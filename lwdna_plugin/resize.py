@@ -41,10 +41,10 @@ def resize(
             kept = sorted(keep.get(key, range(target)))
             if len(kept) != target:
                 raise ValueError(f"channel group {key!r}: keep lists {len(kept)} channels, width is {target}")
-            removed = sorted(set(range(group.size)) - set(kept))
-            graph.tp_group(key, removed).prune(record_history=False)
+            removed = set(range(group.size)) - set(kept)
+            graph.tp_group(key, sorted(removed)).prune(record_history=False)
             for module, attr, positions, roots in extras:
-                gone = {p for p, r in zip(positions, roots, strict=True) if r in set(removed)}
+                gone = {p for p, r in zip(positions, roots, strict=True) if r in removed}
                 _replace(
                     module, attr, -len(gone), lambda t, gone=gone: t[[i for i in range(t.shape[0]) if i not in gone]]
                 )
