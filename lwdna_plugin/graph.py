@@ -73,29 +73,7 @@ class GroupGraph:
         ignored: Iterable[str] = (),
     ) -> None:
         self.model = model
-        was_training = model.training
-        outputs: list[tuple[nn.Module, int]] = []
-        leaves: list[tuple[nn.Module, object, int]] = []
-        known = tuple(ops.type2class(t) for t in tp.DependencyGraph().REGISTERED_PRUNERS if ops.type2class(t))
-        hooks = [
-            m.register_forward_hook(partial(_record_output, outputs))
-            for m in model.modules()
-            if m is not model and next(m.children(), None) is not None
-        ]
-        hooks += [
-            m.register_forward_hook(partial(_record_leaf, leaves))
-            for m in model.modules()
-            if next(m.children(), None) is None and not isinstance(m, known) and _per_channel_state(m)
-        ]
-        try:
-            with warnings.catch_warnings():
-                # torch-pruning warns about every parameter outside a known layer; we report those groups ourselves.
-                warnings.simplefilter("ignore")
-                self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
-        finally:
-            for h in hooks:
-                h.remove()
-        model.train(was_training)
+        self.dg, outputs, leaves = _trace(model, example_inputs)
         self.cached_widths = self._find_cached_widths(outputs)
         nodes = {node.grad_fn: node for node in self.dg.module2node.values() if node.grad_fn is not None}
         # Layers torch-pruning does not know (a blur filter applied with F.conv2d) show up as
@@ -283,6 +261,30 @@ class GroupGraph:
             reasons.append(f"{size} channels are not divisible by the layer groups ({group.divisor})")
         group.fixed = reasons[0] if reasons else None
         return group
+
+
+def _trace(model: nn.Module, example_inputs: torch.Tensor) -> tuple[tp.DependencyGraph, list, list]:
+    """Build torch-pruning's graph, recording block output widths and unknown layers' outputs."""
+    was_training = model.training
+    outputs: list[tuple[nn.Module, int]] = []
+    leaves: list[tuple[nn.Module, object, int]] = []
+    known = tuple(ops.type2class(t) for t in tp.DependencyGraph().REGISTERED_PRUNERS if ops.type2class(t))
+    hooks = []
+    for m in model.modules():
+        if m is not model and next(m.children(), None) is not None:
+            hooks.append(m.register_forward_hook(partial(_record_output, outputs)))
+        elif next(m.children(), None) is None and not isinstance(m, known) and _per_channel_state(m):
+            hooks.append(m.register_forward_hook(partial(_record_leaf, leaves)))
+    try:
+        with warnings.catch_warnings():
+            # torch-pruning warns about every parameter outside a known layer; we report those groups ourselves.
+            warnings.simplefilter("ignore")
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    model.train(was_training)
+    return dg, outputs, leaves
 
 
 def _per_channel_state(module: nn.Module) -> bool:
