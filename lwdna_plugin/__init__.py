@@ -5,10 +5,11 @@ The pipeline, one module per stage: adapter -> widen -> score -> budget -> shrin
 
 __version__ = "0.1.0.dev0"
 
+from . import cifar_resnet
 from .adapter import ZOOS, Recipe
 from .api import Result, dissimilate, parse_flops
 from .budget import Floors, plan_widths
-from .data import load_batches
+from .data import load_batches, load_fashion_mnist
 from .export import build, load_spec, register_timm
 from .flops import FLOP_CONVENTION, FlopModel, count_flops, count_params
 from .graph import ChannelGroup, GroupGraph
@@ -24,6 +25,7 @@ __all__ = [
     "GROWERS",
     "ZOOS",
     "BaseGrowFunc",
+    "cifar_resnet",
     "ChannelGroup",
     "Floors",
     "FlopModel",
@@ -36,6 +38,7 @@ __all__ = [
     "count_params",
     "dissimilate",
     "load_batches",
+    "load_fashion_mnist",
     "load_spec",
     "parse_flops",
     "plan_widths",

