@@ -6,8 +6,15 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import lwdna_plugin as lw  # noqa: E402
+from lwdna_plugin.data import FASHION_MNIST_ROOT  # noqa: E402
 
 IMG = 64
+
+# CI installs Debian's dataset-fashion-mnist and sets LWDNA_REQUIRE_DATA=1, so these always run there.
+needs_data = pytest.mark.skipif(
+    not (FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz").is_file() and not os.environ.get("LWDNA_REQUIRE_DATA"),
+    reason="Fashion-MNIST missing: apt-get install dataset-fashion-mnist",
+)
 
 
 @pytest.fixture(scope="session")

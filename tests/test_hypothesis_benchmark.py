@@ -1,0 +1,32 @@
+"""The hypothesis benchmark's `--quick` smoke run: every artefact written, both arms trained alike."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import needs_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@needs_data
+def test_hypothesis_quick(tmp_path):
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MPLBACKEND": "Agg"}
+    script = ROOT / "benchmarks" / "hypothesis.py"
+    subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)], check=True, env=env, timeout=600)
+    stem = "hypothesis_cifar_resnet20_quick"
+    payload = json.loads((tmp_path / f"{stem}.json").read_text())
+    summary = payload["summary"]
+    assert set(summary) == {"baseline", "lwdna", "random"}
+    assert summary["lwdna"]["flops"] <= summary["baseline"]["flops"]
+    assert summary["random"]["flops"] <= summary["baseline"]["flops"]
+    assert summary["lwdna"]["identify_s_mean"] > 0 and summary["baseline"]["identify_s_mean"] == 0
+    assert len(payload["runs"]) == 6
+    epochs = {len(run["history"]["test_acc"]) for run in payload["runs"]}
+    assert epochs == {payload["config"]["epochs"]}
+    assert all(run["history"]["test_acc"][-1] > 20 for run in payload["runs"])
+    for name in (f"{stem}.md", f"{stem}_curves.png", f"{stem}_channels.png", f"{stem}_lwdna/spec.json"):
+        assert (tmp_path / name).is_file(), name
+    assert "Verdict:" in (tmp_path / f"{stem}.md").read_text()
