@@ -47,3 +47,12 @@ __all__ = [
     "score_channels",
     "widen",
 ]
+
+
+def __getattr__(name: str):
+    # The mmengine integration is optional (`pip install 'lwdna-plugin[mm]'`): import it on first use.
+    if name in ("DissimilateHook", "LWDNAModel"):
+        from . import mm
+
+        return getattr(mm, name)
+    raise AttributeError(f"module 'lwdna_plugin' has no attribute {name!r}")

@@ -2,13 +2,17 @@
 
 A `Recipe` names a model in a zoo (`zoo`, `name`, `kwargs`); `ZOOS` maps a zoo name to the
 function that builds from it, so a new zoo is one registered function. An `nn.Module` that
-came from timm gets a recipe when rebuilding it reproduces every tensor shape.
+came from timm gets a recipe when rebuilding it reproduces every tensor shape; an mmengine
+config dict is its own recipe. timm classifiers are scored with cross-entropy on
+(images, targets) batches; an mmengine `BaseModel` through its own `data_preprocessor` and
+`forward(..., mode='loss')`, on the batches its dataloader yields.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +30,15 @@ def _create_timm(name: str, kwargs: dict[str, Any]) -> nn.Module:
     return timm.create_model(name, pretrained=False, **kwargs)
 
 
-ZOOS: dict[str, Callable[[str, dict[str, Any]], nn.Module]] = {"timm": _create_timm}
+def _create_mmengine(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    from mmengine.registry import MODELS
+
+    if MODELS.get(name) is None:
+        raise ValueError(f"mmengine's MODELS registry has no type {name!r}: import the module that registers it")
+    return MODELS.build({"type": name, **kwargs})
+
+
+ZOOS: dict[str, Callable[[str, dict[str, Any]], nn.Module]] = {"timm": _create_timm, "mmengine": _create_mmengine}
 
 
 @dataclass(frozen=True)
@@ -46,15 +58,38 @@ class Recipe:
         return {"zoo": self.zoo, "name": self.name, "kwargs": dict(self.kwargs)}
 
 
+def mmengine_recipe(cfg: Mapping[str, Any]) -> Recipe | None:
+    """The recipe of an mmengine model config, or None when it cannot be stored as JSON."""
+    cfg = dict(cfg)
+    name = cfg.pop("type", None)
+    if not isinstance(name, str):
+        return None
+    try:
+        # Stored as JSON: keep the JSON form (tuples become lists) so the spec round-trips exactly.
+        return Recipe("mmengine", name, json.loads(json.dumps(cfg)))
+    except TypeError:
+        return None
+
+
 def resolve_model(
-    model: str | nn.Module, model_kwargs: dict[str, Any] | None = None
+    model: str | Mapping[str, Any] | nn.Module, model_kwargs: dict[str, Any] | None = None
 ) -> tuple[nn.Module, Recipe | None]:
     """The caller's model as a fresh module we may change, and its recipe when it has one."""
     if isinstance(model, str):
         recipe = Recipe("timm", model, dict(model_kwargs or {}))
         return recipe.create(), recipe
+    if isinstance(model, Mapping):
+        recipe = mmengine_recipe({**model, **(model_kwargs or {})})
+        if recipe is None:
+            raise TypeError(
+                "an mmengine model config needs a registered `type` name and JSON-serialisable arguments "
+                f"so that the spec can rebuild it; got type {model.get('type')!r}"
+            )
+        return recipe.create(), recipe
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a timm model name or an nn.Module, got {type(model).__name__}")
+        raise TypeError(
+            f"model must be a timm model name, an mmengine model config or an nn.Module, got {type(model).__name__}"
+        )
     if model_kwargs:
         raise ValueError("model_kwargs apply to a model name; the module you passed is already built")
     return copy.deepcopy(model), recipe_of(model)
@@ -96,6 +131,49 @@ def _same_shapes(a: nn.Module, b: nn.Module) -> bool:
 def model_device(model: nn.Module) -> torch.device:
     tensor = next(model.parameters(), None)
     return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def is_mmengine_model(model: nn.Module) -> bool:
+    try:
+        from mmengine.model import BaseModel
+    except ImportError:
+        return False
+    return isinstance(model, BaseModel)
+
+
+def batch_shape(model: nn.Module, batch: Any) -> tuple[int, ...]:
+    """The (N, C, H, W) shape of a batch's inputs as the model's forward receives them."""
+    if not is_mmengine_model(model):
+        return tuple(batch[0].shape)
+    inputs = model.data_preprocessor(batch, False)["inputs"]
+    if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, torch.Tensor) for t in inputs):
+        return (len(inputs), *inputs[0].shape)
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(
+            f"{type(model).__name__}.data_preprocessor gave inputs of type {type(inputs).__name__}; "
+            "dissimilation traces the model with one tensor input per sample"
+        )
+    return tuple(inputs.shape)
+
+
+def default_loss(model: nn.Module) -> Callable[[nn.Module, Any], torch.Tensor]:
+    return mmengine_loss if is_mmengine_model(model) else classification_loss
+
+
+def mmengine_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    """The summed losses of an mmengine `BaseModel`, through its data preprocessor and loss mode."""
+    data = model.data_preprocessor(batch, True)
+    try:
+        losses = model(**data, mode="loss") if isinstance(data, dict) else model(*data, mode="loss")
+    except NotImplementedError as err:
+        raise TypeError(f"{type(model).__name__}.forward has no mode='loss': scoring needs the model's loss") from err
+    if not isinstance(losses, Mapping) or not losses:
+        raise TypeError(
+            f"{type(model).__name__}.forward(inputs, data_samples, mode='loss') returned "
+            f"{type(losses).__name__}, not a dict of losses: scoring needs the model's loss"
+        )
+    loss, _ = model.parse_losses(dict(losses))
+    return loss
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .adapter import classification_loss, model_device, resolve_model
+from .adapter import batch_shape, default_loss, model_device, resolve_model
 from .budget import Floors, Plan, plan_widths
 from .data import Batch
 from .export import SCHEMA, dump_spec, tensor_shapes, versions
@@ -65,7 +65,7 @@ def parse_flops(flops: float | str, original: int) -> int:
 
 
 def dissimilate(
-    model: str | nn.Module,
+    model: str | Mapping[str, Any] | nn.Module,
     width: float = 2.0,
     flops: float | str = 1.0,
     data: Iterable[Batch] | None = None,
@@ -81,25 +81,31 @@ def dissimilate(
     input_size: tuple[int, int, int] | None = None,
     ignore: Iterable[str] = (),
     progress: bool = False,
+    device: torch.device | str | None = None,
 ) -> Result:
     """Find a layer-wise dissimilated (LW-DNA) version of `model` at no more than `flops`.
 
     Args:
-        model: a timm model name (built with `model_kwargs`, pretrained=False) or an nn.Module,
-            which is copied, never modified.
+        model: a timm model name (built with `model_kwargs`, pretrained=False), an mmengine model
+            config (`dict(type=..., ...)`, built from mmengine's MODELS registry) or an nn.Module
+            (an mmengine `BaseModel` included), which is copied, never modified.
         width: how much every channel group is widened before scoring (the paper uses 2).
         flops: the target, as a fraction of the original model's FLOPs or an absolute count ("350M").
-        data: an iterable of (images, targets) batches; the first `batches` are used for scoring
-            and the input size is read from them.
+        data: an iterable of (images, targets) batches, or for an mmengine model its dataloader
+            (or the batches it yields); the first `batches` are used for scoring and the input
+            size is read from them.
         criterion: 'gate' (gradient of a per-channel gate, the paper's), 'l1', 'bn', 'random', or a
             torch-pruning `Importance` / callable mapping a torch-pruning group to channel scores.
         aggregate: how coupled layers' gate scores combine: 'sum', 'mean' or 'norm'.
         floors: minimum widths per group (fractions of the widened width, and an absolute count).
         round_to: keep every width a multiple of this (8 suits most accelerators).
-        loss_fn: `loss_fn(model, batch) -> loss`; cross-entropy of the logits by default.
+        loss_fn: `loss_fn(model, batch) -> loss`; by default cross-entropy of the logits, or for
+            an mmengine model the sum of its `forward(..., mode='loss')` losses.
         input_size: (C, H, W) when `data` is None (data-free criteria only).
         ignore: layer names whose channel groups keep their width.
         progress: show a progress bar over the stages.
+        device: where to build a model given by name or config (CPU by default); a module you
+            pass stays on its own device.
     """
     stages = ["graph", "widen", "score", "search", "shrink", "verify"]
     bar = tqdm(total=len(stages), desc="dissimilate", disable=not progress, leave=False)
@@ -118,12 +124,18 @@ def dissimilate(
     ignore = tuple(ignore)
     torch.manual_seed(seed)
     base, recipe = resolve_model(model, model_kwargs)
+    if device is not None and not isinstance(model, nn.Module):
+        base = base.to(device)
     device = model_device(base)
     batch_list = list(itertools.islice(iter(data), batches)) if data is not None else []
     if data is not None and not batch_list:
-        raise ValueError("`data` yielded no batches: pass an iterable of (images, targets)")
+        raise ValueError(
+            "`data` yielded no batches (an empty dataset or dataloader?): pass an iterable of (images, targets) "
+            "batches or a dataloader that yields at least one batch"
+        )
     if batch_list:
-        shape = tuple(batch_list[0][0].shape[1:])
+        batch_size, *shape = batch_shape(base, batch_list[0])
+        shape = tuple(shape)
     elif input_size is not None:
         shape = tuple(input_size)
     else:
@@ -141,7 +153,7 @@ def dissimilate(
     graph = GroupGraph(wide, example, ignore)
     done("widen")
 
-    scores = score_channels(graph, criterion, batch_list, loss_fn or classification_loss, aggregate, progress)
+    scores = score_channels(graph, criterion, batch_list, loss_fn or default_loss(wide), aggregate, progress)
     done("score")
 
     flop_model = FlopModel(graph, example)
@@ -177,7 +189,7 @@ def dissimilate(
         "criterion": criterion if isinstance(criterion, str) else "custom",
         "aggregate": aggregate,
         "batches": len(batch_list),
-        "batch_size": int(batch_list[0][0].shape[0]) if batch_list else 0,
+        "batch_size": batch_size if batch_list else 0,
         "seed": seed,
         "floors": {"rho": floors.rho, "tau": floors.tau, "min_channels": floors.min_channels},
         "round_to": round_to,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .api import dissimilate
 from .budget import Floors
@@ -19,10 +20,14 @@ def _parser() -> argparse.ArgumentParser:
         "dissimilate",
         help="widen, score at init, shrink to a FLOP budget; write spec.json, report.md, channels.png",
     )
-    d.add_argument("model", help="timm model name, e.g. resnet18")
+    d.add_argument("model", nargs="?", help="timm model name, e.g. resnet18 (or give --mm-config)")
+    d.add_argument(
+        "--mm-config",
+        help="an mmengine config file: its `model` is dissimilated on batches of its `train_dataloader`",
+    )
     d.add_argument("--width", type=float, default=2.0, help="widening factor before scoring (default 2.0)")
     d.add_argument("--flops", default="1.0", help="target: fraction of the original FLOPs (1.0) or a count (350M)")
-    d.add_argument("--data", required=True, help="ImageFolder directory or a named offline set: mnist5k, fashion-mnist")
+    d.add_argument("--data", help="ImageFolder directory or a named offline set: mnist5k, fashion-mnist")
     d.add_argument("--batches", type=int, default=2, help="mini-batches scored at initialisation (default 2)")
     d.add_argument("--batch-size", type=int, default=64)
     d.add_argument("--img-size", type=int, default=64, help="input resolution for scoring and FLOPs (default 64)")
@@ -46,14 +51,44 @@ def _flops(text: str) -> float | str:
         return text
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _timm_job(args: argparse.Namespace) -> tuple[str, list, dict]:
     classes = args.num_classes or num_classes(args.data)
-    model_kwargs = {"num_classes": classes} if classes else {}
+    data = load_batches(args.data, args.batches, args.batch_size, args.img_size, seed=args.seed)
+    return args.model, data, {"num_classes": classes} if classes else {}
+
+
+def _mmengine_job(args: argparse.Namespace) -> tuple[dict, object, dict]:
+    """The config's model and its training dataloader; modules next to the config file are importable."""
+    path = Path(args.mm_config).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"--mm-config {args.mm_config}: no such file")
     try:
-        data = load_batches(args.data, args.batches, args.batch_size, args.img_size, seed=args.seed)
+        from mmengine.config import Config
+        from mmengine.registry import init_default_scope
+        from mmengine.runner import Runner
+    except ImportError as err:
+        raise ImportError("--mm-config needs mmengine: pip install 'lwdna-plugin[mm]'") from err
+    sys.path.insert(0, str(path.parent))
+    cfg = Config.fromfile(str(path))
+    init_default_scope(cfg.get("default_scope", "mmengine"))
+    for key in ("model", "train_dataloader"):
+        if key not in cfg:
+            raise ValueError(f"--mm-config {args.mm_config}: the config has no `{key}`")
+    loader = Runner.build_dataloader(cfg.train_dataloader.to_dict(), seed=args.seed)
+    return cfg.model.to_dict(), loader, {}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if (args.model is None) == (args.mm_config is None):
+        parser.error("give either a timm MODEL name (with --data) or --mm-config, not both")
+    if args.model is not None and args.data is None:
+        parser.error("--data is required with a timm model (an image folder or mnist5k, fashion-mnist)")
+    try:
+        model, data, model_kwargs = _mmengine_job(args) if args.mm_config else _timm_job(args)
         result = dissimilate(
-            args.model,
+            model,
             width=args.width,
             flops=_flops(args.flops),
             data=data,
@@ -66,13 +101,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_kwargs=model_kwargs,
             progress=not args.quiet,
         )
-    except (ValueError, FileNotFoundError, ImportError) as err:
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         print(f"lwdna: error: {err}", file=sys.stderr)
         return 2
     out = result.save(args.out)
     f = result.report.flops
     print(
-        f"{args.model}: FLOPs {f['lwdna']:,} / original {f['original']:,} ({f['lwdna'] / f['original']:.4f}), "
+        f"{result.report.model}: FLOPs {f['lwdna']:,} / original {f['original']:,} ({f['lwdna'] / f['original']:.4f}), "
         f"params {result.report.params['lwdna'] / result.report.params['original']:.4f} of the original"
     )
     print(f"wrote {out / 'spec.json'}, {out / 'report.md'}, {out / 'channels.png'}")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .adapter import Recipe, model_device
+from .adapter import Recipe, mmengine_recipe, model_device
 from .graph import GroupGraph
 from .initialise import initialise
 from .resize import resize
@@ -66,14 +66,20 @@ def load_spec(spec: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
-def build(spec: str | Path | Mapping[str, Any], base: nn.Module | None = None, **overrides: Any) -> nn.Module:
+def build(
+    spec: str | Path | Mapping[str, Any], base: nn.Module | Mapping[str, Any] | None = None, **overrides: Any
+) -> nn.Module:
     """The LW-DNA model a spec describes, freshly initialised by its zoo.
 
     `overrides` replace base keyword arguments (for example `num_classes`); the group widths
-    stay as specified. `base` is needed only for a spec whose model has no zoo recipe.
+    stay as specified. `base` (a module, or an mmengine model config) is needed only for a
+    spec whose model has no zoo recipe.
     """
     data = load_spec(spec)
     recipe = _recipe(data, overrides)
+    if isinstance(base, Mapping):
+        recipe = _base_config_recipe(base, data)
+        base = None
     if base is not None:
         model = copy.deepcopy(base)
     elif recipe is not None:
@@ -133,6 +139,19 @@ def _recipe(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> Recipe | N
     if not base:
         return None
     return Recipe(base["zoo"], base["name"], {**base.get("kwargs", {}), **overrides})
+
+
+def _base_config_recipe(base: Mapping[str, Any], data: Mapping[str, Any]) -> Recipe:
+    recipe = mmengine_recipe(base)
+    if recipe is None:
+        raise TypeError(f"base config needs a registered `type` name and JSON-serialisable arguments, got {base!r}")
+    made_for = (data.get("base") or {}).get("name")
+    if made_for is not None and made_for != recipe.name:
+        raise ValueError(
+            f"the spec was made for base model {made_for!r}, not {recipe.name!r}: "
+            "pass the base config the spec was made from, or dissimilate this model again"
+        )
+    return recipe
 
 
 def _find(graph: GroupGraph, key: str, data: Mapping[str, Any]):

@@ -109,7 +109,18 @@ def gate_saliency(
         model.train(was_training)
     if seen == 0:
         raise ValueError("the data yielded no batches: gate scores need at least one (images, targets) batch")
+    _sum_across_ranks([gate.grad for gate in gates.values() if gate.grad is not None])
     return {g.key: _aggregate(g, gates, aggregate) for g in groups}
+
+
+def _sum_across_ranks(grads: list[torch.Tensor]) -> None:
+    """Under torch.distributed, sum gate gradients over ranks so that every rank plans the same widths."""
+    if not grads or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    for grad, chunk in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+        grad.copy_(chunk.view_as(grad))
 
 
 def _feeds_batchnorm_only(graph: GroupGraph, module: nn.Module) -> bool:
