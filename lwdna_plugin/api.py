@@ -94,8 +94,10 @@ def dissimilate(
         data: an iterable of (images, targets) batches, or for an mmengine model its dataloader
             (or the batches it yields); the first `batches` are used for scoring and the input
             size is read from them.
-        criterion: 'gate' (gradient of a per-channel gate, the paper's), 'l1', 'bn', 'random', or a
+        criterion: 'gate' (gradient of a per-channel gate, the paper's), 'synflow' (the same
+            gate gradient of SynFlow's data-free objective), 'l1', 'bn', 'random', or a
             torch-pruning `Importance` / callable mapping a torch-pruning group to channel scores.
+            Without `data`, only the data-free ones apply ('synflow', 'l1', 'bn', 'random').
         aggregate: how coupled layers' gate scores combine: 'sum', 'mean' or 'norm'.
         floors: minimum widths per group (fractions of the widened width, and an absolute count).
         round_to: keep every width a multiple of this (8 suits most accelerators).
@@ -136,6 +138,8 @@ def dissimilate(
     if batch_list:
         batch_size, *shape = batch_shape(base, batch_list[0])
         shape = tuple(shape)
+    elif criterion == "gate":
+        raise ValueError("criterion 'gate' scores on data: pass `data=`, or choose a data-free criterion ('synflow')")
     elif input_size is not None:
         shape = tuple(input_size)
     else:
@@ -153,7 +157,9 @@ def dissimilate(
     graph = GroupGraph(wide, example, ignore)
     done("widen")
 
-    scores = score_channels(graph, criterion, batch_list, loss_fn or default_loss(wide), aggregate, progress)
+    scores = score_channels(
+        graph, criterion, batch_list, loss_fn or default_loss(wide), aggregate, progress, example=example
+    )
     done("score")
 
     flop_model = FlopModel(graph, example)
@@ -228,8 +234,9 @@ def _shrink_to_target(wide, graph, scores, flop_model, plan, target, floors, rou
 
 def _notes(plan: Plan, target: int, achieved: int, criterion: Criterion, aggregate: str, batches: int) -> list[str]:
     name = criterion if isinstance(criterion, str) else getattr(criterion, "__name__", type(criterion).__name__)
+    source = f"on {batches} batch(es)" if batches else "data-free: no data was used"
     notes = [
-        f"criterion: {name} (aggregate={aggregate}) on {batches} batch(es)",
+        f"criterion: {name} (aggregate={aggregate}) {source}",
         f"achieved / target FLOPs: {achieved / target:.4f}; the search's analytic model predicted "
         f"{plan.predicted_flops / achieved:.4f}x the fvcore count",
     ]

@@ -27,7 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--width", type=float, default=2.0, help="widening factor before scoring (default 2.0)")
     d.add_argument("--flops", default="1.0", help="target: fraction of the original FLOPs (1.0) or a count (350M)")
-    d.add_argument("--data", help="ImageFolder directory or a named offline set: mnist5k, fashion-mnist")
+    d.add_argument(
+        "--data",
+        help="ImageFolder directory, a named offline set (mnist5k, fashion-mnist), or 'none' for data-free "
+        "scoring (synflow)",
+    )
     d.add_argument("--batches", type=int, default=2, help="mini-batches scored at initialisation (default 2)")
     d.add_argument("--batch-size", type=int, default=64)
     d.add_argument("--img-size", type=int, default=64, help="input resolution for scoring and FLOPs (default 64)")
@@ -51,7 +55,9 @@ def _flops(text: str) -> float | str:
         return text
 
 
-def _timm_job(args: argparse.Namespace) -> tuple[str, list, dict]:
+def _timm_job(args: argparse.Namespace) -> tuple[str, list | None, dict]:
+    if args.data == "none":
+        return args.model, None, {"num_classes": args.num_classes} if args.num_classes else {}
     classes = args.num_classes or num_classes(args.data)
     data = load_batches(args.data, args.batches, args.batch_size, args.img_size, seed=args.seed)
     return args.model, data, {"num_classes": classes} if classes else {}
@@ -93,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             flops=_flops(args.flops),
             data=data,
             batches=args.batches,
-            criterion=args.criterion,
+            criterion="synflow" if data is None and args.criterion == "gate" else args.criterion,
+            input_size=(3, args.img_size, args.img_size) if data is None else None,
             aggregate=args.aggregate,
             floors=Floors(args.floor, args.classifier_floor, args.min_channels),
             round_to=args.round_to,

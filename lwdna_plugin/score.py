@@ -2,13 +2,16 @@
 
 The default, `gate`, is the paper's criterion: the loss gradient with respect to a per-channel
 multiplier (equal to |sum of activation x gradient| over the channel's activations), taken on
-one or two real mini-batches. `l1`, `bn` and `random` are torch-pruning importances applied to
-our groups, and any `torch_pruning.importance.Importance` (or a callable taking a torch-pruning
-group and returning one score per channel) can be passed instead of a name.
+one or two real mini-batches. `synflow` needs no data: the same gate gradient of SynFlow's
+objective (Tanaka et al. 2020, the summed output of the network with absolute weights on an
+all-ones input). `l1`, `bn` and `random` are torch-pruning importances applied to our groups,
+and any `torch_pruning.importance.Importance` (or a callable taking a torch-pruning group and
+returning one score per channel) can be passed instead of a name.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from functools import partial
 
@@ -31,7 +34,10 @@ _IMPORTANCES: dict[str, Callable[[], Callable]] = {
     "bn": lambda: tp.importance.BNScaleImportance(normalizer=None),
     "random": lambda: tp.importance.RandomImportance(),
 }
-CRITERIA = ("gate", *_IMPORTANCES)
+CRITERIA = ("gate", "synflow", *_IMPORTANCES)
+DATA_FREE = ("synflow", *_IMPORTANCES)
+
+_NORMS = (ops.TORCH_BATCHNORM, ops.TORCH_LAYERNORM, ops.TORCH_GROUPNORM, ops.TORCH_INSTANCENORM)
 
 # Layers whose channel axis is the last one of their output (linear layers on tokens or NHWC maps).
 _CHANNELS_LAST = (ops.TORCH_LINEAR, ops.TORCH_EMBED)
@@ -44,16 +50,21 @@ def score_channels(
     loss_fn: LossFn | None = None,
     aggregate: str = "sum",
     progress: bool = False,
+    example: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One score per channel for every prunable group, keyed by group."""
+    """One score per channel for every prunable group, keyed by group (`example`: an input, for synflow)."""
     if aggregate not in AGGREGATIONS:
         raise ValueError(f"aggregate={aggregate!r}: choose one of {AGGREGATIONS}")
     groups = [g for g in graph.groups if g.prunable]
     if criterion == "gate":
         if loss_fn is None:
-            raise ValueError("criterion 'gate' needs data and a loss; pass `data=` batches or choose 'l1'")
+            raise ValueError("criterion 'gate' needs data and a loss; pass `data=` batches or choose 'synflow'")
         batches = tqdm(batches, desc="scoring batches", disable=not progress, leave=False)
         return gate_saliency(graph, groups, batches, loss_fn, aggregate)
+    if criterion == "synflow":
+        if example is None:
+            raise ValueError("criterion 'synflow' needs the input shape: pass `input_size=(C, H, W)`")
+        return synflow_saliency(graph, groups, example, aggregate)
     if isinstance(criterion, str):
         if criterion not in _IMPORTANCES:
             raise ValueError(f"criterion={criterion!r}: choose one of {CRITERIA} or pass a callable")
@@ -78,6 +89,58 @@ def gate_saliency(
     aggregate: str = "sum",
 ) -> dict[str, torch.Tensor]:
     """|dL/dg| for a multiplier g = 1 on each channel of each layer that outputs a group's channels."""
+    gates = _gate_gradients(graph, groups, batches, loss_fn, train=True)
+    _sum_across_ranks([gate.grad for gate in gates.values() if gate.grad is not None])
+    return {g.key: _aggregate(g, gates, aggregate) for g in groups}
+
+
+def synflow_saliency(
+    graph: GroupGraph, groups: list[ChannelGroup], example: torch.Tensor, aggregate: str = "sum"
+) -> dict[str, torch.Tensor]:
+    """Data-free gate saliency of SynFlow's objective: sum of outputs with |weights| on an all-ones input.
+
+    Norms run in eval mode with unit scale and zero shift: zoos zero-initialise the last norm
+    of a residual branch, which would cut every path through it. The pass runs in float64
+    because products of absolute weights over a deep network overflow float32. The model's
+    tensors are restored exactly afterwards.
+    """
+    model = graph.model
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    dtype = next(model.parameters()).dtype
+    with torch.no_grad():
+        for p in model.parameters():
+            p.abs_()
+        for module in model.modules():
+            if isinstance(module, _NORMS) and getattr(module, "weight", None) is not None:
+                module.weight.fill_(1.0)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
+    model.double()
+    ones = torch.ones(1, *example.shape[1:], dtype=torch.float64, device=example.device)
+    try:
+        gates = _gate_gradients(graph, groups, [ones], _summed_output, train=False)
+    finally:
+        model.to(dtype)
+        model.load_state_dict(saved)
+    # One global scale keeps the ranking and brings the scores into float32's range.
+    grads = [gate.grad for gate in gates.values() if gate.grad is not None]
+    peak = max((float(g.abs().max()) for g in grads), default=0.0)
+    if not math.isfinite(peak):
+        raise ValueError("synflow overflowed even in float64 on this model; choose another data-free criterion ('l1')")
+    for grad in grads:
+        grad.div_(peak or 1.0)
+    return {g.key: _aggregate(g, gates, aggregate) for g in groups}
+
+
+def _summed_output(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    output = model(inputs)
+    return output[0].sum() if isinstance(output, (tuple, list)) else output.sum()
+
+
+def _gate_gradients(
+    graph: GroupGraph, groups: list[ChannelGroup], batches: Iterable, loss_fn: LossFn, train: bool
+) -> dict[str, torch.Tensor]:
+    """Gates on every layer that outputs a group's channels, with their gradients summed over batches."""
     model = graph.model
     gates: dict[str, torch.Tensor] = {}
     hooks = []
@@ -94,7 +157,7 @@ def gate_saliency(
     trainable = [p for p in model.parameters() if p.requires_grad]
     for p in trainable:
         p.requires_grad_(False)
-    model.train()
+    model.train(train)
     seen = 0
     try:
         for batch in batches:
@@ -109,8 +172,7 @@ def gate_saliency(
         model.train(was_training)
     if seen == 0:
         raise ValueError("the data yielded no batches: gate scores need at least one (images, targets) batch")
-    _sum_across_ranks([gate.grad for gate in gates.values() if gate.grad is not None])
-    return {g.key: _aggregate(g, gates, aggregate) for g in groups}
+    return gates
 
 
 def _sum_across_ranks(grads: list[torch.Tensor]) -> None:

@@ -77,3 +77,9 @@ def test_cli_image_folder(tmp_path, size):
         ]
     )
     assert code == 0
+
+
+def test_cli_data_none_is_data_free(tmp_path, capsys):
+    code = main(["dissimilate", "resnet18", "--data", "none", "--num-classes", "10", "--out", str(tmp_path), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert "criterion: synflow (aggregate=sum) data-free: no data was used" in (tmp_path / "report.md").read_text()

@@ -57,3 +57,22 @@ def test_criterion_changes_the_architecture(batches):
     gate = lw.dissimilate("resnet18", data=batches, model_kwargs=kw).spec["groups"]
     rand = lw.dissimilate("resnet18", data=batches, criterion="random", model_kwargs=kw).spec["groups"]
     assert gate != rand
+
+
+def test_synflow_needs_no_data_and_restores_the_model(graph):
+    before = {k: v.clone() for k, v in graph.model.state_dict().items()}
+    scores = lw.score_channels(graph, "synflow", example=X)
+    _check(scores, graph)
+    assert all(float(s.sum()) > 0 for s in scores.values())
+    after = graph.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
+
+
+def test_dissimilate_data_free():
+    result = lw.dissimilate("resnet18", criterion="synflow", input_size=(3, IMG, IMG), model_kwargs={"num_classes": 10})
+    flops = result.report.flops
+    assert 0.995 * flops["original"] <= flops["lwdna"] <= flops["original"]
+    assert result.spec["criterion"] == "synflow" and result.spec["batches"] == 0
+    assert any("data-free: no data was used" in note for note in result.report.notes)
+    with pytest.raises(ValueError, match="choose a data-free criterion"):
+        lw.dissimilate("resnet18", input_size=(3, IMG, IMG))
