@@ -1,4 +1,4 @@
-"""The hypothesis benchmark's `--quick` smoke run: every artefact written, both arms trained alike."""
+"""Benchmark scripts run as documented: the hypothesis `--quick` smoke run and a one-model latency run."""
 
 import json
 import os
@@ -30,3 +30,14 @@ def test_hypothesis_quick(tmp_path):
     for name in (f"{stem}.md", f"{stem}_curves.png", f"{stem}_channels.png", f"{stem}_lwdna/spec.json"):
         assert (tmp_path / name).is_file(), name
     assert "Verdict:" in (tmp_path / f"{stem}.md").read_text()
+
+
+def test_latency_smoke(tmp_path):
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    script = ROOT / "benchmarks" / "latency.py"
+    args = ["--models", "resnet18", "--batch-sizes", "1", "--repeats", "1", "--score-batches", "1", "--out"]
+    subprocess.run([sys.executable, str(script), *args, str(tmp_path)], check=True, env=env, timeout=600)
+    (row,) = json.loads((tmp_path / "latency.json").read_text())["rows"]
+    assert row["lwdna_r1_flops_ratio"] <= 1.0 and row["lwdna_r8_flops_ratio"] <= 1.0
+    assert row["baseline_ms"] > 0 and row["lwdna_r8_latency_ratio"] > 0
+    assert "LW-DNA at or below the baseline's latency" in (tmp_path / "latency.md").read_text()

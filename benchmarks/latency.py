@@ -1,0 +1,137 @@
+"""Deployed CPU latency: the baseline and its LW-DNA versions, timed side by side in one process.
+
+For each model at timm's default input size: the baseline, and LW-DNA models found at flops 1.0
+with `round_to` 1 and 8 (gate scores on mnist5k batches). Each repeat times one forward pass
+of every variant in turn (eval mode, no grad), so drift on a shared machine hits all of them
+alike; the table reports medians and each LW-DNA median over the baseline's.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/latency.py [--models resnet50 ...] [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+
+import lwdna_plugin as lw  # noqa: E402
+
+MODELS = ["resnet50", "mobilenetv2_100", "convnext_atto", "efficientnet_b0"]
+ROUNDINGS = (1, 8)
+
+
+@torch.no_grad()
+def time_forward(model: torch.nn.Module, images: torch.Tensor) -> float:
+    start = time.perf_counter()
+    model(images)
+    return time.perf_counter() - start
+
+
+def variants(name: str, size: int, score_batches: int, score_batch_size: int) -> dict[str, dict]:
+    """The baseline and one LW-DNA model per rounding, each with its fvcore FLOPs."""
+    kwargs = {"num_classes": 1000}
+    example = torch.zeros(1, 3, size, size)
+    torch.manual_seed(0)
+    found = {"baseline": {"model": timm.create_model(name, pretrained=False, **kwargs)}}
+    data = lw.load_batches("mnist5k", batches=score_batches, batch_size=score_batch_size, img_size=size)
+    for round_to in ROUNDINGS:
+        result = lw.dissimilate(name, flops=1.0, data=data, round_to=round_to, model_kwargs=kwargs)
+        found[f"lwdna_r{round_to}"] = {"model": result.model}
+    for entry in found.values():
+        entry["model"].eval()
+        entry["flops"] = lw.count_flops(entry["model"], example)
+    return found
+
+
+def measure(name: str, batch_sizes: list[int], repeats: int, score_batches: int, score_batch_size: int) -> list[dict]:
+    size = timm.get_pretrained_cfg(name).input_size[-1]
+    found = variants(name, size, score_batches, score_batch_size)
+    rows = []
+    for batch in batch_sizes:
+        images = torch.randn(batch, 3, size, size)
+        for entry in found.values():
+            time_forward(entry["model"], images)  # warm-up: allocator and kernel selection
+        times: dict[str, list[float]] = {key: [] for key in found}
+        for _ in range(repeats):
+            for key, entry in found.items():
+                times[key].append(time_forward(entry["model"], images))
+        base = statistics.median(times["baseline"])
+        row = {"model": name, "input": size, "batch": batch, "baseline_ms": round(1000 * base, 2)}
+        for key in found:
+            if key == "baseline":
+                continue
+            median = statistics.median(times[key])
+            row[f"{key}_ms"] = round(1000 * median, 2)
+            row[f"{key}_latency_ratio"] = round(median / base, 3)
+            row[f"{key}_flops_ratio"] = round(found[key]["flops"] / found["baseline"]["flops"], 4)
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+def to_markdown(rows: list[dict], meta: dict) -> str:
+    lines = [
+        "| model | batch | baseline ms | LW-DNA round_to 1: ms (latency, FLOPs vs baseline) "
+        "| LW-DNA round_to 8: ms (latency, FLOPs vs baseline) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        cells = [
+            f"{r[f'lwdna_r{k}_ms']} ({r[f'lwdna_r{k}_latency_ratio']:.3f}x, {r[f'lwdna_r{k}_flops_ratio']:.4f})"
+            for k in ROUNDINGS
+        ]
+        lines.append(f"| {r['model']} | {r['batch']} | {r['baseline_ms']} | {cells[0]} | {cells[1]} |")
+    at_most_one = sum(r[f"lwdna_r{k}_latency_ratio"] <= 1.0 for r in rows for k in ROUNDINGS)
+    lines += [
+        "",
+        f"LW-DNA at or below the baseline's latency in {at_most_one} of {len(rows) * len(ROUNDINGS)} cases.",
+        "",
+        f"`{meta['command']}` on {meta['machine']}; median of {meta['repeats']} interleaved repeats.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--score-batches", type=int, default=2)
+    parser.add_argument("--score-batch-size", type=int, default=16)
+    parser.add_argument("--tag", default="latency", help="output file stem")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args(argv)
+    rows = [
+        row
+        for name in args.models
+        for row in measure(name, args.batch_sizes, args.repeats, args.score_batches, args.score_batch_size)
+    ]
+    meta = {
+        "command": "python benchmarks/latency.py" + (" " + " ".join(argv) if argv else ""),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, CPU",
+        "repeats": args.repeats,
+        "flop_convention": lw.FLOP_CONVENTION,
+    }
+    table = to_markdown(rows, meta)
+    print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    (out / f"{args.tag}.md").write_text(table)
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
