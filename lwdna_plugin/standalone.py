@@ -1,0 +1,588 @@
+"""Standalone export: the LW-DNA model as a Python module in plain PyTorch (`export_python`).
+
+The LW-DNA model is traced with torch.fx, once in train and once in eval mode. Every layer
+defined in `torch.nn` stays a layer and is written as its constructor call with explicit
+channel counts (each call is checked by re-creating the layer and comparing its tensors and
+settings); everything else (timm's blocks and stems) is traced through, so its forward
+becomes the generated `forward` and its module becomes a plain `nn.Module` container with
+the same name. A state dict saved from the LW-DNA model therefore loads with `strict=True`.
+Functions timm keeps out of tracing (its fx "notrace" functions) stay calls into timm: the
+generated file imports them and lists them in its docstring and in `TIMM_IMPORTS`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import inspect
+import keyword
+import math
+import operator
+import re
+import textwrap
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Tensors on containers with at most this many elements and no place in the state dict (a
+# non-persistent buffer, a constant fx lifted out of a forward) are written out as literals.
+_MAX_LITERAL = 4096
+
+
+@dataclass
+class Standalone:
+    """The generated module's source, its class name and the timm functions it imports."""
+
+    source: str
+    class_name: str
+    timm_imports: list[str] = field(default_factory=list)
+
+    @property
+    def imports_timm(self) -> bool:
+        return bool(self.timm_imports)
+
+
+def export_python(
+    spec_or_result: Any,
+    path: str | Path,
+    *,
+    class_name: str | None = None,
+) -> Path:
+    """Write the LW-DNA architecture as a standalone PyTorch module to `path` and return the path.
+
+    `spec_or_result` is a `Result` of `dissimilate`, a spec dict or the path of a spec.json
+    (the model is then rebuilt with `build`), or the LW-DNA `nn.Module` itself. The file
+    defines one class (`class_name`, by default `LWDNA` plus the base model's name) whose
+    state dict has exactly the LW-DNA model's keys and shapes; `MODEL` names it and
+    `TIMM_IMPORTS` lists the timm functions the file needs (empty when it needs only torch).
+    """
+    generated = python_source(spec_or_result, class_name=class_name)
+    path = Path(path)
+    if path.suffix != ".py":
+        raise ValueError(f"export_python writes a Python module: give a path ending in .py, not {str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(generated.source)
+    return path
+
+
+def python_source(spec_or_result: Any, *, class_name: str | None = None) -> Standalone:
+    """The standalone module `export_python` writes, as source text with its timm imports."""
+    model, spec = _resolve(spec_or_result)
+    base = (spec or {}).get("base") or {}
+    class_name = class_name or _class_name(base.get("name") or type(model).__name__)
+    if not class_name.isidentifier() or keyword.iskeyword(class_name):
+        raise ValueError(f"class_name {class_name!r} is not a Python identifier")
+    return _Writer(model, spec, class_name).write()
+
+
+def _resolve(obj: Any) -> tuple[nn.Module, dict[str, Any] | None]:
+    from .api import Result
+    from .export import build, load_spec
+
+    if isinstance(obj, Result):
+        return obj.model, obj.spec
+    if isinstance(obj, nn.Module):
+        return obj, None
+    if isinstance(obj, (Mapping, str, Path)):
+        spec = load_spec(obj)
+        return build(spec), spec
+    raise TypeError(
+        f"export_python needs a Result, a spec dict, a spec.json path or a module, got {type(obj).__name__}"
+    )
+
+
+def _class_name(name: str) -> str:
+    words = re.split(r"[^0-9a-zA-Z]+", name)
+    return "LWDNA" + "".join(w[:1].upper() + w[1:] for w in words if w)
+
+
+class _Tracer(fx.Tracer):
+    """Traces through everything but `torch.nn` layers; timm's notrace functions stay calls."""
+
+    # Buffers read in a traced forward (BatchNormAct2d's num_batches_tracked.add_) become graph
+    # nodes instead of being touched for real.
+    proxy_buffer_attributes = True
+
+    def __init__(self) -> None:
+        try:
+            from timm.layers import get_notrace_functions
+        except ImportError:  # a module that did not come from timm
+            functions = ()
+        else:
+            functions = tuple(f for f in get_notrace_functions() if callable(f))
+        super().__init__(autowrap_functions=functions)
+
+
+def _trace(model: nn.Module, training: bool) -> fx.GraphModule:
+    mode = model.training
+    model.train(training)
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as error:
+        raise RuntimeError(
+            f"torch.fx could not trace {type(model).__name__} in {'train' if training else 'eval'} mode: {error}"
+        ) from error
+    finally:
+        model.train(mode)
+    gm = fx.GraphModule(model, graph, class_name=type(model).__name__)
+    _drop_dead_reads(gm.graph)
+    for node in gm.graph.nodes:
+        node.type = None  # no annotations in the generated signature
+    gm.recompile()
+    return gm
+
+
+def _drop_dead_reads(graph: fx.Graph) -> None:
+    """Remove unused shape reads and attribute fetches; anything that might act in place stays."""
+    pure = (builtins.getattr, operator.getitem)
+    for node in reversed(list(graph.nodes)):
+        if node.users:
+            continue
+        if node.op == "get_attr" or (node.op == "call_function" and node.target in pure):
+            graph.erase_node(node)
+
+
+def _is_leaf(module: nn.Module) -> bool:
+    return _Tracer().is_leaf_module(module, "")
+
+
+class _Writer:
+    def __init__(self, model: nn.Module, spec: dict[str, Any] | None, class_name: str) -> None:
+        self.model = model
+        self.spec = spec
+        self.class_name = class_name
+        self.modules = dict(model.named_modules(remove_duplicate=False))
+        self.timm_imports: dict[str, str] = {}  # local name -> import line
+        self.imports: set[str] = set()
+        self.constants: dict[str, torch.Tensor] = {}
+
+    def write(self) -> Standalone:
+        train, evaluation = _trace(self.model, True), _trace(self.model, False)
+        self.graphs = {"train": train, "eval": evaluation}
+        self._find_constants()
+        init = self._init_body()
+        train_code, eval_code = self._forward_code(train), self._forward_code(evaluation)
+        if train_code == eval_code:
+            forward = [train_code]
+            modes = "The forward pass is the same in train and eval mode."
+        else:
+            signature = _signature(evaluation)
+            forward = [
+                f"def forward({signature}):\n"
+                "    if self.training:\n"
+                f"        return self._forward_train({_call_args(evaluation)})\n"
+                f"    return self._forward_eval({_call_args(evaluation)})\n",
+                train_code.replace("def forward(", "def _forward_train(", 1),
+                eval_code.replace("def forward(", "def _forward_eval(", 1),
+            ]
+            modes = "fx fixes Python branches on `self.training`: forward dispatches to the train- or eval-mode trace."
+        body = "\n".join(textwrap.indent(part, "    ") for part in [init, *forward])
+        header = self._header(modes)
+        imports = self._import_block("\n".join(forward))
+        timm_list = sorted(self.timm_imports.values())
+        source = (
+            f'"""{header}"""\n\n{imports}\n\n'
+            f"TIMM_IMPORTS = {_pylist([_import_target(line) for line in timm_list])}\n\n\n"
+            f"class {self.class_name}(nn.Module):\n"
+            f'    """LW-DNA {self._base_name()} with explicit per-layer channels."""\n\n'
+            f"{body}\n\n"
+            f"MODEL = {self.class_name}\n"
+        )
+        compile(source, "<lwdna standalone>", "exec")
+        return Standalone(source, self.class_name, [_import_target(line) for line in timm_list])
+
+    # --- which modules and tensors the file recreates -----------------------------------------
+
+    def _find_constants(self) -> None:
+        """get_attr targets that are neither parameters nor buffers of the model (fx's lifted constants)."""
+        state = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
+        for gm in self.graphs.values():
+            for node in gm.graph.nodes:
+                if node.op == "get_attr" and node.target not in state:
+                    value = _fetch(gm, node.target)
+                    if not isinstance(value, torch.Tensor):
+                        raise ValueError(f"the traced graph reads {node.target!r}, which is not a tensor")
+                    self.constants[node.target] = value
+
+    def _called(self) -> set[str]:
+        return {n.target for gm in self.graphs.values() for n in gm.graph.nodes if n.op == "call_module"}
+
+    def _init_body(self) -> str:
+        leaves = {name for name, m in self.modules.items() if name and _is_leaf(m)}
+        # Modules inside a leaf are built by the leaf's own constructor.
+        inside = {name for name in self.modules if any(name.startswith(leaf + ".") for leaf in leaves)}
+        stateful = set()
+        for name, module in self.modules.items():
+            if name in inside:
+                continue
+            if name in leaves:
+                if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
+                    stateful.add(name)
+            elif any(True for _ in module.parameters(recurse=False)) or any(
+                True for _ in module.buffers(recurse=False)
+            ):
+                stateful.add(name)
+        needed = stateful | self._called() | {c.rpartition(".")[0] for c in self.constants}
+        keep = set()
+        for name in needed:
+            parts = name.split(".") if name else []
+            for i in range(len(parts) + 1):
+                keep.add(".".join(parts[:i]))
+        self.lists = {name for name in keep if name not in leaves and self._is_list(name, keep)}
+        lines = ["def __init__(self):", "    super().__init__()"]
+        root_state = self._direct_state("", self.model)
+        lines += ["    " + line for line in root_state]
+        for name, module in self.modules.items():
+            if not name or name not in keep or name in inside:
+                continue
+            parent, _, last = name.rpartition(".")
+            if name in leaves:
+                ctor = self._leaf_ctor(name, module)
+            elif name in self.lists:
+                count = len(list(module.named_children()))
+                ctor = f"nn.ModuleList([nn.Module() for _ in range({count})])"
+            else:
+                ctor = "nn.Module()"
+            if not (parent in self.lists and ctor == "nn.Module()"):
+                lines.append("    " + self._assign(parent, last, ctor))
+            if name not in leaves:
+                lines += ["    " + line for line in self._direct_state(name, module)]
+        return "\n".join(lines) + "\n"
+
+    def _is_list(self, name: str, keep: set[str]) -> bool:
+        module = self.modules[name]
+        children = [n for n, _ in module.named_children()]
+        if not children or children != [str(i) for i in range(len(children))]:
+            return False
+        return not self._direct_state_items(name, module)
+
+    def _direct_state_items(self, name: str, module: nn.Module) -> list[tuple[str, str, torch.Tensor, bool]]:
+        items = [(n, "parameter", p, True) for n, p in module.named_parameters(recurse=False)]
+        items += [
+            (n, "buffer", b, n not in module._non_persistent_buffers_set)
+            for n, b in module.named_buffers(recurse=False)
+        ]
+        for target, value in self.constants.items():
+            parent, _, attr = target.rpartition(".")
+            if parent == name and not any(attr == i[0] for i in items):
+                items.append((attr, "buffer", value, False))
+        return items
+
+    def _direct_state(self, name: str, module: nn.Module) -> list[str]:
+        lines = []
+        ref = self._ref(name)
+        for attr, kind, tensor, persistent in self._direct_state_items(name, module):
+            where = f"{name}.{attr}" if name else attr
+            if persistent:
+                value = _initial_value(tensor)
+            else:
+                value = self._literal(where, tensor)
+            if kind == "parameter":
+                grad = "" if tensor.requires_grad else ", requires_grad=False"
+                if _safe_attr(attr):
+                    lines.append(f"{ref}.{attr} = nn.Parameter({value}{grad})")
+                else:
+                    lines.append(f'{ref}.register_parameter("{attr}", nn.Parameter({value}{grad}))')
+            else:
+                flag = "" if persistent else ", persistent=False"
+                lines.append(f'{ref}.register_buffer("{attr}", {value}{flag})')
+        return lines
+
+    def _literal(self, where: str, tensor: torch.Tensor) -> str:
+        if tensor.numel() > _MAX_LITERAL:
+            raise ValueError(
+                f"{where!r} is a tensor of {tensor.numel()} elements the state dict does not hold: "
+                "too large to write into the generated file"
+            )
+        data = tensor.detach().cpu()
+        return f"torch.tensor({data.tolist()!r}, dtype={data.dtype})"
+
+    def _leaf_ctor(self, name: str, module: nn.Module) -> str:
+        cls = type(module)
+        if getattr(nn, cls.__name__, None) is not cls:
+            raise ValueError(
+                f"layer {name!r} is a {cls.__module__}.{cls.__qualname__}, which is not in torch.nn's namespace: "
+                "it cannot be written as an nn constructor call"
+            )
+        tried = []
+        for call in (f"nn.{cls.__name__}({module.extra_repr()})", _signature_call(module)):
+            if call is None or call in tried:
+                continue
+            tried.append(call)
+            try:
+                made = eval(call, {"nn": nn, "torch": torch, "inf": math.inf, "nan": math.nan})  # noqa: S307
+            except Exception:
+                continue
+            if _same_layer(made, module):
+                return call
+        raise ValueError(
+            f"cannot write layer {name!r} ({cls.__name__}) as a constructor call: none of {tried} re-creates "
+            "its tensors and settings"
+        )
+
+    def _ref(self, name: str) -> str:
+        expr = "self"
+        parts = name.split(".") if name else []
+        for i, part in enumerate(parts):
+            parent = ".".join(parts[:i])
+            if parent in self.lists:
+                expr += f"[{part}]"
+            elif _safe_attr(part):
+                expr += f".{part}"
+            else:
+                expr = f'getattr({expr}, "{part}")'
+        return expr
+
+    def _assign(self, parent: str, last: str, ctor: str) -> str:
+        ref = self._ref(parent)
+        if parent in self.lists:
+            return f"{ref}[{last}] = {ctor}"
+        if _safe_attr(last):
+            return f"{ref}.{last} = {ctor}"
+        return f'{ref}.add_module("{last}", {ctor})'
+
+    # --- forward ------------------------------------------------------------------------------
+
+    def _forward_code(self, gm: fx.GraphModule) -> str:
+        code = gm.graph.python_code(root_module="self")
+        src = code.src.strip("\n") + "\n"
+        used = {name: obj for name, obj in code.globals.items() if re.search(rf"\b{re.escape(name)}\b", src)}
+        for name, obj in used.items():
+            self._import_global(name, obj)
+        src = _tidy(src)
+        src = self._index_lists(src)
+        return src
+
+    def _index_lists(self, src: str) -> str:
+        pattern = re.compile(r'getattr\((self(?:\.\w+|\[\d+\])*), "(\d+)"\)')
+
+        def replace(match: re.Match) -> str:
+            expr, index = match.group(1), match.group(2)
+            qual = re.sub(r"\[(\d+)\]", r".\1", expr[len("self") :]).lstrip(".")
+            return f"{expr}[{index}]" if qual in self.lists else match.group(0)
+
+        while True:
+            new = pattern.sub(replace, src)
+            if new == src:
+                return src
+            src = new
+
+    def _import_global(self, name: str, obj: Any) -> None:
+        if name in ("torch", "getattr", "NoneType", "inf", "nan", "device") or getattr(builtins, name, None) is obj:
+            if name in ("inf", "nan"):
+                self.imports.add(f"from math import {name}")
+            elif name == "NoneType":
+                self.imports.add("NoneType = type(None)")
+            elif name == "device":
+                self.imports.add("from torch import device")
+            return
+        if inspect.ismodule(obj):
+            self.imports.add(f"import {obj.__name__}" + ("" if obj.__name__ == name else f" as {name}"))
+            return
+        module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+        if not module or not qualname or "." in qualname or "<" in qualname:
+            raise ValueError(f"the traced forward calls {obj!r}, which the generated file cannot import")
+        line = f"from {module} import {qualname}" + ("" if qualname == name else f" as {name}")
+        if module.split(".")[0] == "timm":
+            self.timm_imports[name] = line
+        else:
+            self.imports.add(line)
+
+    # --- header -------------------------------------------------------------------------------
+
+    def _base_name(self) -> str:
+        base = (self.spec or {}).get("base") or {}
+        return base.get("name") or type(self.model).__name__
+
+    def _header(self, modes: str) -> str:
+        spec = self.spec or {}
+        base = spec.get("base") or {}
+        lines = [
+            f"LW-DNA {self._base_name()} as a standalone PyTorch module,"
+            " written by lwdna_plugin.standalone.export_python.",
+            "",
+        ]
+        if base:
+            kwargs = ", ".join(f"{k}={v!r}" for k, v in sorted(base.get("kwargs", {}).items()))
+            lines.append(f"Base model: {base.get('zoo', '?')} {base['name']!r}" + (f" ({kwargs})" if kwargs else ""))
+        elif spec:
+            lines.append("Base model: a module with no zoo recipe")
+        else:
+            lines.append(f"Exported from a {type(self.model).__name__} module (no LW-DNA spec given)")
+        if spec:
+            achieved, original = spec.get("achieved", {}), spec.get("original", {})
+            target = spec.get("target", {})
+            size = "x".join(str(s) for s in spec.get("input_size", []))
+            lines += [
+                f"Input: {size}",
+                f"FLOPs: {achieved.get('flops', 0):,} (target {target.get('flops', 0):,}, original "
+                f"{original.get('flops', 0):,}, ratio {achieved.get('flops_ratio')}; {spec.get('flop_counter', '')})",
+                f"Params: {achieved.get('params', 0):,} (original {original.get('params', 0):,})",
+            ]
+            groups = spec.get("groups", {})
+            changed = sum(1 for g in groups.values() if g.get("kept") != g.get("original"))
+            lines.append(f"Channel groups: {len(groups)}, {changed} with a width other than the base model's")
+            versions = spec.get("versions", {})
+            if versions:
+                lines.append("Made with " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+        lines.append("")
+        if self.timm_imports:
+            lines.append("Imports timm: yes, for functions timm keeps out of fx tracing (listed in TIMM_IMPORTS):")
+            lines += [f"    {_import_target(line)}" for line in sorted(self.timm_imports.values())]
+        else:
+            lines.append("Imports timm: no; this file needs only torch.")
+        lines += [
+            modes,
+            "",
+            "Load the LW-DNA model's weights (saved with torch.save(model.state_dict(), path)) with",
+            f"    model = {self.class_name}()",
+            "    model.load_state_dict(torch.load(path, weights_only=True))",
+            "Layers start from PyTorch's default initialisation (tensors held by containers from the",
+            "LW-DNA model's values where those are constant), not timm's: load weights or initialise them.",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def _import_block(self, code: str) -> str:
+        """Standard library, then torch, then timm: isort's order."""
+        lines = set(self.imports) | set(self.timm_imports.values())
+        lines |= {"import torch", "import torch.nn as nn"}
+        if "F." in code:
+            lines.add("import torch.nn.functional as F")
+        aliases = sorted(line for line in lines if not line.startswith(("import ", "from ")))
+        lines -= set(aliases)
+
+        def root(line: str) -> str:
+            return line.split()[1].split(".")[0]
+
+        def order(line: str) -> tuple:
+            return (line.startswith("from "), line.split()[1], line)
+
+        std = sorted((line for line in lines if root(line) in ("math", "operator", "builtins")), key=order)
+        torch_lines = sorted((line for line in lines if root(line) == "torch"), key=order)
+        rest = sorted(set(lines) - set(std) - set(torch_lines), key=order)
+        text = "\n\n".join("\n".join(block) for block in (std, torch_lines + rest) if block)
+        return text + ("\n\n" + "\n".join(aliases) if aliases else "")
+
+
+def _fetch(gm: nn.Module, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _safe_attr(name: str) -> bool:
+    return name.isidentifier() and not keyword.iskeyword(name) and not hasattr(nn.Module, name)
+
+
+def _initial_value(tensor: torch.Tensor) -> str:
+    shape = ", ".join(str(s) for s in tensor.shape)
+    dtype = "" if tensor.dtype == torch.float32 else f", dtype={tensor.dtype}"
+    data = tensor.detach()
+    if data.numel() and bool((data == data.flatten()[0]).all()):
+        value = data.flatten()[0].item()
+        if value == 0:
+            return f"torch.zeros({shape}{dtype})" if shape else f"torch.tensor(0{dtype})"
+        if value == 1:
+            return f"torch.ones({shape}{dtype})" if shape else f"torch.tensor(1{dtype})"
+        return f"torch.full(({shape}{',' if len(tensor.shape) == 1 else ''}), {value!r}{dtype})"
+    if data.is_floating_point():
+        std = float(data.float().std()) if data.numel() > 1 else 0.02
+        return f"nn.init.trunc_normal_(torch.empty({shape}{dtype}), std={std:.3g})"
+    return f"torch.zeros({shape}{dtype})"
+
+
+def _same_layer(made: nn.Module, module: nn.Module) -> bool:
+    if type(made) is not type(module) or made.extra_repr() != module.extra_repr():
+        return False
+
+    def tensors(m: nn.Module) -> dict[str, tuple]:
+        items = list(m.named_parameters()) + list(m.named_buffers())
+        return {n: (tuple(t.shape), t.dtype, getattr(t, "requires_grad", False)) for n, t in items}
+
+    if tensors(made) != tensors(module):
+        return False
+    for key, value in vars(module).items():
+        if key.startswith("_") or key == "training" or isinstance(value, (torch.Tensor, nn.Module)):
+            continue
+        try:
+            if getattr(made, key, object()) != value:
+                return False
+        except Exception:
+            return False
+    return True
+
+
+def _signature_call(module: nn.Module) -> str | None:
+    """A constructor call from the layer's attributes named like its __init__ parameters."""
+    cls = type(module)
+    try:
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return None
+    args = []
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in ("device", "dtype"):
+            continue
+        if not hasattr(module, p.name):
+            if p.default is p.empty:
+                return None
+            continue
+        value = getattr(module, p.name)
+        if isinstance(value, (torch.Tensor, type(None))) and p.name == "bias":
+            value = value is not None
+        if not isinstance(value, (bool, int, float, str, tuple, list, type(None))):
+            return None
+        args.append(f"{p.name}={value!r}")
+    return f"nn.{cls.__name__}({', '.join(args)})"
+
+
+def _tidy(src: str) -> str:
+    """fx's code made readable: one statement a line, `del` for freed values, `F.` for functional calls."""
+    out = []
+    for line in src.splitlines():
+        indent = line[: len(line) - len(line.lstrip())]
+        statements = [s.strip() for s in line.split(";  ")] if ";  " in line else [line.strip()]
+        for s in statements:
+            freed = re.fullmatch(r"((?:\w+ = )+)None", s)
+            if freed:
+                names = [n for n in freed.group(1).split(" = ") if n]
+                out.append(f"{indent}del {', '.join(names)}")
+            else:
+                out.append(indent + s)
+    src = "\n".join(out) + "\n"
+    src = re.sub(r"Proxy\(\w+\)", "?", src)
+    src = src.replace("torch.nn.functional.", "F.")
+
+    def functional(match: re.Match) -> str:
+        name = match.group(1)
+        target = getattr(torch._C._nn, name, None)
+        return f"F.{name}" if target is not None and getattr(F, name, None) is target else match.group(0)
+
+    return re.sub(r"torch\._C\._nn\.(\w+)", functional, src)
+
+
+def _signature(gm: fx.GraphModule) -> str:
+    code = gm.graph.python_code(root_module="self").src
+    match = re.search(r"def forward\((.*?)\):", code, re.S)
+    assert match is not None
+    return match.group(1)
+
+
+def _call_args(gm: fx.GraphModule) -> str:
+    names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+    return ", ".join(names)
+
+
+def _import_target(line: str) -> str:
+    parts = line.split()
+    return f"{parts[1]}.{parts[3]}" if parts[0] == "from" else parts[1]
+
+
+def _pylist(items: list[str]) -> str:
+    return "[" + ", ".join(repr(i) for i in items) + "]"
