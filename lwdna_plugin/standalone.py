@@ -19,6 +19,7 @@ import math
 import operator
 import re
 import textwrap
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,7 +109,8 @@ class _Tracer(fx.Tracer):
     # nodes instead of being touched for real.
     proxy_buffer_attributes = True
 
-    def __init__(self) -> None:
+    def __init__(self, leaves: frozenset[int] = frozenset()) -> None:
+        self.extra_leaves = leaves
         try:
             from timm.layers import get_notrace_functions
         except ImportError:  # a module that did not come from timm
@@ -117,12 +119,15 @@ class _Tracer(fx.Tracer):
             functions = tuple(f for f in get_notrace_functions() if callable(f))
         super().__init__(autowrap_functions=functions)
 
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return id(m) in self.extra_leaves or super().is_leaf_module(m, module_qualified_name)
 
-def _trace(model: nn.Module, training: bool) -> fx.GraphModule:
+
+def _trace(model: nn.Module, training: bool, leaves: frozenset[int]) -> fx.GraphModule:
     mode = model.training
     model.train(training)
     try:
-        graph = _Tracer().trace(model)
+        graph = _Tracer(leaves).trace(model)
     except Exception as error:
         raise RuntimeError(
             f"torch.fx could not trace {type(model).__name__} in {'train' if training else 'eval'} mode: {error}"
@@ -131,10 +136,47 @@ def _trace(model: nn.Module, training: bool) -> fx.GraphModule:
         model.train(mode)
     gm = fx.GraphModule(model, graph, class_name=type(model).__name__)
     _drop_dead_reads(gm.graph)
+    _read_training_flag(gm.graph, training)
     for node in gm.graph.nodes:
         node.type = None  # no annotations in the generated signature
     gm.recompile()
     return gm
+
+
+def _read_training_flag(graph: fx.Graph, training: bool) -> None:
+    """Functional calls given `training=<the trace's mode>` (F.dropout, F.batch_norm) read `self.training` instead.
+
+    The value fx recorded is `self.training` at trace time, so reading it at run time computes the
+    same; a forward whose only mode-dependence was such a call then reads the same in both modes.
+    """
+    flag = None
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        try:
+            params = list(inspect.signature(node.target).parameters)
+        except (TypeError, ValueError):
+            continue
+        if "training" not in params:
+            continue
+        index = params.index("training")
+        if "training" in node.kwargs:
+            value = node.kwargs["training"]
+        elif index < len(node.args):
+            value = node.args[index]
+        else:
+            continue
+        if value is not training:
+            continue
+        if flag is None:
+            first = next(n for n in graph.nodes if n.op != "placeholder")
+            with graph.inserting_before(first), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                flag = graph.get_attr("training")
+        if "training" in node.kwargs:
+            node.kwargs = {**node.kwargs, "training": flag}
+        else:
+            node.args = (*node.args[:index], flag, *node.args[index + 1 :])
 
 
 def _drop_dead_reads(graph: fx.Graph) -> None:
@@ -160,9 +202,13 @@ class _Writer:
         self.timm_imports: dict[str, str] = {}  # local name -> import line
         self.imports: set[str] = set()
         self.constants: dict[str, torch.Tensor] = {}
+        self.helpers: dict[str, str] = {}
+        self.substitutes: dict[str, str] = {}
 
     def write(self) -> Standalone:
-        train, evaluation = _trace(self.model, True), _trace(self.model, False)
+        self.substitutes = self._find_substitutes()
+        leaves = frozenset(id(self.modules[name]) for name in self.substitutes)
+        train, evaluation = _trace(self.model, True, leaves), _trace(self.model, False, leaves)
         self.graphs = {"train": train, "eval": evaluation}
         self._find_constants()
         init = self._init_body()
@@ -183,12 +229,13 @@ class _Writer:
             modes = "fx fixes Python branches on `self.training`: forward dispatches to the train- or eval-mode trace."
         body = "\n".join(textwrap.indent(part, "    ") for part in [init, *forward])
         header = self._header(modes)
-        imports = self._import_block("\n".join(forward))
+        imports = self._import_block("\n".join([init, *forward, *self.helpers.values()]))
         timm_list = sorted(self.timm_imports.values())
         source = (
             f'"""{header}"""\n\n{imports}\n\n'
             f"TIMM_IMPORTS = {_pylist([_import_target(line) for line in timm_list])}\n\n\n"
-            f"class {self.class_name}(nn.Module):\n"
+            + "".join(f"{source}\n\n" for _, source in sorted(self.helpers.items()))
+            + f"class {self.class_name}(nn.Module):\n"
             f'    """LW-DNA {self._base_name()} with explicit per-layer channels."""\n\n'
             f"{body}\n\n"
             f"MODEL = {self.class_name}\n"
@@ -203,7 +250,7 @@ class _Writer:
         state = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
         for gm in self.graphs.values():
             for node in gm.graph.nodes:
-                if node.op == "get_attr" and node.target not in state:
+                if node.op == "get_attr" and node.target not in state and node.target != "training":
                     value = _fetch(gm, node.target)
                     if not isinstance(value, torch.Tensor):
                         raise ValueError(f"the traced graph reads {node.target!r}, which is not a tensor")
@@ -213,7 +260,7 @@ class _Writer:
         return {n.target for gm in self.graphs.values() for n in gm.graph.nodes if n.op == "call_module"}
 
     def _init_body(self) -> str:
-        leaves = {name for name, m in self.modules.items() if name and _is_leaf(m)}
+        leaves = {name for name, m in self.modules.items() if name and _is_leaf(m)} | set(self.substitutes)
         # Modules inside a leaf are built by the leaf's own constructor.
         inside = {name for name in self.modules if any(name.startswith(leaf + ".") for leaf in leaves)}
         stateful = set()
@@ -302,7 +349,53 @@ class _Writer:
         data = tensor.detach().cpu()
         return f"torch.tensor({data.tolist()!r}, dtype={data.dtype})"
 
+    def _find_substitutes(self) -> dict[str, str]:
+        """timm layers written as a torch layer or a helper class of the file instead of being traced through."""
+        found = {}
+        for name, module in self.modules.items():
+            kind = f"{type(module).__module__}.{type(module).__qualname__}"
+            if not name or any(name.startswith(outer + ".") for outer in found):
+                continue
+            try:
+                if kind == "timm.layers.norm_act.BatchNormAct2d":
+                    found[name] = self._batchnorm_act(name, module)
+                elif kind == "timm.layers.norm.LayerNorm" and not getattr(module, "_fast_norm", True):
+                    found[name] = self._layernorm(name, module)
+            except ValueError:
+                continue  # traced through instead
+        return found
+
+    def _batchnorm_act(self, name: str, module: nn.Module) -> str:
+        self.helpers["BatchNormAct2d"] = _BATCHNORM_ACT
+        args = [str(module.num_features)]
+        defaults = {"eps": 1e-5, "momentum": 0.1, "affine": True, "track_running_stats": True}
+        args += [f"{k}={getattr(module, k)!r}" for k, v in defaults.items() if getattr(module, k) != v]
+        if type(module).forward is not _timm_batchnorm_act_forward():
+            raise ValueError("BatchNormAct2d.forward is not timm's")
+        for child in ("drop", "act"):
+            layer = getattr(module, child)
+            if not isinstance(layer, nn.Identity):
+                args.append(f"{child}={self._leaf_ctor(f'{name}.{child}', layer)}")
+        if sorted(n for n, _ in module.named_children()) != ["act", "drop"]:
+            raise ValueError("unexpected children")
+        return f"BatchNormAct2d({', '.join(args)})"
+
+    def _layernorm(self, name: str, module: nn.Module) -> str:
+        made = nn.LayerNorm(
+            module.normalized_shape,
+            eps=module.eps,
+            elementwise_affine=module.elementwise_affine,
+            bias=module.bias is not None,
+        )
+        plain = nn.LayerNorm.__new__(nn.LayerNorm)
+        plain.__dict__.update(module.__dict__)
+        if not _same_layer(made, plain):
+            raise ValueError("not a plain LayerNorm")
+        return self._leaf_ctor(name, made)
+
     def _leaf_ctor(self, name: str, module: nn.Module) -> str:
+        if name in self.substitutes:
+            return self.substitutes[name]
         cls = type(module)
         if getattr(nn, cls.__name__, None) is not cls:
             raise ValueError(
@@ -310,7 +403,12 @@ class _Writer:
                 "it cannot be written as an nn constructor call"
             )
         tried = []
-        for call in (f"nn.{cls.__name__}({module.extra_repr()})", _signature_call(module)):
+        candidates = (
+            _signature_call(module, minimal=True),
+            f"nn.{cls.__name__}({module.extra_repr()})",
+            _signature_call(module, minimal=False),
+        )
+        for call in candidates:
             if call is None or call in tried:
                 continue
             tried.append(call)
@@ -450,7 +548,9 @@ class _Writer:
     def _import_block(self, code: str) -> str:
         """Standard library, then torch, then timm: isort's order."""
         lines = set(self.imports) | set(self.timm_imports.values())
-        lines |= {"import torch", "import torch.nn as nn"}
+        lines.add("import torch.nn as nn")
+        if "torch." in code:
+            lines.add("import torch")
         if "F." in code:
             lines.add("import torch.nn.functional as F")
         aliases = sorted(line for line in lines if not line.startswith(("import ", "from ")))
@@ -518,28 +618,88 @@ def _same_layer(made: nn.Module, module: nn.Module) -> bool:
     return True
 
 
-def _signature_call(module: nn.Module) -> str | None:
-    """A constructor call from the layer's attributes named like its __init__ parameters."""
+_POSITIONAL = {
+    "in_channels",
+    "out_channels",
+    "in_features",
+    "out_features",
+    "num_features",
+    "normalized_shape",
+    "num_groups",
+    "num_channels",
+    "embed_dim",
+    "num_heads",
+}
+
+
+def _signature_call(module: nn.Module, minimal: bool) -> str | None:
+    """A constructor call from the layer's attributes named like its __init__ parameters.
+
+    `minimal` leaves out arguments at their default, passes channel counts positionally and
+    writes (3, 3) as 3; the caller checks that the call re-creates the layer.
+    """
     cls = type(module)
     try:
         params = list(inspect.signature(cls.__init__).parameters.values())[1:]
     except (TypeError, ValueError):
         return None
     args = []
+    positional = minimal
     for p in params:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in ("device", "dtype"):
+            positional = False
             continue
         if not hasattr(module, p.name):
             if p.default is p.empty:
                 return None
+            positional = False
             continue
         value = getattr(module, p.name)
         if isinstance(value, (torch.Tensor, type(None))) and p.name == "bias":
             value = value is not None
         if not isinstance(value, (bool, int, float, str, tuple, list, type(None))):
             return None
-        args.append(f"{p.name}={value!r}")
+        if minimal and isinstance(value, tuple) and value and all(v == value[0] for v in value):
+            value = value[0]
+        if minimal and p.default is not p.empty and _equal(value, p.default):
+            positional = False
+            continue
+        if positional and p.name in _POSITIONAL and p.default is p.empty:
+            args.append(repr(value))
+        else:
+            positional = False
+            args.append(f"{p.name}={value!r}")
     return f"nn.{cls.__name__}({', '.join(args)})"
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+def _timm_batchnorm_act_forward() -> Any:
+    from timm.layers.norm_act import BatchNormAct2d
+
+    return BatchNormAct2d.forward
+
+
+_BATCHNORM_ACT = '''class BatchNormAct2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d, then `drop` and `act`: timm's BatchNormAct2d, with the same tensors and names."""
+
+    def __init__(
+        self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, drop=None, act=None
+    ):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+        self.drop = nn.Identity() if drop is None else drop
+        self.act = nn.Identity() if act is None else act
+
+    def forward(self, x):
+        return self.act(self.drop(super().forward(x)))
+'''
 
 
 def _tidy(src: str) -> str:
@@ -556,6 +716,7 @@ def _tidy(src: str) -> str:
             else:
                 out.append(indent + s)
     src = "\n".join(out) + "\n"
+    src = "".join(_keyword_spacing(line) + "\n" for line in src.splitlines())
     src = re.sub(r"Proxy\(\w+\)", "?", src)
     src = src.replace("torch.nn.functional.", "F.")
 
@@ -565,6 +726,33 @@ def _tidy(src: str) -> str:
         return f"F.{name}" if target is not None and getattr(F, name, None) is target else match.group(0)
 
     return re.sub(r"torch\._C\._nn\.(\w+)", functional, src)
+
+
+def _keyword_spacing(line: str) -> str:
+    """`f(x, dim = 1)` as `f(x, dim=1)`: fx spaces keyword arguments and defaults, PEP 8 does not."""
+    out, depth, quote, i = [], 0, None, 0
+    while i < len(line):
+        char = line[i]
+        if quote:
+            if char == "\\":
+                out.append(line[i : i + 2])
+                i += 2
+                continue
+            if char == quote:
+                quote = None
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif depth and line.startswith(" = ", i) and not line.startswith("=", i + 3) and line[i - 1] not in "=!<>":
+            out.append("=")
+            i += 3
+            continue
+        out.append(char)
+        i += 1
+    return "".join(out)
 
 
 def _signature(gm: fx.GraphModule) -> str:
