@@ -237,9 +237,10 @@ class _Writer:
             + "".join(f"{source}\n\n" for _, source in sorted(self.helpers.items()))
             + f"class {self.class_name}(nn.Module):\n"
             f'    """LW-DNA {self._base_name()} with explicit per-layer channels."""\n\n'
-            f"{body}\n\n"
+            f"{body.rstrip()}\n\n\n"
             f"MODEL = {self.class_name}\n"
         )
+        source = "".join(_wrap(line.rstrip()) + "\n" for line in source.splitlines())
         compile(source, "<lwdna standalone>", "exec")
         return Standalone(source, self.class_name, [_import_target(line) for line in timm_list])
 
@@ -718,6 +719,7 @@ def _tidy(src: str) -> str:
     src = "\n".join(out) + "\n"
     src = "".join(_keyword_spacing(line) + "\n" for line in src.splitlines())
     src = re.sub(r"Proxy\(\w+\)", "?", src)
+    src = re.sub(r"\[\(((?:slice\([-\w, ]*\)|-?\d+|None|Ellipsis|, )*)\)\]", _index, src)
     src = src.replace("torch.nn.functional.", "F.")
 
     def functional(match: re.Match) -> str:
@@ -726,6 +728,26 @@ def _tidy(src: str) -> str:
         return f"F.{name}" if target is not None and getattr(F, name, None) is target else match.group(0)
 
     return re.sub(r"torch\._C\._nn\.(\w+)", functional, src)
+
+
+def _index(match: re.Match) -> str:
+    """`x[(slice(None, 28, None), 0)]` as `x[:28, 0]`."""
+    try:
+        items = eval(f"({match.group(1)},)", {"__builtins__": {}, "slice": slice, "Ellipsis": Ellipsis})  # noqa: S307
+    except Exception:
+        return match.group(0)
+    out = []
+    for item in items:
+        if isinstance(item, slice):
+            text = f"{'' if item.start is None else item.start}:{'' if item.stop is None else item.stop}"
+            out.append(text + ("" if item.step is None else f":{item.step}"))
+        elif item is Ellipsis:
+            out.append("...")
+        elif isinstance(item, int) or item is None:
+            out.append(repr(item))
+        else:
+            return match.group(0)
+    return f"[{', '.join(out)}]" if len(out) > 1 else f"[{out[0]},]"
 
 
 def _keyword_spacing(line: str) -> str:
@@ -753,6 +775,49 @@ def _keyword_spacing(line: str) -> str:
         out.append(char)
         i += 1
     return "".join(out)
+
+
+def _wrap(line: str, width: int = 120) -> str:
+    """A statement longer than `width` that ends in a call or list split over lines as ruff format would."""
+    if len(line) <= width:
+        return line
+    indent = line[: len(line) - len(line.lstrip())]
+    if line.lstrip().startswith("del ") and "(" not in line:
+        names = line.strip()[4:].split(", ")
+        return f"{indent}del (" + "".join(f"\n{indent}    {name}," for name in names) + f"\n{indent})"
+    if not line.endswith((")", "]")):
+        return line
+    depth, quote, start, cuts = 0, None, None, []
+    for i, char in enumerate(line):
+        if quote:
+            if char == quote and line[i - 1] != "\\":
+                quote = None
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            if depth == 0:
+                start, cuts = i, []
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == "," and depth == 1:
+            cuts.append(i)
+    if start is None or depth != 0:
+        return line
+    follows_name = start > 0 and (line[start - 1].isalnum() or line[start - 1] in "_)]")
+    if line[start] == "[" and follows_name:
+        return line  # a subscript
+    if line[start] == "(" and not follows_name and not cuts:
+        return line  # parentheses, not a tuple: a trailing comma would make one
+    bounds = [start, *cuts, len(line) - 1]
+    parts = [line[a + 1 : b].strip() for a, b in zip(bounds, bounds[1:], strict=False)]
+    parts = [part for part in parts if part]
+    inner = indent + "    "
+    flat = inner + ", ".join(parts)
+    if len(flat) <= width:
+        return f"{line[: start + 1]}\n{flat}\n{indent}{line[-1]}"
+    lines = "".join(f"\n{_wrap(inner + part, width)}," for part in parts)
+    return line[: start + 1] + lines + f"\n{indent}{line[-1]}"
 
 
 def _signature(gm: fx.GraphModule) -> str:
