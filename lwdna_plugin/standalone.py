@@ -541,8 +541,9 @@ class _Writer:
             "Load the LW-DNA model's weights (saved with torch.save(model.state_dict(), path)) with",
             f"    model = {self.class_name}()",
             "    model.load_state_dict(torch.load(path, weights_only=True))",
-            "Layers start from PyTorch's default initialisation (tensors held by containers from the",
-            "LW-DNA model's values where those are constant), not timm's: load weights or initialise them.",
+            "Layers start from PyTorch's default initialisation, not timm's; tensors held by containers",
+            "start from the LW-DNA model's value where it is constant, else trunc_normal(std=0.02).",
+            "Load trained weights or initialise the model yourself.",
         ]
         return "\n".join(lines) + "\n"
 
@@ -591,11 +592,20 @@ def _initial_value(tensor: torch.Tensor) -> str:
             return f"torch.zeros({shape}{dtype})" if shape else f"torch.tensor(0{dtype})"
         if value == 1:
             return f"torch.ones({shape}{dtype})" if shape else f"torch.tensor(1{dtype})"
-        return f"torch.full(({shape}{',' if len(tensor.shape) == 1 else ''}), {value!r}{dtype})"
-    if data.is_floating_point():
-        std = float(data.float().std()) if data.numel() > 1 else 0.02
-        return f"nn.init.trunc_normal_(torch.empty({shape}{dtype}), std={std:.3g})"
+        text = _short_float(value, tensor.dtype) if isinstance(value, float) else repr(value)
+        return f"torch.full(({shape}{',' if len(tensor.shape) == 1 else ''}), {text}{dtype})"
+    if data.is_floating_point():  # a position embedding, a class token: timm's usual init
+        return f"nn.init.trunc_normal_(torch.empty({shape}{dtype}), std=0.02)"
     return f"torch.zeros({shape}{dtype})"
+
+
+def _short_float(value: float, dtype: torch.dtype) -> str:
+    """The shortest literal that rounds to the same `dtype` value (1e-06, not 9.999999974752427e-07)."""
+    for digits in range(1, 18):
+        text = repr(float(f"{value:.{digits}g}"))
+        if torch.tensor(float(text), dtype=dtype).item() == value:
+            return text
+    return repr(value)
 
 
 def _same_layer(made: nn.Module, module: nn.Module) -> bool:
