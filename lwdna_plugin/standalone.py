@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import inspect
+import json
 import keyword
 import math
 import operator
@@ -203,6 +204,7 @@ class _Writer:
         self.imports: set[str] = set()
         self.constants: dict[str, torch.Tensor] = {}
         self.helpers: dict[str, str] = {}
+        self.wrapped: set[str] = set()
         self.substitutes: dict[str, str] = {}
 
     def write(self) -> Standalone:
@@ -229,18 +231,21 @@ class _Writer:
             modes = "fx fixes Python branches on `self.training`: forward dispatches to the train- or eval-mode trace."
         body = "\n".join(textwrap.indent(part, "    ") for part in [init, *forward])
         header = self._header(modes)
-        imports = self._import_block("\n".join([init, *forward, *self.helpers.values()]))
+        imports = self._import_block("\n".join([init, *forward, *self.helpers.values(), *self.wrapped]))
         timm_list = sorted(self.timm_imports.values())
-        source = (
-            f'"""{header}"""\n\n{imports}\n\n'
-            f"TIMM_IMPORTS = {_pylist([_import_target(line) for line in timm_list])}\n\n\n"
+        code = (
+            f"{imports}\n"
+            + "".join(f'\ntorch.fx.wrap("{name}")  # a call, if this module is traced again' for name in self.wrapped)
+            + ("\n" if self.wrapped else "")
+            + f"\nTIMM_IMPORTS = {_pylist([_import_target(line) for line in timm_list])}\n\n\n"
             + "".join(f"{source}\n\n" for _, source in sorted(self.helpers.items()))
             + f"class {self.class_name}(nn.Module):\n"
             f'    """LW-DNA {self._base_name()} with explicit per-layer channels."""\n\n'
             f"{body.rstrip()}\n\n\n"
             f"MODEL = {self.class_name}\n"
         )
-        source = "".join(_wrap(line.rstrip()) + "\n" for line in source.splitlines())
+        code = "".join(_wrap(line.rstrip()) + "\n" for line in code.splitlines())
+        source = f'"""{header}"""\n\n{code}'
         compile(source, "<lwdna standalone>", "exec")
         return Standalone(source, self.class_name, [_import_target(line) for line in timm_list])
 
@@ -367,7 +372,6 @@ class _Writer:
         return found
 
     def _batchnorm_act(self, name: str, module: nn.Module) -> str:
-        self.helpers["BatchNormAct2d"] = _BATCHNORM_ACT
         args = [str(module.num_features)]
         defaults = {"eps": 1e-5, "momentum": 0.1, "affine": True, "track_running_stats": True}
         args += [f"{k}={getattr(module, k)!r}" for k, v in defaults.items() if getattr(module, k) != v]
@@ -379,6 +383,7 @@ class _Writer:
                 args.append(f"{child}={self._leaf_ctor(f'{name}.{child}', layer)}")
         if sorted(n for n, _ in module.named_children()) != ["act", "drop"]:
             raise ValueError("unexpected children")
+        self.helpers["BatchNormAct2d"] = _BATCHNORM_ACT
         return f"BatchNormAct2d({', '.join(args)})"
 
     def _layernorm(self, name: str, module: nn.Module) -> str:
@@ -450,6 +455,10 @@ class _Writer:
     def _forward_code(self, gm: fx.GraphModule) -> str:
         code = gm.graph.python_code(root_module="self")
         src = code.src.strip("\n") + "\n"
+        # fx's prologue re-registers wrapped functions; torch.fx.wrap belongs at module level.
+        for name in re.findall(r'^\s*torch\.fx\._symbolic_trace\.wrap\("(\w+)"\)\n', src, re.M):
+            self.wrapped.add(name)
+        src = re.sub(r'^\s*torch\.fx\._symbolic_trace\.wrap\("\w+"\)\n', "", src, flags=re.M).strip("\n") + "\n"
         used = {name: obj for name, obj in code.globals.items() if re.search(rf"\b{re.escape(name)}\b", src)}
         for name, obj in used.items():
             self._import_global(name, obj)
@@ -502,8 +511,7 @@ class _Writer:
         spec = self.spec or {}
         base = spec.get("base") or {}
         lines = [
-            f"LW-DNA {self._base_name()} as a standalone PyTorch module,"
-            " written by lwdna_plugin.standalone.export_python.",
+            f"LW-DNA {self._base_name()}: a standalone PyTorch module written by lwdna_plugin's export_python.",
             "",
         ]
         if base:
@@ -520,7 +528,8 @@ class _Writer:
             lines += [
                 f"Input: {size}",
                 f"FLOPs: {achieved.get('flops', 0):,} (target {target.get('flops', 0):,}, original "
-                f"{original.get('flops', 0):,}, ratio {achieved.get('flops_ratio')}; {spec.get('flop_counter', '')})",
+                f"{original.get('flops', 0):,}, ratio {achieved.get('flops_ratio')})",
+                f"FLOP counter: {spec.get('flop_counter', '?')}",
                 f"Params: {achieved.get('params', 0):,} (original {original.get('params', 0):,})",
             ]
             groups = spec.get("groups", {})
@@ -551,7 +560,7 @@ class _Writer:
         """Standard library, then torch, then timm: isort's order."""
         lines = set(self.imports) | set(self.timm_imports.values())
         lines.add("import torch.nn as nn")
-        if "torch." in code:
+        if "torch." in code or self.wrapped:
             lines.add("import torch")
         if "F." in code:
             lines.add("import torch.nn.functional as F")
@@ -795,6 +804,9 @@ def _wrap(line: str, width: int = 120) -> str:
     if line.lstrip().startswith("del ") and "(" not in line:
         names = line.strip()[4:].split(", ")
         return f"{indent}del (" + "".join(f"\n{indent}    {name}," for name in names) + f"\n{indent})"
+    if line.startswith("from ") and " import " in line and "(" not in line:
+        head, _, names = line.partition(" import ")
+        return f"{head} import (" + "".join(f"\n    {name}," for name in names.split(", ")) + "\n)"
     if not line.endswith((")", "]")):
         return line
     depth, quote, start, cuts = 0, None, None, []
@@ -848,4 +860,4 @@ def _import_target(line: str) -> str:
 
 
 def _pylist(items: list[str]) -> str:
-    return "[" + ", ".join(repr(i) for i in items) + "]"
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"

@@ -12,6 +12,8 @@ import sys
 
 import pytest
 import torch
+import torch.nn as nn
+from timm.layers import resample_abs_pos_embed
 
 import lwdna_plugin as lw
 from conftest import IMG
@@ -154,3 +156,31 @@ def test_class_name_and_bad_paths(resnet18_result, tmp_path):
         python_source(resnet18_result, class_name="not a name")
     with pytest.raises(TypeError, match="Result"):
         python_source(42)
+
+
+class ResampledPositions(nn.Module):
+    """Calls a function timm keeps out of fx tracing: the generated file has to import it from timm."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos_embed = nn.Parameter(torch.randn(1, 17, 8))
+        self.proj = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.proj(x + resample_abs_pos_embed(self.pos_embed, new_size=[5, 5], num_prefix_tokens=1))
+
+
+def test_timm_functions_are_imported_and_declared(tmp_path):
+    model = ResampledPositions()
+    generated = python_source(model)
+    assert generated.timm_imports == ["timm.layers.pos_embed.resample_abs_pos_embed"]
+    header = generated.source.split('"""')[1]
+    assert "Imports timm: yes" in header and "timm.layers.pos_embed.resample_abs_pos_embed" in header
+    path = export_python(model, tmp_path / "positions.py")
+    module = _load(path)
+    assert module.TIMM_IMPORTS == generated.timm_imports
+    rebuilt = module.MODEL()
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(2, 26, 8)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
