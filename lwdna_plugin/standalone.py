@@ -290,10 +290,17 @@ class _Writer:
         lines = ["def __init__(self):", "    super().__init__()"]
         root_state = self._direct_state("", self.model)
         lines += ["    " + line for line in root_state]
+        first: dict[int, str] = {}  # a module registered under several names is one module here too
+        aliases: list[str] = []
         for name, module in self.modules.items():
-            if not name or name not in keep or name in inside:
+            if not name or name not in keep or name in inside or any(name.startswith(a + ".") for a in aliases):
                 continue
             parent, _, last = name.rpartition(".")
+            if id(module) in first:
+                aliases.append(name)
+                lines.append("    " + self._assign(parent, last, self._ref(first[id(module)])))
+                continue
+            first[id(module)] = name
             if name in leaves:
                 ctor = self._leaf_ctor(name, module)
             elif name in self.lists:

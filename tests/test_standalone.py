@@ -79,6 +79,19 @@ def kwargs_for(name):
     return {"num_classes": 10, **({"img_size": IMG} if name.startswith("vit") else {})}
 
 
+def assert_ruff_clean(path):
+    """The generated file reads like the project's own code: ruff check and ruff format pass."""
+    if importlib.util.find_spec("ruff") is None:
+        return
+    common = ["--isolated", "--line-length", "120"]
+    for args in (
+        ["check", *common, "--select", "E,F,W,I,B,UP", "--target-version", "py310"],
+        ["format", *common, "--check"],
+    ):
+        done = subprocess.run([sys.executable, "-m", "ruff", *args, str(path)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
+
+
 def run_child(folder, block_timm):
     done = subprocess.run(
         [sys.executable, "-c", CHILD, str(folder), "block-timm" if block_timm else "allow-timm"],
@@ -102,6 +115,7 @@ def test_standalone_file_loads_weights_and_matches(name, batches, tmp_path):
     assert "Imports timm: no" in header
     assert "TIMM_IMPORTS = []" in source
     assert "import timm" not in source and "from timm" not in source
+    assert_ruff_clean(path)
 
     model = result.model
     x = torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(1))
