@@ -191,6 +191,7 @@ def test_timm_functions_are_imported_and_declared(tmp_path):
     header = generated.source.split('"""')[1]
     assert "Imports timm: yes" in header and "timm.layers.pos_embed.resample_abs_pos_embed" in header
     path = export_python(model, tmp_path / "positions.py")
+    assert_ruff_clean(path)
     module = _load(path)
     assert module.TIMM_IMPORTS == generated.timm_imports
     rebuilt = module.MODEL()
@@ -198,3 +199,33 @@ def test_timm_functions_are_imported_and_declared(tmp_path):
     x = torch.randn(2, 26, 8)
     with torch.no_grad():
         assert torch.equal(rebuilt(x), model(x))
+
+
+class TrainOnlyBranch(nn.Module):
+    """A Python branch on self.training that fx fixes per trace: the file needs one forward per mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        x = self.lin(x)
+        if self.training:
+            x = x * 2
+        return torch.nn.functional.dropout(x, p=0.5, training=self.training)
+
+
+def test_training_branches_dispatch_on_mode(tmp_path):
+    model = TrainOnlyBranch()
+    source = python_source(model).source
+    assert "def _forward_train(self, x):" in source and "def _forward_eval(self, x):" in source
+    path = export_python(model, tmp_path / "branchy.py")
+    assert_ruff_clean(path)
+    rebuilt = _load(path).MODEL()
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(3, 4)
+    for mode in (True, False):
+        torch.manual_seed(0)
+        expected = model.train(mode)(x)
+        torch.manual_seed(0)
+        assert torch.equal(rebuilt.train(mode)(x), expected)
