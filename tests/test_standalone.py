@@ -1,0 +1,231 @@
+"""export_python: the LW-DNA model as a plain PyTorch file that loads its state dict and computes the same.
+
+The generated file is imported in a fresh interpreter where `lwdna_plugin` (and timm, when the
+file says it does not need it) cannot be imported.
+"""
+
+import copy
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+from timm.layers import resample_abs_pos_embed
+
+import lwdna_plugin as lw
+from conftest import IMG
+from lwdna_plugin.standalone import export_python, python_source
+
+MODELS = [
+    "resnet18",
+    "resnet50",
+    "resnext50_32x4d",
+    "seresnet50",
+    "regnetx_002",
+    "efficientnet_b0",
+    "mobilenetv2_100",
+    "mobilenetv3_large_100",
+    "ghostnet_100",
+    "densenet121",
+    "convnext_atto",
+    "vit_tiny_patch16_224",
+]
+
+# Runs in a fresh interpreter: import the generated file with lwdna_plugin blocked, load the
+# state dict strictly, compare eval and train outputs (and the running statistics a train
+# step updates) with the LW-DNA model's.
+CHILD = r"""
+import importlib.util, json, sys
+
+sys.modules["lwdna_plugin"] = None
+if sys.argv[2] == "block-timm":
+    sys.modules["timm"] = None
+try:
+    import lwdna_plugin  # noqa: F401
+except ImportError:
+    pass
+else:
+    raise SystemExit("lwdna_plugin is importable")
+import torch
+
+folder = sys.argv[1]
+spec = importlib.util.spec_from_file_location("lwdna_generated", folder + "/lwdna_model.py")
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+ref = torch.load(folder + "/reference.pt", weights_only=True)
+model = module.MODEL()
+model.load_state_dict(torch.load(folder + "/weights.pt", weights_only=True), strict=True)
+
+
+def close(a, b):
+    return bool(torch.allclose(a, b, rtol=1e-5, atol=1e-6)), float((a - b).abs().max())
+
+
+report = {"timm_imported": sys.modules.get("timm") is not None, "timm_imports": module.TIMM_IMPORTS}
+with torch.no_grad():
+    report["eval"] = close(model.eval()(ref["x"]), ref["eval"])
+    torch.manual_seed(0)
+    report["train"] = close(model.train()(ref["x"]), ref["train"])
+after = model.state_dict()
+report["state_after_train"] = all(close(after[k].double(), v.double())[0] for k, v in ref["after"].items())
+print(json.dumps(report))
+"""
+
+
+def kwargs_for(name):
+    return {"num_classes": 10, **({"img_size": IMG} if name.startswith("vit") else {})}
+
+
+def assert_ruff_clean(path):
+    """The generated file reads like the project's own code: ruff check and ruff format pass."""
+    if importlib.util.find_spec("ruff") is None:
+        return
+    common = ["--isolated", "--line-length", "120"]
+    for args in (
+        ["check", *common, "--select", "E,F,W,I,B,UP", "--target-version", "py310"],
+        ["format", *common, "--check"],
+    ):
+        done = subprocess.run([sys.executable, "-m", "ruff", *args, str(path)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
+
+
+def run_child(folder, block_timm):
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(folder), "block-timm" if block_timm else "allow-timm"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_standalone_file_loads_weights_and_matches(name, batches, tmp_path):
+    result = lw.dissimilate(name, width=2.0, flops=1.0, data=batches, model_kwargs=kwargs_for(name))
+    path = export_python(result, tmp_path / "lwdna_model.py")
+    assert path == tmp_path / "lwdna_model.py"
+    source = path.read_text()
+    header = source.split('"""')[1]
+    assert name in header and f"{result.spec['achieved']['flops']:,}" in header
+    # Every model of the core list traces into torch alone: the header says so and the child blocks timm.
+    assert "Imports timm: no" in header
+    assert "TIMM_IMPORTS = []" in source
+    assert "import timm" not in source and "from timm" not in source
+    assert_ruff_clean(path)
+
+    model = result.model
+    x = torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(1))
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    with torch.no_grad():
+        evaluated = model.eval()(x)
+        trained = copy.deepcopy(model).train()
+        torch.manual_seed(0)
+        train_out = trained(x)
+    torch.save(
+        {"x": x, "eval": evaluated, "train": train_out, "after": trained.state_dict()}, tmp_path / "reference.pt"
+    )
+
+    report = run_child(tmp_path, block_timm=True)
+    assert report["eval"][0], f"eval outputs differ by {report['eval'][1]}"
+    assert report["train"][0], f"train outputs differ by {report['train'][1]}"
+    assert report["state_after_train"]
+    assert not report["timm_imported"] and report["timm_imports"] == []
+
+
+def _load(path):
+    spec = importlib.util.spec_from_file_location(f"lwdna_generated_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_spec_dict_and_spec_json_give_the_same_file(resnet18_result, tmp_path):
+    result = resnet18_result
+    result.save(tmp_path / "run")
+    from_result = python_source(result).source
+    assert python_source(result.spec).source == from_result
+    path = export_python(tmp_path / "run" / "spec.json", tmp_path / "from_spec.py")
+    assert path.read_text() == from_result
+
+    module = _load(path)
+    model = module.LWDNAResnet18()
+    assert type(model) is module.MODEL
+    model.load_state_dict(result.model.state_dict(), strict=True)
+    x = torch.randn(2, 3, IMG, IMG)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), result.model.eval()(x))
+
+
+def test_class_name_and_bad_paths(resnet18_result, tmp_path):
+    path = export_python(resnet18_result, tmp_path / "nested" / "net.py", class_name="MyNet")
+    assert "class MyNet(nn.Module):" in path.read_text()
+    assert _load(path).MODEL.__name__ == "MyNet"
+    with pytest.raises(ValueError, match="ending in .py"):
+        export_python(resnet18_result, tmp_path / "net.txt")
+    with pytest.raises(ValueError, match="identifier"):
+        python_source(resnet18_result, class_name="not a name")
+    with pytest.raises(TypeError, match="Result"):
+        python_source(42)
+
+
+class ResampledPositions(nn.Module):
+    """Calls a function timm keeps out of fx tracing: the generated file has to import it from timm."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos_embed = nn.Parameter(torch.randn(1, 17, 8))
+        self.proj = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.proj(x + resample_abs_pos_embed(self.pos_embed, new_size=[5, 5], num_prefix_tokens=1))
+
+
+def test_timm_functions_are_imported_and_declared(tmp_path):
+    model = ResampledPositions()
+    generated = python_source(model)
+    assert generated.timm_imports == ["timm.layers.pos_embed.resample_abs_pos_embed"]
+    header = generated.source.split('"""')[1]
+    assert "Imports timm: yes" in header and "timm.layers.pos_embed.resample_abs_pos_embed" in header
+    path = export_python(model, tmp_path / "positions.py")
+    assert_ruff_clean(path)
+    module = _load(path)
+    assert module.TIMM_IMPORTS == generated.timm_imports
+    rebuilt = module.MODEL()
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(2, 26, 8)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+
+
+class TrainOnlyBranch(nn.Module):
+    """A Python branch on self.training that fx fixes per trace: the file needs one forward per mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        x = self.lin(x)
+        if self.training:
+            x = x * 2
+        return torch.nn.functional.dropout(x, p=0.5, training=self.training)
+
+
+def test_training_branches_dispatch_on_mode(tmp_path):
+    model = TrainOnlyBranch()
+    source = python_source(model).source
+    assert "def _forward_train(self, x):" in source and "def _forward_eval(self, x):" in source
+    path = export_python(model, tmp_path / "branchy.py")
+    assert_ruff_clean(path)
+    rebuilt = _load(path).MODEL()
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(3, 4)
+    for mode in (True, False):
+        torch.manual_seed(0)
+        expected = model.train(mode)(x)
+        torch.manual_seed(0)
+        assert torch.equal(rebuilt.train(mode)(x), expected)
