@@ -17,6 +17,7 @@ from .grow import GROWERS, BaseGrowFunc
 from .report import Report
 from .resize import resize
 from .score import CRITERIA, score_channels
+from .standalone import export_python
 from .widen import widen
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "count_flops",
     "count_params",
     "dissimilate",
+    "export_python",
     "load_batches",
     "load_fashion_mnist",
     "load_spec",

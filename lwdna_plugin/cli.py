@@ -11,6 +11,7 @@ from .api import dissimilate
 from .budget import Floors
 from .data import load_batches, num_classes
 from .score import AGGREGATIONS, CRITERIA
+from .standalone import export_python
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", required=True, help="output directory")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
+    e = sub.add_parser("export", help="write an LW-DNA spec as a standalone PyTorch module (no lwdna_plugin needed)")
+    e.add_argument("spec", help="spec.json written by `lwdna dissimilate` (or its directory)")
+    e.add_argument("--python", required=True, help="output .py file")
+    e.add_argument("--class-name", help="class name (default: LWDNA + the base model's name)")
     return parser
 
 
@@ -84,9 +89,21 @@ def _mmengine_job(args: argparse.Namespace) -> tuple[dict, object, dict]:
     return cfg.model.to_dict(), loader, {}
 
 
+def _export(args: argparse.Namespace) -> int:
+    try:
+        path = export_python(args.spec, args.python, class_name=args.class_name)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"lwdna: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "export":
+        return _export(args)
     if (args.model is None) == (args.mm_config is None):
         parser.error("give either a timm MODEL name (with --data) or --mm-config, not both")
     if args.model is not None and args.data is None:

@@ -83,3 +83,11 @@ def test_cli_data_none_is_data_free(tmp_path, capsys):
     code = main(["dissimilate", "resnet18", "--data", "none", "--num-classes", "10", "--out", str(tmp_path), "--quiet"])
     assert code == 0, capsys.readouterr().err
     assert "criterion: synflow (aggregate=sum) data-free: no data was used" in (tmp_path / "report.md").read_text()
+
+
+def test_cli_export_python(resnet18_result, tmp_path, capsys):
+    resnet18_result.save(tmp_path)
+    assert main(["export", str(tmp_path / "spec.json"), "--python", str(tmp_path / "resnet18_lwdna.py")]) == 0
+    assert "Imports timm: no" in (tmp_path / "resnet18_lwdna.py").read_text()
+    assert main(["export", str(tmp_path / "spec.json"), "--python", str(tmp_path / "model.txt")]) == 2
+    assert "ending in .py" in capsys.readouterr().err
