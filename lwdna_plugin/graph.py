@@ -9,6 +9,7 @@ their width (the model's output, irregular index mappings, layers with no grow f
 
 from __future__ import annotations
 
+import bisect
 import math
 import warnings
 from collections.abc import Iterable, Sequence
@@ -19,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import ops
+from torch_pruning._helpers import _HybridIndex
 from torch_pruning.dependency import shape_infer
 
 from .grow import GROWERS
@@ -57,6 +59,10 @@ class ChannelGroup:
     divisor: int = 1
     fixed: str | None = None
     classifier_input: bool = False
+    # Groups with the same `tie` keep one width: the pieces of a split sized by one number in Python.
+    tie: str | None = None
+    # (split op, pieces) for every equal-piece split the group passes through.
+    splits: list[tuple[nn.Module, tuple[int, ...]]] = field(default_factory=list, repr=False)
 
     @property
     def prunable(self) -> bool:
@@ -93,6 +99,10 @@ class GroupGraph:
                 root, as_input, group = self._reroot(tp_group, root, group)
             self._roots[group.key] = (root, as_input)
             self.groups.append(group)
+        # Key of a group rooted at one piece of a split -> (split op, piece).
+        self._pieces: dict[str, tuple[nn.Module, int]] = {}
+        self._split_into_pieces()
+        self._tie_pieces()
 
     def _reroot(
         self, tp_group: tp.dependency.Group, root: nn.Module, group: ChannelGroup
@@ -138,42 +148,152 @@ class GroupGraph:
         """The torch-pruning group of `key` for `idxs` (all current channels by default)."""
         root, as_input = self._roots[key]
         pruner = self.dg.get_pruner_of_module(root)
+        fn = pruner.prune_in_channels if as_input else pruner.prune_out_channels
+        if key in self._pieces:
+            # A piece's channels sit at its offset in the root; root indices stay 0-based.
+            op, piece = self._pieces[key]
+            start = sum(op.split_sizes[:piece])
+            idxs = range(op.split_sizes[piece]) if idxs is None else idxs
+            group = self.dg.get_pruning_group(root, fn, [start + i for i in idxs])
+            for item in group:
+                item.root_idxs = [r - start for r in item.root_idxs]
+            return group
         if idxs is None:
             idxs = range(pruner.get_in_channels(root) if as_input else pruner.get_out_channels(root))
-        fn = pruner.prune_in_channels if as_input else pruner.prune_out_channels
         return self.dg.get_pruning_group(root, fn, list(idxs))
 
     def refresh(self, key: str) -> tuple[ChannelGroup, tp.dependency.Group]:
         """Re-describe one group after layers changed size (positions shift in concatenations)."""
         tp_group = self.tp_group(key)
         fresh = self._describe(key, tp_group)
-        self.groups[[g.key for g in self.groups].index(key)] = fresh
+        i = [g.key for g in self.groups].index(key)
+        old = self.groups[i]
+        fresh.tie, fresh.divisor = old.tie, math.lcm(fresh.divisor, old.divisor)
+        if fresh.fixed is None:
+            fresh.fixed = old.fixed
+        self.groups[i] = fresh
         return fresh, tp_group
 
-    def _find_cached_widths(self, outputs: list[tuple[nn.Module, int]]) -> list[tuple[nn.Module, str, object]]:
-        """Integer attributes of a block that equal the width of a concatenation made inside it.
+    def _split_into_pieces(self) -> None:
+        """One group per piece of a split whose pieces must stay equal (`x.split(n)`, `x.chunk(k)`).
 
-        Such an attribute bounds a slice of that concatenation (GhostNet's `out[:, :self.out_chs]`).
-        The concatenation is found by where its inputs come from: every input produced inside
-        the block. A block without a concatenation keeps its widths in its layers.
+        torch-pruning marks a layer visited once any of its channels is in a group, so a layer
+        whose output is split may have one piece in a group (CSPNet: the half that feeds the
+        residual blocks) and the other in none, or all pieces in one group that cannot grow
+        (each consumer sees a part of the root). Such pieces get a group of their own, rooted at
+        the layer that produces the split's input.
+        """
+        for node in list(self.dg.module2node.values()):
+            op = node.module
+            if node.type != ops.OPTYPE.SPLIT or not getattr(op, "equal_pieces", False):
+                continue
+            root = _split_root(node)
+            if root is None:
+                continue
+            name = self.dg._module2name[root]
+            pruner = self.dg.get_pruner_of_module(root)
+            if pruner.get_out_channels(root) != sum(op.split_sizes):
+                continue
+            touched = {k for g in self.groups for o, pieces in g.splits if o is op for k in pieces}
+            whole = [g for g in self.groups if self._roots[g.key][0] is root and g.key not in self._pieces]
+            whole = [g for g in whole if g.fixed and g.fixed.startswith("irregular")]
+            for g in whole:
+                self.groups.remove(g)
+                del self._roots[g.key]
+                touched -= {k for o, pieces in g.splits if o is op for k in pieces}
+            for piece in range(len(op.split_sizes)):
+                key = f"{name}#{piece}"
+                if piece in touched or key in self._roots:
+                    continue
+                self._roots[key] = (root, False)
+                self._pieces[key] = (op, piece)
+                group = self._describe(key, self.tp_group(key))
+                if group.splits != [(op, (piece,))] and not group.fixed:
+                    group.fixed = f"piece {piece} of a split reaches other pieces"
+                self.groups.append(group)
+
+    def _tie_pieces(self) -> None:
+        """Tie the groups of one equal-piece split to one width; fix them all if any is fixed."""
+        parent = {g.key: g.key for g in self.groups}
+
+        def find(k: str) -> str:
+            while parent[k] != k:
+                k = parent[k]
+            return k
+
+        by_op: dict[int, list[tuple[ChannelGroup, tuple[int, ...]]]] = {}
+        ops_by_id = {}
+        for g in self.groups:
+            for op, pieces in g.splits:
+                by_op.setdefault(id(op), []).append((g, pieces))
+                ops_by_id[id(op)] = op
+        reasons: dict[str, str] = {}
+        for op_id, touching in by_op.items():
+            op = ops_by_id[op_id]
+            keys = [g.key for g, _ in touching]
+            for k in keys[1:]:
+                parent[find(k)] = find(keys[0])
+            covered = sorted(p for _, pieces in touching for p in pieces)
+            if covered != list(range(len(op.split_sizes))) or any(len(p) > 1 for _, p in touching):
+                reasons[find(keys[0])] = (
+                    "its channels are split into equal pieces sized in Python, and the pieces are not one group each"
+                )
+        members: dict[str, list[ChannelGroup]] = {}
+        for g in self.groups:
+            if g.splits:
+                members.setdefault(find(g.key), []).append(g)
+        for label, tied in members.items():
+            if len(tied) == 1 and label not in reasons:
+                continue
+            divisor = math.lcm(*(g.divisor for g in tied))
+            fixed = next((g for g in tied if g.fixed), None)
+            reason = reasons.get(label)
+            if reason is None and fixed is not None:
+                reason = f"tied to {fixed.key} (equal pieces of one split), which is fixed: {fixed.fixed}"
+            if reason is None and len({g.size for g in tied}) > 1:
+                reason = "the pieces of an equal split have different widths"
+            for g in tied:
+                g.tie, g.divisor = tied[0].key, divisor
+                if reason and not g.fixed:
+                    g.fixed = reason
+
+    def _find_cached_widths(self, outputs: list[tuple[nn.Module, int]]) -> list[tuple[nn.Module, str, object, str]]:
+        """Integer attributes of a block that hold the width of a concatenation or split inside it.
+
+        Such an attribute bounds a slice of a concatenation (GhostNet's `out[:, :self.out_chs]`)
+        or sizes a split (CSPNet's `x.split(self.expand_chs // 2)`, Res2Net's
+        `torch.split(x, self.width)`). A concatenation is found by where its inputs come from,
+        every input produced inside the block; a split by where its pieces go, the block that
+        holds every consumer. Each entry: (block, attribute, graph node, what it holds: the
+        concatenation's 'width', the split's 'total' or its equal 'piece').
         """
         names = self.dg._module2name
         concat_owner: dict[str, object] = {}
-        for node in self.dg.module2node.values():
-            if node.type != ops.OPTYPE.CONCAT:
-                continue
-            producers = [_named_producer(n, names) for n in node.inputs]
-            if all(producers):
-                owner = _common_parent(producers)
-                concat_owner.setdefault(owner, node)
         found = []
+        for node in self.dg.module2node.values():
+            if node.type == ops.OPTYPE.CONCAT:
+                producers = [_named_producer(n, names) for n in node.inputs]
+                if all(producers):
+                    owner = _common_parent(producers)
+                    concat_owner.setdefault(owner, node)
+            elif node.type == ops.OPTYPE.SPLIT and getattr(node.module, "equal_pieces", False):
+                consumers = [_named_consumer(n, names) for n in node.outputs]
+                if not all(consumers):
+                    continue
+                owner = self.model.get_submodule(_common_parent(consumers))
+                sizes = node.module.split_sizes
+                for attr, value in vars(owner).items():
+                    if type(value) is int and value > 1 and value in (sizes[0], sum(sizes)):
+                        found.append((owner, attr, node, "piece" if value == sizes[0] else "total"))
         for module, channels in outputs:
             node = concat_owner.get(names.get(module, ""))
-            if node is None or shape_infer.infer_out_channels_recursively(self.dg, node, [0]) != channels:
+            if node is None or _concat_width(self.dg, node) != channels:
                 continue
             for attr, value in vars(module).items():
-                if type(value) is int and value == channels and value > 1:
-                    found.append((module, attr, node))
+                # An attribute that sizes a split is the split's: the concatenation may differ.
+                claimed = any(m is module and a == attr for m, a, _, _ in found)
+                if type(value) is int and value == channels and value > 1 and not claimed:
+                    found.append((module, attr, node, "width"))
         return found
 
     def _head_owner(self, key: str) -> nn.Module | None:
@@ -204,8 +324,11 @@ class GroupGraph:
             if isinstance(getattr(owner, "scale", None), float):
                 owner.scale = owner.head_dim**-0.5
             changed.append(f"{self.dg._module2name.get(owner)}.head_dim")
-        for module, attr, node in self.cached_widths:
-            width = shape_infer.infer_out_channels_recursively(self.dg, node, [0])
+        for module, attr, node, kind in self.cached_widths:
+            if kind == "width":
+                width = _concat_width(self.dg, node)
+            else:
+                width = node.module.split_sizes[0] if kind == "piece" else sum(node.module.split_sizes)
             if width is not None and width != getattr(module, attr):
                 setattr(module, attr, width)
                 changed.append(f"{self.dg._module2name.get(module, type(module).__name__)}.{attr}")
@@ -224,6 +347,10 @@ class GroupGraph:
             if optype in _PASS_THROUGH:
                 continue
             module = node.module
+            if optype == ops.OPTYPE.SPLIT and getattr(module, "equal_pieces", False):
+                offsets = [sum(module.split_sizes[:i]) for i in range(len(module.split_sizes) + 1)]
+                pieces = {bisect.bisect_right(offsets, i) - 1 for i in item.idxs}
+                group.splits.append((module, tuple(sorted(pieces))))
             names = self.dg._param_to_name if optype == ops.OPTYPE.PARAMETER else self.dg._module2name
             name = names.get(module)
             pruner = self.dg.get_pruner_of_module(module)
@@ -284,7 +411,144 @@ def _trace(model: nn.Module, example_inputs: torch.Tensor) -> tuple[tp.Dependenc
         for h in hooks:
             h.remove()
     model.train(was_training)
+    for node in list(dg.module2node.values()):
+        if node.type == ops.OPTYPE.SPLIT and _map_split_pieces(node):
+            for out in node.outputs:
+                if out.type == ops.OPTYPE.CONCAT:
+                    _map_concat_inputs(dg, out)
     return dg, outputs, leaves
+
+
+class _PieceMapping:
+    """Index mapping between a split's input and one of its pieces, read from the live piece sizes.
+
+    torch-pruning maps a split's i-th consumer to its i-th piece and caches the offsets; a
+    piece consumed by two layers (CSPNet's `xs, xb = x.split(...)`, `xb` feeding a conv and a
+    residual sum) shifts every later piece. Here each consumer maps to the piece its autograd
+    edge names, at the piece's current offset (sizes change as groups grow and shrink).
+    """
+
+    def __init__(self, op: nn.Module, piece: int, reverse: bool) -> None:
+        self.op, self.piece, self.reverse = op, piece, reverse
+
+    def __call__(self, idxs):
+        start = sum(self.op.split_sizes[: self.piece])
+        if self.reverse:
+            return [_HybridIndex(idx=i.idx + start, root_idx=i.root_idx) for i in idxs]
+        end = start + self.op.split_sizes[self.piece]
+        return [_HybridIndex(idx=i.idx - start, root_idx=i.root_idx) for i in idxs if start <= i.idx < end]
+
+
+def _map_split_pieces(node: tp.dependency.Node) -> bool:
+    """Give a channel split its true piece sizes and map every consumer to its own piece.
+
+    Marks the split op `equal_pieces` when one size in Python sets every piece
+    (`x.split(n)`, `x.chunk(k)`): its pieces must keep one width.
+    """
+    op, grad_fn = node.module, node.grad_fn
+    if op.split_sizes is None or grad_fn is None:
+        return False  # torch-pruning found the split is not along channels
+    if hasattr(grad_fn, "_saved_split_sizes"):
+        sizes, equal = [int(s) for s in grad_fn._saved_split_sizes], False
+    elif hasattr(grad_fn, "_saved_split_size") and hasattr(grad_fn, "_saved_self_sym_sizes"):
+        total = int(grad_fn._saved_self_sym_sizes[grad_fn._saved_dim])
+        step = int(grad_fn._saved_split_size)
+        sizes = [min(step, total - start) for start in range(0, total, step)]
+        equal = len(set(sizes)) == 1
+    else:
+        return False
+    pieces = []
+    for out in node.outputs:
+        edges = {nr for fn, nr in getattr(out.grad_fn, "next_functions", ()) if fn is grad_fn}
+        if len(edges) != 1:
+            return False  # a consumer of several pieces: leave torch-pruning's mapping
+        pieces.append(edges.pop())
+    op.split_sizes = sizes
+    op.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    op.equal_pieces = equal and len(sizes) > 1
+    node.enable_index_mapping = False  # keeps torch-pruning from re-deriving its own mapping
+    for out, piece in zip(node.outputs, pieces, strict=True):
+        for dep in node.dependencies:
+            if dep.target is out:
+                dep.index_mapping[0] = _PieceMapping(op, piece, reverse=False)
+        for dep in out.dependencies:
+            if dep.target is node:
+                dep.index_mapping[0] = _PieceMapping(op, piece, reverse=True)
+    return True
+
+
+class _ConcatMapping:
+    """Index mapping between one input of a concatenation and its output, from the live input sizes."""
+
+    def __init__(self, op: nn.Module, position: int, reverse: bool) -> None:
+        self.op, self.position, self.reverse = op, position, reverse
+
+    def __call__(self, idxs):
+        start = sum(self.op.concat_sizes[: self.position])
+        if not self.reverse:
+            return [_HybridIndex(idx=i.idx + start, root_idx=i.root_idx) for i in idxs]
+        end = start + self.op.concat_sizes[self.position]
+        return [_HybridIndex(idx=i.idx - start, root_idx=i.root_idx) for i in idxs if start <= i.idx < end]
+
+
+class _Chain:
+    def __init__(self, *mappings) -> None:
+        self.mappings = mappings
+
+    def __call__(self, idxs):
+        for mapping in self.mappings:
+            idxs = mapping(idxs)
+        return idxs
+
+
+def _map_concat_inputs(dg: tp.DependencyGraph, node: tp.dependency.Node) -> None:
+    """Size and map a concatenation fed by a split's piece (Res2Net's last scale, CSPNet's `xs`).
+
+    torch-pruning sized a piece by the consumer's position among the split's consumers (a wrong
+    size drops the concatenation's mapping altogether), and maps indices from a concatenation
+    back into a split in the wrong order (split offset before concatenation offset). Here the
+    concatenation's input sizes come from the split's pieces, and every input maps through live
+    offsets, a piece after its concatenation slot.
+    """
+    sources, sizes = [], []
+    for fn, nr in node.grad_fn.next_functions:
+        source = next((n for n in node.inputs if n.grad_fn is fn), None)
+        if source is None or source in sources:
+            return
+        sources.append(source)
+        if source.type == ops.OPTYPE.SPLIT and getattr(source.module, "equal_pieces", None) is not None:
+            sizes.append(source.module.split_sizes[nr])
+        else:
+            sizes.append(shape_infer.infer_out_channels_recursively(dg, source, [0]))
+    if None in sizes or len(sources) != len(node.inputs):
+        return
+    op = node.module
+    op.concat_sizes = sizes
+    op.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    node.enable_index_mapping = False  # keeps torch-pruning from re-deriving its own mapping
+    for position, source in enumerate(sources):
+        for dep in source.dependencies:
+            if dep.target is node:
+                dep.index_mapping[1] = _ConcatMapping(op, position, reverse=False)
+        for dep in node.dependencies:
+            if dep.target is not source:
+                continue
+            back = _ConcatMapping(op, position, reverse=True)
+            if isinstance(dep.index_mapping[0], _PieceMapping):
+                dep.index_mapping[0], dep.index_mapping[1] = _Chain(back, dep.index_mapping[0]), None
+            else:
+                dep.index_mapping[1] = back
+
+
+def _split_root(node: tp.dependency.Node) -> nn.Module | None:
+    """The conv or linear layer whose output channels reach `node` one to one (through norms, activations)."""
+    while len(node.inputs) == 1:
+        node = node.inputs[0]
+        if node.type in (ops.OPTYPE.CONV, ops.OPTYPE.LINEAR):
+            return node.module
+        if node.type not in (ops.OPTYPE.BN, ops.OPTYPE.ELEMENTWISE, ops.OPTYPE.LN, ops.OPTYPE.GN, ops.OPTYPE.IN):
+            return None
+    return None
 
 
 def _per_channel_state(module: nn.Module) -> bool:
@@ -313,6 +577,27 @@ def _named_producer(node: tp.dependency.Node, names: dict) -> str | None:
             return names[n.module]
         stack.extend(n.inputs)
     return None
+
+
+def _named_consumer(node: tp.dependency.Node, names: dict) -> str | None:
+    """The nearest layer downstream of `node`, itself included (through unnamed ops)."""
+    stack, seen = [node], set()
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if names.get(n.module):
+            return names[n.module]
+        stack.extend(n.outputs)
+    return None
+
+
+def _concat_width(dg: tp.DependencyGraph, node: tp.dependency.Node) -> int | None:
+    """A concatenation's width: its input sizes as torch-pruning keeps them, else inferred."""
+    if node.module.concat_sizes is not None and None not in node.module.concat_sizes:
+        return sum(node.module.concat_sizes)
+    return shape_infer.infer_out_channels_recursively(dg, node, [0])
 
 
 def _common_parent(names: list[str]) -> str:

@@ -25,6 +25,15 @@ def resize(
     torch-pruning; growing appends channels after each member's block of the group.
     """
     keep = keep or {}
+    ties: dict[str, tuple[str, int]] = {}
+    for key, target in widths.items():
+        tie = graph.group(key).tie
+        if tie is not None and ties.setdefault(tie, (key, target))[1] != target:
+            other = ties[tie][0]
+            raise ValueError(
+                f"channel groups {other!r} and {key!r} are tied to one width (equal pieces of one split); "
+                f"give them the same width, not {ties[tie][1]} and {target}"
+            )
     for key, target in widths.items():
         group, tp_group = graph.refresh(key)
         if target == group.size:

@@ -1,5 +1,6 @@
 """Regression tests for architecture families that needed more than torch-pruning's defaults."""
 
+import pytest
 import timm
 import torch
 
@@ -81,3 +82,20 @@ def test_metaformer_scale_shape_follows_its_group():
 def test_scalar_affine_blocks_are_left_alone(batches, tmp_path):
     """HGNetV2's LearnableAffineBlock holds one scale and one bias, not one per channel."""
     _roundtrip("hgnetv2_b0", batches, tmp_path)
+
+
+def test_equal_split_pieces_get_a_group_each_tied_to_one_width():
+    """CSPNet splits `conv_exp` in halves with `x.split(self.expand_chs // 2)`: one group per half, one width."""
+    model = timm.create_model("cspresnet50", pretrained=False, num_classes=10)
+    graph = lw.GroupGraph(model, X)
+    half = graph.group("stages.0.conv_exp.conv#0")
+    tied = [g for g in graph.groups if g.tie == half.tie]
+    assert len(tied) == 2 and all(g.prunable for g in tied)
+    with pytest.raises(ValueError, match="tied"):
+        lw.resize(graph, {tied[0].key: half.size + 8, tied[1].key: half.size})
+    lw.resize(graph, {g.key: g.size * 3 // 2 for g in graph.groups if g.prunable})
+    lw.resize(graph, {g.key: g.size // 3 for g in graph.groups if g.prunable})
+    for stage in model.stages:
+        assert stage.expand_chs == stage.conv_exp.conv.out_channels
+        assert stage.blocks[0].conv1.conv.in_channels * 2 == stage.expand_chs
+    assert model(X).shape == (1, 10)
