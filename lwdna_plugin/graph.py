@@ -91,8 +91,14 @@ class GroupGraph:
         # Root layer of each group and whether the group is its input (rather than output) channels.
         self._roots: dict[str, tuple[nn.Module, bool]] = {}
         self.groups: list[ChannelGroup] = []
-        for tp_group in self.dg.get_all_groups(root_module_types=(ops.TORCH_CONV, ops.TORCH_LINEAR)):
-            root = tp_group[0].dep.target.module
+        stalled: dict[nn.Module, str] = {}
+        for root, tp_group in self._all_groups():
+            if isinstance(tp_group, _SearchStalled):
+                key = self.dg._module2name[root]
+                self.groups.append(ChannelGroup(key, self.dg.get_out_channels(root), fixed=str(tp_group)))
+                self._roots[key] = (root, False)
+                stalled.update({m: key for m in tp_group.reached})
+                continue
             group = self._describe(self.dg._module2name[root], tp_group)
             as_input = False
             if group.fixed and group.fixed.startswith("irregular"):
@@ -103,6 +109,38 @@ class GroupGraph:
         self._pieces: dict[str, tuple[nn.Module, int]] = {}
         self._split_into_pieces()
         self._tie_pieces()
+        for g in self.groups:
+            if g.prunable:
+                near = next((stalled[m] for m in self._member_modules(g) if m in stalled), None)
+                if near is not None:
+                    g.fixed = f"shares layers with {near}, whose channel coupling torch-pruning could not resolve"
+
+    def _member_modules(self, group: ChannelGroup) -> list[nn.Module]:
+        by_name = {name: module for module, name in self.dg._module2name.items()}
+        return [by_name[m.name] for m in group.members if m.name in by_name]
+
+    def _all_groups(self):
+        """torch-pruning's `get_all_groups` (every conv and linear layer's output channels, each
+        channel once), yielding (root, group) or (root, `_SearchStalled`) for a search that did not settle."""
+        visited: set = set()
+        for module in list(self.dg.module2node):
+            if not isinstance(module, (ops.TORCH_CONV, ops.TORCH_LINEAR)) or module in visited:
+                continue
+            pruner = self.dg.get_pruner_of_module(module)
+            if pruner is None or pruner.get_out_channels(module) is None:
+                continue
+            try:
+                group = self._pruning_group(
+                    module, pruner.prune_out_channels, list(range(pruner.get_out_channels(module)))
+                )
+            except _SearchStalled as stall:
+                visited.update(stall.reached)
+                yield module, stall
+                continue
+            visited.update(
+                item.dep.target.module for item in group if self.dg.is_out_channel_pruning_fn(item.dep.handler)
+            )
+            yield module, group
 
     def _reroot(
         self, tp_group: tp.dependency.Group, root: nn.Module, group: ChannelGroup
@@ -133,7 +171,7 @@ class GroupGraph:
                 # Only attention heads are known to split a layer's input evenly; elsewhere a
                 # split's sizes may be fixed in Python (Res2Net's `torch.split(x, self.width)`).
                 continue
-            candidate = self._describe(key, self.dg.get_pruning_group(module, fn, list(range(width))))
+            candidate = self._describe(key, self._pruning_group(module, fn, list(range(width))))
             if candidate.prunable:
                 return module, as_input, candidate
         return root, False, group
@@ -154,13 +192,29 @@ class GroupGraph:
             op, piece = self._pieces[key]
             start = sum(op.split_sizes[:piece])
             idxs = range(op.split_sizes[piece]) if idxs is None else idxs
-            group = self.dg.get_pruning_group(root, fn, [start + i for i in idxs])
+            group = self._pruning_group(root, fn, [start + i for i in idxs])
             for item in group:
                 item.root_idxs = [r - start for r in item.root_idxs]
             return group
         if idxs is None:
             idxs = range(pruner.get_in_channels(root) if as_input else pruner.get_out_channels(root))
-        return self.dg.get_pruning_group(root, fn, list(idxs))
+        return self._pruning_group(root, fn, list(idxs))
+
+    def _pruning_group(self, root: nn.Module, fn, idxs: list[int]) -> tp.dependency.Group:
+        """torch-pruning's group, noting where an index mapping pointed past a layer's channels.
+
+        Raises `_SearchStalled` when the search takes more than `_SEARCH_STEPS` steps.
+        """
+        self.dg.lw_overflow.clear()
+        self.dg.lw_search = {"steps": 0, "reached": set()}
+        try:
+            group = self.dg.get_pruning_group(root, fn, idxs)
+        finally:
+            search, self.dg.lw_search = self.dg.lw_search, None
+        if search["steps"] > _SEARCH_STEPS:
+            raise _SearchStalled(self.dg._module2name.get(root, "?"), search["reached"])
+        group.lw_overflow = list(self.dg.lw_overflow)
+        return group
 
     def refresh(self, key: str) -> tuple[ChannelGroup, tp.dependency.Group]:
         """Re-describe one group after layers changed size (positions shift in concatenations)."""
@@ -338,6 +392,9 @@ class GroupGraph:
         size = len(tp_group[0].idxs)
         group = ChannelGroup(key=key, size=size)
         divisors, reasons = [1], []
+        for node, width in getattr(tp_group, "lw_overflow", []):
+            where = self.dg._module2name.get(node.module) or node.name.splitlines()[0]
+            reasons.append(f"channel mapping at {where} points past its {width} channels")
         for item in tp_group:
             node, handler = item.dep.target, item.dep.handler
             optype = node.type
@@ -411,12 +468,90 @@ def _trace(model: nn.Module, example_inputs: torch.Tensor) -> tuple[tp.Dependenc
         for h in hooks:
             h.remove()
     model.train(was_training)
+    seen: set = set()
     for node in list(dg.module2node.values()):
-        if node.type == ops.OPTYPE.SPLIT and _map_split_pieces(node):
-            for out in node.outputs:
-                if out.type == ops.OPTYPE.CONCAT:
-                    _map_concat_inputs(dg, out)
+        if node.type == ops.OPTYPE.RESHAPE and node not in seen:
+            _map_rearrangement(dg, node, seen)
+    for node in _map_splits(dg):
+        for out in node.outputs:
+            if out.type == ops.OPTYPE.CONCAT:
+                _map_concat_inputs(dg, out)
+    dg.lw_overflow = []
+    for node in dg.module2node.values():
+        for dep in node.dependencies:
+            dep.index_mapping = _BoundedMappings(dep.index_mapping, dg, dep)
     return dg, outputs, leaves
+
+
+# Dependency steps one group search may take: DenseNet-121 needs about 500 and ResNet-50 under 100;
+# a search circling through ops that mix channels with other dimensions can run for hours.
+_SEARCH_STEPS = 5_000
+
+
+class _SearchStalled(Exception):
+    """torch-pruning's group search from `root` did not settle; `reached` holds what it touched."""
+
+    def __init__(self, root: str, reached: set) -> None:
+        super().__init__(
+            f"torch-pruning's channel coupling search from {root} did not settle within {_SEARCH_STEPS:,} steps"
+        )
+        self.reached = reached
+
+
+class _BoundedMappings(list):
+    """A dependency's index mappings, followed by a bound: no index past the target's channels.
+
+    torch-pruning's mappings into a split, unbind or concatenation add offsets without a
+    bound; where ops that mix channels with other dimensions close a cycle (CoaT's factorised
+    attention), indices walk on round it and the group search never ends. Indices past the
+    target's width are dropped and noted in `dg.lw_overflow`, so the group is reported fixed.
+    torch-pruning still sets the two mappings by position.
+    """
+
+    def __init__(self, mappings: list, dg: tp.DependencyGraph, dep) -> None:
+        super().__init__(mappings)
+        self.dg, self.dep = dg, dep
+
+    def __iter__(self):
+        yield from super().__iter__()
+        yield self._bound
+
+    def _bound(self, idxs):
+        search = getattr(self.dg, "lw_search", None)
+        if search is not None:
+            search["steps"] += 1
+            search["reached"].add(self.dep.target.module)
+            if search["steps"] > _SEARCH_STEPS:
+                return []  # ends the search; the caller reports it stalled
+        width = _target_width(self.dg, self.dep)
+        if width is None or all(i.idx < width for i in idxs):
+            return idxs
+        self.dg.lw_overflow.append((self.dep.target, width))
+        return [i for i in idxs if i.idx < width]
+
+
+def _target_width(dg: tp.DependencyGraph, dep) -> int | None:
+    """How many channels the dependency's target holds along the dimension the dependency prunes."""
+    node = dep.target
+    module = node.module
+    try:
+        if node.type == ops.OPTYPE.PARAMETER:
+            return module.shape[node.pruning_dim]
+        if node.type == ops.OPTYPE.SPLIT:
+            return sum(module.split_sizes) if module.split_sizes else None
+        if node.type == ops.OPTYPE.CONCAT:
+            sizes = module.concat_sizes
+            return sum(sizes) if sizes and None not in sizes else None
+        if node.type == ops.OPTYPE.UNBIND:
+            return module.offsets[-1] if getattr(module, "offsets", None) else None
+        pruner = dg.get_pruner_of_module(module)
+        if pruner is None or node.type in _PASS_THROUGH or node.type == ops.OPTYPE.SLICE:
+            return None
+        if dg.is_out_channel_pruning_fn(dep.handler):
+            return pruner.get_out_channels(module)
+        return pruner.get_in_channels(module)
+    except (AttributeError, TypeError, IndexError):
+        return None
 
 
 class _PieceMapping:
@@ -433,21 +568,21 @@ class _PieceMapping:
 
     def __call__(self, idxs):
         start = sum(self.op.split_sizes[: self.piece])
+        size = self.op.split_sizes[self.piece]
         if self.reverse:
-            return [_HybridIndex(idx=i.idx + start, root_idx=i.root_idx) for i in idxs]
-        end = start + self.op.split_sizes[self.piece]
-        return [_HybridIndex(idx=i.idx - start, root_idx=i.root_idx) for i in idxs if start <= i.idx < end]
+            # Bounded both ways: an index past the piece (reached through ops that mix channels
+            # with other dimensions) must not walk on around a cycle of the graph.
+            return [_HybridIndex(idx=i.idx + start, root_idx=i.root_idx) for i in idxs if i.idx < size]
+        return [_HybridIndex(idx=i.idx - start, root_idx=i.root_idx) for i in idxs if start <= i.idx < start + size]
 
 
-def _map_split_pieces(node: tp.dependency.Node) -> bool:
-    """Give a channel split its true piece sizes and map every consumer to its own piece.
-
-    Marks the split op `equal_pieces` when one size in Python sets every piece
-    (`x.split(n)`, `x.chunk(k)`): its pieces must keep one width.
-    """
+def _split_pieces(node: tp.dependency.Node) -> tuple[list[int], bool, list[int | None]] | None:
+    """A channel split's true piece sizes, whether one size in Python sets them all, and the
+    piece each consumer reads (None where autograd does not say: a layer called twice keeps
+    one call's edges)."""
     op, grad_fn = node.module, node.grad_fn
     if op.split_sizes is None or grad_fn is None:
-        return False  # torch-pruning found the split is not along channels
+        return None  # torch-pruning found the split is not along channels
     if hasattr(grad_fn, "_saved_split_sizes"):
         sizes, equal = [int(s) for s in grad_fn._saved_split_sizes], False
     elif hasattr(grad_fn, "_saved_split_size") and hasattr(grad_fn, "_saved_self_sym_sizes"):
@@ -456,25 +591,63 @@ def _map_split_pieces(node: tp.dependency.Node) -> bool:
         sizes = [min(step, total - start) for start in range(0, total, step)]
         equal = len(set(sizes)) == 1
     else:
-        return False
-    pieces = []
+        return None
+    pieces: list[int | None] = []
     for out in node.outputs:
         edges = {nr for fn, nr in getattr(out.grad_fn, "next_functions", ()) if fn is grad_fn}
-        if len(edges) != 1:
-            return False  # a consumer of several pieces: leave torch-pruning's mapping
-        pieces.append(edges.pop())
-    op.split_sizes = sizes
-    op.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-    op.equal_pieces = equal and len(sizes) > 1
-    node.enable_index_mapping = False  # keeps torch-pruning from re-deriving its own mapping
-    for out, piece in zip(node.outputs, pieces, strict=True):
-        for dep in node.dependencies:
-            if dep.target is out:
-                dep.index_mapping[0] = _PieceMapping(op, piece, reverse=False)
-        for dep in out.dependencies:
-            if dep.target is node:
-                dep.index_mapping[0] = _PieceMapping(op, piece, reverse=True)
-    return True
+        if len(edges) > 1:
+            return None  # a consumer of several pieces: leave torch-pruning's mapping
+        pieces.append(edges.pop() if edges else None)
+    return sizes, equal and len(sizes) > 1, pieces
+
+
+def _map_splits(dg: tp.DependencyGraph) -> list[tp.dependency.Node]:
+    """Map every channel split's consumers to their pieces; return the splits mapped.
+
+    A layer called at two places (CoaT's shared conv position encoding) is one graph node with
+    one call's autograd edges: its piece is read off another split of the same sizes feeding it.
+    A split left unresolved keeps torch-pruning's mapping, and so does every split that shares
+    a consumer with it, so one consumer never sees two mappings.
+    """
+    found = {}
+    for node in dg.module2node.values():
+        if node.type == ops.OPTYPE.SPLIT:
+            pieces = _split_pieces(node)
+            if pieces is not None:
+                found[node] = pieces
+    known = {}
+    for node, (sizes, _, pieces) in found.items():
+        for out, piece in zip(node.outputs, pieces, strict=True):
+            if piece is not None:
+                known.setdefault((out, tuple(sizes)), piece)
+    resolved, unresolved = {}, [n for n in dg.module2node.values() if n.type == ops.OPTYPE.SPLIT and n not in found]
+    for node, (sizes, equal, pieces) in found.items():
+        pieces = [
+            known.get((out, tuple(sizes))) if p is None else p for out, p in zip(node.outputs, pieces, strict=True)
+        ]
+        if None in pieces:
+            unresolved.append(node)
+        else:
+            resolved[node] = (sizes, equal, pieces)
+    blocked = {out for node in unresolved for out in node.outputs}
+    mapped = []
+    for node, (sizes, equal, pieces) in resolved.items():
+        if blocked.intersection(node.outputs):
+            continue
+        op = node.module
+        op.split_sizes = sizes
+        op.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        op.equal_pieces = equal
+        node.enable_index_mapping = False  # keeps torch-pruning from re-deriving its own mapping
+        for out, piece in zip(node.outputs, pieces, strict=True):
+            for dep in node.dependencies:
+                if dep.target is out:
+                    dep.index_mapping[0] = _PieceMapping(op, piece, reverse=False)
+            for dep in out.dependencies:
+                if dep.target is node:
+                    dep.index_mapping[0] = _PieceMapping(op, piece, reverse=True)
+        mapped.append(node)
+    return mapped
 
 
 class _ConcatMapping:
@@ -485,10 +658,10 @@ class _ConcatMapping:
 
     def __call__(self, idxs):
         start = sum(self.op.concat_sizes[: self.position])
+        size = self.op.concat_sizes[self.position]
         if not self.reverse:
-            return [_HybridIndex(idx=i.idx + start, root_idx=i.root_idx) for i in idxs]
-        end = start + self.op.concat_sizes[self.position]
-        return [_HybridIndex(idx=i.idx - start, root_idx=i.root_idx) for i in idxs if start <= i.idx < end]
+            return [_HybridIndex(idx=i.idx + start, root_idx=i.root_idx) for i in idxs if i.idx < size]
+        return [_HybridIndex(idx=i.idx - start, root_idx=i.root_idx) for i in idxs if start <= i.idx < start + size]
 
 
 class _Chain:
@@ -538,6 +711,147 @@ def _map_concat_inputs(dg: tp.DependencyGraph, node: tp.dependency.Node) -> None
                 dep.index_mapping[0], dep.index_mapping[1] = _Chain(back, dep.index_mapping[0]), None
             else:
                 dep.index_mapping[1] = back
+
+
+# Autograd ops that only move elements (or pad them): a chain of them maps channels one to one.
+_REARRANGE = {
+    "ViewBackward0",
+    "UnsafeViewBackward0",
+    "ReshapeAliasBackward0",
+    "PermuteBackward0",
+    "TransposeBackward0",
+    "ConstantPadNdBackward0",
+    "CloneBackward0",
+}
+_CHANNELS_FIRST = (ops.OPTYPE.CONV, ops.OPTYPE.DEPTHWISE_CONV, ops.OPTYPE.BN, ops.OPTYPE.GN, ops.OPTYPE.IN)
+_CHANNELS_LAST = (ops.OPTYPE.LINEAR, ops.OPTYPE.LN)
+
+
+class _RearrangeMapping:
+    """Channel c of a rearrangement's input lands at `repeat` output channels: c*repeat + j ('block',
+    NCHW flattening) or j*C + c ('cyclic', channels-last patch merging), C read live from `width`."""
+
+    def __init__(self, layout: str, repeat: int, width, reverse: bool) -> None:
+        self.layout, self.repeat, self.width, self.reverse = layout, repeat, width, reverse
+
+    def __call__(self, idxs):
+        r = self.repeat
+        if self.layout == "block":
+            if self.reverse:
+                return list({_HybridIndex(idx=i.idx // r, root_idx=i.root_idx): None for i in idxs})
+            return [_HybridIndex(idx=i.idx * r + j, root_idx=i.root_idx) for i in idxs for j in range(r)]
+        channels = self.width() // r
+        if self.reverse:
+            return list({_HybridIndex(idx=i.idx % channels, root_idx=i.root_idx): None for i in idxs})
+        return [_HybridIndex(idx=j * channels + i.idx, root_idx=i.root_idx) for j in range(r) for i in idxs]
+
+
+def _is_rearrange(node: tp.dependency.Node) -> bool:
+    fn = node.grad_fn
+    return (
+        node.type in (ops.OPTYPE.RESHAPE, ops.OPTYPE.ELEMENTWISE)
+        and fn is not None
+        and fn.name() in _REARRANGE
+        and len(node.inputs) == 1
+        and len(node.outputs) == 1
+    )
+
+
+def _channel_dim(node: tp.dependency.Node, upstream: bool) -> int | None:
+    """Where a tensor keeps its channels, judged by the nearest layers that write (or read) it.
+
+    Searches through element-wise ops (residual sums, activations), not through reshapes;
+    None when no layer is found or layers disagree.
+    """
+    stack, seen, dims = [node], set(), set()
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.type in _CHANNELS_FIRST:
+            dims.add(1)
+        elif n.type in _CHANNELS_LAST:
+            dims.add(-1)
+        elif n.type == ops.OPTYPE.ELEMENTWISE and not _is_rearrange(n):
+            stack.extend(n.inputs if upstream else n.outputs)
+    return dims.pop() if len(dims) == 1 else None
+
+
+def _edge(fn, target) -> int | None:
+    return next((i for i, (f, _) in enumerate(fn.next_functions) if f is target), None)
+
+
+def _map_rearrangement(dg: tp.DependencyGraph, node: tp.dependency.Node, seen: set) -> None:
+    """Index-map a chain of reshapes and permutes that changes the channel count, by probing autograd.
+
+    torch-pruning maps a flatten of an NCHW tensor only; a channels-last patch merge (Swin's
+    `x.reshape(B, H/2, 2, W/2, 2, C).permute(...).flatten(3)`, C -> 4C with channel c at
+    j*C + c) passes unmapped, as if the first C of the 4C channels were the group's. The chain
+    only moves elements, so sending each output element's channel index backwards through it
+    shows where every input channel goes; a block or cyclic layout becomes an index mapping.
+    """
+    if not _is_rearrange(node):
+        return
+    first = last = node
+    while _is_rearrange(first.inputs[0]):
+        first = first.inputs[0]
+    while _is_rearrange(last.outputs[0]):
+        last = last.outputs[0]
+    chain = [first]
+    while chain[-1] is not last:
+        chain.append(chain[-1].outputs[0])
+    seen.update(chain)
+    producer, consumer = first.inputs[0], last.outputs[0]
+    if any(m is not None for n in chain for d in n.dependencies for m in d.index_mapping):
+        return  # torch-pruning mapped it
+    in_dim, out_dim = _channel_dim(producer, upstream=True), _channel_dim(consumer, upstream=False)
+    if in_dim is None or out_dim is None or producer.grad_fn is None:
+        return
+    nr = first.grad_fn.next_functions[_edge(first.grad_fn, producer.grad_fn) or 0][1]
+    if _edge(first.grad_fn, producer.grad_fn) is None:
+        return
+    in_meta, out_meta = producer.grad_fn._input_metadata[nr], last.grad_fn._input_metadata[0]
+    in_shape, out_shape = list(in_meta.shape), list(out_meta.shape)
+    if len(in_shape) < 2 or len(out_shape) < 2:
+        return
+    c_in, c_out = in_shape[in_dim], out_shape[out_dim]
+    if c_in == c_out or c_out % c_in:
+        return
+    # Probe: each output element holds its channel index; pull it back through the chain.
+    index = torch.arange(c_out, dtype=torch.float64)
+    view = [1] * len(out_shape)
+    view[out_dim] = c_out
+    grad = index.view(view).expand(out_shape).to(out_meta.dtype).contiguous()
+    with torch.no_grad():
+        for n, prev in zip(reversed(chain), [*reversed(chain[:-1]), producer], strict=True):
+            i = _edge(n.grad_fn, prev.grad_fn)
+            if i is None:
+                return
+            grad = n.grad_fn(grad)
+            grad = grad[i] if isinstance(grad, tuple) else grad
+    if grad is None or list(grad.shape) != in_shape:
+        return
+    grad = grad.movedim(in_dim, 0).reshape(c_in, -1)
+    lands = [sorted({int(v) for v in row.tolist()}) for row in grad]
+    r = c_out // c_in
+    if all(row == list(range(c * r, c * r + r)) for c, row in enumerate(lands)):
+        layout = "block"
+    elif all(row == [j * c_in + c for j in range(r)] for c, row in enumerate(lands)):
+        layout = "cyclic"
+    else:
+        return
+    module = consumer.module
+    pruner = dg.get_pruner_of_module(module) if isinstance(module, nn.Module) else None
+    if pruner is None or pruner.get_in_channels(module) != c_out:
+        return
+    width = partial(pruner.get_in_channels, module)
+    for dep in last.dependencies:
+        if dep.target is consumer:
+            dep.index_mapping[0] = _RearrangeMapping(layout, r, width, reverse=False)
+    for dep in consumer.dependencies:
+        if dep.target is last:
+            dep.index_mapping[0] = _RearrangeMapping(layout, r, width, reverse=True)
 
 
 def _split_root(node: tp.dependency.Node) -> nn.Module | None:

@@ -99,3 +99,35 @@ def test_equal_split_pieces_get_a_group_each_tied_to_one_width():
         assert stage.expand_chs == stage.conv_exp.conv.out_channels
         assert stage.blocks[0].conv1.conv.in_channels * 2 == stage.expand_chs
     assert model(X).shape == (1, 10)
+
+
+def test_channels_last_patch_merging_maps_each_channel_to_every_quarter():
+    """Swin's PatchMerging reshapes (B, H, W, C) to (B, H/2, W/2, 4C): channel c lands at j*C + c."""
+    model = timm.create_model(
+        "swin_tiny_patch4_window7_224", pretrained=False, num_classes=10, img_size=IMG, window_size=2
+    )
+    graph = lw.GroupGraph(model, X)
+    group = graph.group("layers.0.blocks.1.mlp.fc2")
+    assert group.prunable
+    norm = next(m for m in group.members if m.name == "layers.1.downsample.norm")
+    c = group.size
+    assert sorted(p for p, r in zip(norm.positions, norm.root_idxs, strict=True) if r == 5) == [
+        5,
+        c + 5,
+        2 * c + 5,
+        3 * c + 5,
+    ]
+    lw.resize(graph, {g.key: g.size * 3 // 2 for g in graph.groups if g.prunable})
+    lw.resize(graph, {g.key: g.size // 2 for g in graph.groups if g.prunable})
+    assert model.layers[1].downsample.norm.normalized_shape[0] == 4 * model.layers[0].blocks[1].mlp.fc2.out_features
+    assert model(X).shape == (1, 10)
+
+
+def test_partial_residual_sums_are_left_fixed():
+    """RexNet adds its shortcut to the first channels only (`x[:, :C] += shortcut`): those groups stay fixed."""
+    model = timm.create_model("rexnet_100", pretrained=False, num_classes=10)
+    graph = lw.GroupGraph(model, X)
+    fixed = {g.key: g.fixed for g in graph.groups if g.fixed}
+    assert "features.2.conv_pwl.conv" in fixed and "points past" in fixed["features.2.conv_pwl.conv"]
+    lw.resize(graph, {g.key: 2 * g.size for g in graph.groups if g.prunable})
+    assert model.eval()(X).shape == (1, 10)  # eval: its squeeze-excite BatchNorm sees one value per channel
