@@ -127,7 +127,7 @@ def plan_widths(
         widths, flops = best
     keys = flop_model.keys
     plan_widths = {keys[i]: int(widths[i]) for i in scored}
-    keep = {k: _top(scores[k], w) for k, w in plan_widths.items()}
+    keep = {k: _top(scores[k], w, graph.group(k).balance) for k, w in plan_widths.items()}
     return Plan(plan_widths, keep, flops, threshold, floor_flops, max_flops)
 
 
@@ -135,7 +135,16 @@ def _next_score(ordered: np.ndarray, width: float) -> float:
     return float(ordered[int(width)]) if int(width) < len(ordered) else -math.inf
 
 
-def _top(score: torch.Tensor, k: int) -> list[int]:
-    """Indices of the k best channels; ties go to the lower index so plans are reproducible."""
-    order = sorted(range(len(score)), key=lambda i: (-float(score[i]), i))
+def _top(score: torch.Tensor, k: int, blocks: int = 1) -> list[int]:
+    """Indices of the k best channels; ties go to the lower index so plans are reproducible.
+
+    With `blocks` > 1 (a grouped conv reads the channels in that many contiguous blocks) each
+    block keeps its k / blocks best, so every conv group keeps the same number of channels.
+    """
+    n = len(score)
+    if blocks > 1 and n % blocks == 0 and k % blocks == 0:
+        size = n // blocks
+        picks = (_top(score[b * size : (b + 1) * size], k // blocks) for b in range(blocks))
+        return sorted(b * size + j for b, block in enumerate(picks) for j in block)
+    order = sorted(range(n), key=lambda i: (-float(score[i]), i))
     return sorted(order[:k])

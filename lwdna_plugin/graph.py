@@ -59,6 +59,8 @@ class ChannelGroup:
     divisor: int = 1
     fixed: str | None = None
     classifier_input: bool = False
+    # A grouped conv sees its channels in `balance` contiguous blocks: each keeps an equal share.
+    balance: int = 1
     # Groups with the same `tie` keep one width: the pieces of a split sized by one number in Python.
     tie: str | None = None
     # (split op, pieces) for every equal-piece split the group passes through.
@@ -434,6 +436,8 @@ class GroupGraph:
                 group.classifier_input = True
             if optype == ops.OPTYPE.CONV:
                 divisors.append(module.groups)
+                if module.groups > 1:
+                    group.balance = math.lcm(group.balance, module.groups)
             elif optype == ops.OPTYPE.GN:
                 divisors.append(module.num_groups)
             group.members.append(Member(name, dim, optype.name.lower(), list(item.idxs), list(item.root_idxs), repeat))

@@ -131,3 +131,12 @@ def test_partial_residual_sums_are_left_fixed():
     assert "features.2.conv_pwl.conv" in fixed and "points past" in fixed["features.2.conv_pwl.conv"]
     lw.resize(graph, {g.key: 2 * g.size for g in graph.groups if g.prunable})
     assert model.eval()(X).shape == (1, 10)  # eval: its squeeze-excite BatchNorm sees one value per channel
+
+
+def test_grouped_convs_keep_the_same_channels_in_every_group(batches, tmp_path):
+    """FastViT's final conv is grouped (384 groups, 2 outputs each): every group keeps an equal share."""
+    model = timm.create_model("fastvit_t8", pretrained=False, num_classes=10)
+    assert lw.GroupGraph(model, X).group("stages.3.blocks.1.mlp.fc2").balance == 384
+    result = _roundtrip("fastvit_t8", batches, tmp_path)
+    conv = result.model.final_conv.conv_kxk[0].conv
+    assert conv.groups == 384 and conv.weight.shape[1] * 384 == conv.in_channels
