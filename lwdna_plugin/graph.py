@@ -467,7 +467,7 @@ def _trace(model: nn.Module, example_inputs: torch.Tensor) -> tuple[tp.Dependenc
         with warnings.catch_warnings():
             # torch-pruning warns about every parameter outside a known layer; we report those groups ourselves.
             warnings.simplefilter("ignore")
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+            dg = _DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
     finally:
         for h in hooks:
             h.remove()
@@ -867,6 +867,32 @@ def _split_root(node: tp.dependency.Node) -> nn.Module | None:
         if node.type not in (ops.OPTYPE.BN, ops.OPTYPE.ELEMENTWISE, ops.OPTYPE.LN, ops.OPTYPE.GN, ops.OPTYPE.IN):
             return None
     return None
+
+
+class _DependencyGraph(tp.DependencyGraph):
+    """torch-pruning's graph, with concatenation sizes it cannot infer read off autograd.
+
+    torch-pruning sizes each input of a concatenation by walking the graph; through a slice of
+    a tensor (DPN's `x[:, :self.num_1x1_c]`) it finds none and fails summing the sizes. Autograd
+    records the shape of every tensor it passed, so those sizes are taken from there.
+    """
+
+    def _build_dependency(self, module2node):
+        super()._build_dependency(module2node)
+        for node in module2node.values():
+            if node.type != ops.OPTYPE.CONCAT or node.module.concat_sizes is not None or node.grad_fn is None:
+                continue
+            if None not in [shape_infer.infer_channels_between(self, n, node) for n in node.inputs]:
+                continue  # torch-pruning's own inference works
+            dim = getattr(node.grad_fn, "_saved_dim", 1)
+            sizes = []
+            for fn, nr in node.grad_fn.next_functions:
+                source = next((n for n in node.inputs if n.grad_fn is fn), None)
+                if source is None or fn is None:
+                    break
+                sizes.append(int(fn._input_metadata[nr].shape[dim]))
+            if len(sizes) == len(node.inputs) == len(node.grad_fn.next_functions):
+                node.module.concat_sizes = sizes
 
 
 def _per_channel_state(module: nn.Module) -> bool:

@@ -140,3 +140,12 @@ def test_grouped_convs_keep_the_same_channels_in_every_group(batches, tmp_path):
     result = _roundtrip("fastvit_t8", batches, tmp_path)
     conv = result.model.final_conv.conv_kxk[0].conv
     assert conv.groups == 384 and conv.weight.shape[1] * 384 == conv.in_channels
+
+
+def test_concatenations_of_slices_are_sized_from_autograd():
+    """DPN concatenates slices (`x[:, n:]`) torch-pruning cannot size; the graph builds and resizes."""
+    model = timm.create_model("dpn68", pretrained=False, num_classes=10)
+    graph = lw.GroupGraph(model, X)
+    assert sum(g.prunable for g in graph.groups) > len(graph.groups) // 2
+    lw.resize(graph, {g.key: 2 * g.size for g in graph.groups if g.prunable})
+    assert model(X).shape == (1, 10)
