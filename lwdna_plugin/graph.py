@@ -307,7 +307,7 @@ class GroupGraph:
             if reason is None and fixed is not None:
                 reason = f"tied to {fixed.key} (equal pieces of one split), which is fixed: {fixed.fixed}"
             if reason is None and len({g.size for g in tied}) > 1:
-                reason = "the pieces of an equal split have different widths"
+                reason = "its channels are split by one size in Python into pieces of different widths"
             for g in tied:
                 g.tie, g.divisor = tied[0].key, divisor
                 if reason and not g.fixed:
@@ -590,10 +590,15 @@ def _split_pieces(node: tp.dependency.Node) -> tuple[list[int], bool, list[int |
     if hasattr(grad_fn, "_saved_split_sizes"):
         sizes, equal = [int(s) for s in grad_fn._saved_split_sizes], False
     elif hasattr(grad_fn, "_saved_split_size") and hasattr(grad_fn, "_saved_self_sym_sizes"):
-        total = int(grad_fn._saved_self_sym_sizes[grad_fn._saved_dim])
+        shape = grad_fn._saved_self_sym_sizes
+        if not -len(shape) <= grad_fn._saved_dim < len(shape):
+            return None  # an uninitialised dimension (a known PyTorch quirk): keep torch-pruning's reading
+        total = int(shape[grad_fn._saved_dim])
         step = int(grad_fn._saved_split_size)
         sizes = [min(step, total - start) for start in range(0, total, step)]
-        equal = len(set(sizes)) == 1
+        # One number sets every piece (`x.split(n)`, `x.chunk(k)`, the last piece may be smaller):
+        # the pieces cannot change width independently.
+        equal = True
     else:
         return None
     pieces: list[int | None] = []
@@ -882,15 +887,21 @@ class _DependencyGraph(tp.DependencyGraph):
         for node in module2node.values():
             if node.type != ops.OPTYPE.CONCAT or node.module.concat_sizes is not None or node.grad_fn is None:
                 continue
-            if None not in [shape_infer.infer_channels_between(self, n, node) for n in node.inputs]:
-                continue  # torch-pruning's own inference works
+            try:
+                if None not in [shape_infer.infer_channels_between(self, n, node) for n in node.inputs]:
+                    continue  # torch-pruning's own inference works
+            except (TypeError, IndexError):
+                continue  # it needs split sizes, set later: leave the concatenation to torch-pruning
             dim = getattr(node.grad_fn, "_saved_dim", 1)
             sizes = []
             for fn, nr in node.grad_fn.next_functions:
                 source = next((n for n in node.inputs if n.grad_fn is fn), None)
                 if source is None or fn is None:
                     break
-                sizes.append(int(fn._input_metadata[nr].shape[dim]))
+                shape = fn._input_metadata[nr].shape
+                if not -len(shape) <= dim < len(shape):
+                    break
+                sizes.append(int(shape[dim]))
             if len(sizes) == len(node.inputs) == len(node.grad_fn.next_functions):
                 node.module.concat_sizes = sizes
 
