@@ -50,26 +50,47 @@ def plan_widths(
     """Widths and kept channels for every scored group, at or under `target` FLOPs."""
     floors = floors or Floors()
     groups = [graph.group(k) for k in flop_model.keys]
-    free = [i for i, g in enumerate(groups) if g.key in scores]
+    scored = [i for i, g in enumerate(groups) if g.key in scores]
     steps = np.array([step_of(g, round_to) for g in groups])
     sizes = flop_model.sizes.copy()
     lows = sizes.copy()
     ordered: dict[int, np.ndarray] = {}
-    for i in free:
+    for i in scored:
         g = groups[i]
         fraction = floors.tau if g.classifier_input else floors.rho
         low = max(math.ceil(fraction * g.size), floors.min_channels)
         lows[i] = min(g.size, math.ceil(low / steps[i]) * steps[i])
         ordered[i] = np.sort(scores[g.key].double().numpy())[::-1]
+    # Tied groups (equal pieces of one split) take the width of the first of them, the leader,
+    # planned on the mean of their ranked scores and the highest of their floors.
+    leader_of: dict[str, int] = {}
+    followers: dict[int, list[int]] = {}
+    for i in scored:
+        tie = groups[i].tie
+        if tie is None or tie not in leader_of:
+            leader_of[tie or groups[i].key] = i
+            followers[i] = []
+        else:
+            followers[leader_of[tie]].append(i)
+    free = list(followers)
+    for i, tied in followers.items():
+        if tied:
+            ordered[i] = np.mean([ordered[j] for j in [i, *tied]], axis=0)
+            lows[i] = max(lows[j] for j in [i, *tied])
+
+    def follow(w: np.ndarray) -> np.ndarray:
+        for i, tied in followers.items():
+            w[tied] = w[i]
+        return w
 
     def widths_at(threshold: float) -> np.ndarray:
         w = sizes.copy()
         for i in free:
             count = int(np.searchsorted(-ordered[i], -threshold, side="right"))
             w[i] = min(sizes[i], max(lows[i], math.ceil(count / steps[i]) * steps[i]))
-        return w
+        return follow(w)
 
-    floor_flops, max_flops = flop_model(lows), flop_model(sizes)
+    floor_flops, max_flops = flop_model(follow(lows)), flop_model(sizes)
     if floor_flops > target:
         raise ValueError(
             f"the FLOP target {target:,.0f} is below what the floors allow ({floor_flops:,.0f} FLOPs with "
@@ -96,6 +117,7 @@ def plan_widths(
                 continue
             trial = widths.copy()
             trial[i] += steps[i]
+            trial = follow(trial)
             trial_flops = flop_model(trial)
             if trial_flops <= target:
                 best = (trial, trial_flops)
@@ -104,8 +126,8 @@ def plan_widths(
             break
         widths, flops = best
     keys = flop_model.keys
-    plan_widths = {keys[i]: int(widths[i]) for i in free}
-    keep = {k: _top(scores[k], w) for k, w in plan_widths.items()}
+    plan_widths = {keys[i]: int(widths[i]) for i in scored}
+    keep = {k: _top(scores[k], w, graph.group(k).balance) for k, w in plan_widths.items()}
     return Plan(plan_widths, keep, flops, threshold, floor_flops, max_flops)
 
 
@@ -113,7 +135,16 @@ def _next_score(ordered: np.ndarray, width: float) -> float:
     return float(ordered[int(width)]) if int(width) < len(ordered) else -math.inf
 
 
-def _top(score: torch.Tensor, k: int) -> list[int]:
-    """Indices of the k best channels; ties go to the lower index so plans are reproducible."""
-    order = sorted(range(len(score)), key=lambda i: (-float(score[i]), i))
+def _top(score: torch.Tensor, k: int, blocks: int = 1) -> list[int]:
+    """Indices of the k best channels; ties go to the lower index so plans are reproducible.
+
+    With `blocks` > 1 (a grouped conv reads the channels in that many contiguous blocks) each
+    block keeps its k / blocks best, so every conv group keeps the same number of channels.
+    """
+    n = len(score)
+    if blocks > 1 and n % blocks == 0 and k % blocks == 0:
+        size = n // blocks
+        picks = (_top(score[b * size : (b + 1) * size], k // blocks) for b in range(blocks))
+        return sorted(b * size + j for b, block in enumerate(picks) for j in block)
+    order = sorted(range(n), key=lambda i: (-float(score[i]), i))
     return sorted(order[:k])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
 import torch.nn as nn
 from torch_pruning import ops
 
@@ -22,9 +23,19 @@ def resize(
     """Set every group named in `widths` to that many channels, in place on `graph.model`.
 
     Shrinking removes the channels not listed in `keep[key]` (default: the trailing ones) with
-    torch-pruning; growing appends channels after each member's block of the group.
+    torch-pruning; growing appends channels after each member's block of the group. A group read by a
+    grouped conv keeps (and by default drops) the same number of channels in each conv group.
     """
     keep = keep or {}
+    ties: dict[str, tuple[str, int]] = {}
+    for key, target in widths.items():
+        tie = graph.group(key).tie
+        if tie is not None and ties.setdefault(tie, (key, target))[1] != target:
+            other = ties[tie][0]
+            raise ValueError(
+                f"channel groups {other!r} and {key!r} are tied to one width (equal pieces of one split); "
+                f"give them the same width, not {ties[tie][1]} and {target}"
+            )
     for key, target in widths.items():
         group, tp_group = graph.refresh(key)
         if target == group.size:
@@ -38,11 +49,16 @@ def resize(
             )
         extras = _extra_tensors(graph, tp_group)
         if target < group.size:
-            kept = sorted(keep.get(key, range(target)))
+            kept = sorted(keep.get(key, _leading(group.size, target, group.balance)))
             if len(kept) != target:
                 raise ValueError(f"channel group {key!r}: keep lists {len(kept)} channels, width is {target}")
             removed = set(range(group.size)) - set(kept)
-            graph.tp_group(key, sorted(removed)).prune(record_history=False)
+            tp_removal = graph.tp_group(key, sorted(removed))
+            grouped = [item for item in tp_removal if _grouped_conv_input(graph, item)]
+            tp_removal._group = [item for item in tp_removal if not any(item is g for g in grouped)]
+            tp_removal.prune(record_history=False)
+            for item in grouped:
+                _prune_grouped_conv_input(item.dep.target.module, item.idxs)
             for module, attr, positions, roots in extras:
                 gone = {p for p, r in zip(positions, roots, strict=True) if r in removed}
                 _replace(
@@ -55,6 +71,44 @@ def resize(
                 for at, count in growth_slots(positions, roots, group.size, n):
                     _replace(module, attr, count, lambda t, at=at, count=count: insert_along(t, 0, at, count))
     graph.sync_cached_widths()
+
+
+def _leading(size: int, target: int, blocks: int) -> list[int]:
+    """The default channels to keep: the first ones, the same number from each of `blocks` blocks."""
+    if blocks > 1 and size % blocks == 0 and target % blocks == 0:
+        per, k = size // blocks, target // blocks
+        return [b * per + j for b in range(blocks) for j in range(k)]
+    return list(range(target))
+
+
+def _grouped_conv_input(graph: GroupGraph, item) -> bool:
+    """The input channels of a grouped (not depthwise) conv: torch-pruning's removal is wrong there."""
+    module = item.dep.target.module
+    return (
+        item.dep.target.type == ops.OPTYPE.CONV
+        and module.groups > 1
+        and not module.transposed
+        and not graph.dg.is_out_channel_pruning_fn(item.dep.handler)
+    )
+
+
+def _prune_grouped_conv_input(layer: nn.Conv2d, idxs) -> None:
+    """Remove input channels of a grouped conv, the same number from every group.
+
+    torch-pruning keeps the first `kept / groups` of the kept channel indices as positions
+    inside a group, which is only right when those indices happen to be small (and fails
+    with an out-of-bounds index otherwise, as in FastViT's grouped final conv).
+    """
+    per = layer.in_channels // layer.groups
+    gone = set(idxs)
+    keep = [[j for j in range(per) if g * per + j not in gone] for g in range(layer.groups)]
+    if len({len(k) for k in keep}) != 1:
+        raise ValueError(f"{layer}: channels to remove are spread unevenly over its {layer.groups} groups")
+    out_per = layer.out_channels // layer.groups
+    weight = layer.weight.data
+    new = torch.cat([weight[g * out_per : (g + 1) * out_per][:, k] for g, k in enumerate(keep)])
+    layer.weight = nn.Parameter(new, requires_grad=layer.weight.requires_grad)
+    layer.in_channels -= len(gone)
 
 
 def _extra_tensors(graph: GroupGraph, tp_group) -> list[tuple[nn.Module, str, list[int], list[int]]]:

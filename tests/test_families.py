@@ -1,5 +1,6 @@
 """Regression tests for architecture families that needed more than torch-pruning's defaults."""
 
+import pytest
 import timm
 import torch
 
@@ -81,3 +82,70 @@ def test_metaformer_scale_shape_follows_its_group():
 def test_scalar_affine_blocks_are_left_alone(batches, tmp_path):
     """HGNetV2's LearnableAffineBlock holds one scale and one bias, not one per channel."""
     _roundtrip("hgnetv2_b0", batches, tmp_path)
+
+
+def test_equal_split_pieces_get_a_group_each_tied_to_one_width():
+    """CSPNet splits `conv_exp` in halves with `x.split(self.expand_chs // 2)`: one group per half, one width."""
+    model = timm.create_model("cspresnet50", pretrained=False, num_classes=10)
+    graph = lw.GroupGraph(model, X)
+    half = graph.group("stages.0.conv_exp.conv#0")
+    tied = [g for g in graph.groups if g.tie == half.tie]
+    assert len(tied) == 2 and all(g.prunable for g in tied)
+    with pytest.raises(ValueError, match="tied"):
+        lw.resize(graph, {tied[0].key: half.size + 8, tied[1].key: half.size})
+    lw.resize(graph, {g.key: g.size * 3 // 2 for g in graph.groups if g.prunable})
+    lw.resize(graph, {g.key: g.size // 3 for g in graph.groups if g.prunable})
+    for stage in model.stages:
+        assert stage.expand_chs == stage.conv_exp.conv.out_channels
+        assert stage.blocks[0].conv1.conv.in_channels * 2 == stage.expand_chs
+    assert model(X).shape == (1, 10)
+
+
+def test_channels_last_patch_merging_maps_each_channel_to_every_quarter():
+    """Swin's PatchMerging reshapes (B, H, W, C) to (B, H/2, W/2, 4C): channel c lands at j*C + c."""
+    model = timm.create_model(
+        "swin_tiny_patch4_window7_224", pretrained=False, num_classes=10, img_size=IMG, window_size=2
+    )
+    graph = lw.GroupGraph(model, X)
+    group = graph.group("layers.0.blocks.1.mlp.fc2")
+    assert group.prunable
+    norm = next(m for m in group.members if m.name == "layers.1.downsample.norm")
+    c = group.size
+    assert sorted(p for p, r in zip(norm.positions, norm.root_idxs, strict=True) if r == 5) == [
+        5,
+        c + 5,
+        2 * c + 5,
+        3 * c + 5,
+    ]
+    lw.resize(graph, {g.key: g.size * 3 // 2 for g in graph.groups if g.prunable})
+    lw.resize(graph, {g.key: g.size // 2 for g in graph.groups if g.prunable})
+    assert model.layers[1].downsample.norm.normalized_shape[0] == 4 * model.layers[0].blocks[1].mlp.fc2.out_features
+    assert model(X).shape == (1, 10)
+
+
+def test_partial_residual_sums_are_left_fixed():
+    """RexNet adds its shortcut to the first channels only (`x[:, :C] += shortcut`): those groups stay fixed."""
+    model = timm.create_model("rexnet_100", pretrained=False, num_classes=10)
+    graph = lw.GroupGraph(model, X)
+    fixed = {g.key: g.fixed for g in graph.groups if g.fixed}
+    assert "features.2.conv_pwl.conv" in fixed and "points past" in fixed["features.2.conv_pwl.conv"]
+    lw.resize(graph, {g.key: 2 * g.size for g in graph.groups if g.prunable})
+    assert model.eval()(X).shape == (1, 10)  # eval: its squeeze-excite BatchNorm sees one value per channel
+
+
+def test_grouped_convs_keep_the_same_channels_in_every_group(batches, tmp_path):
+    """FastViT's final conv is grouped (384 groups, 2 outputs each): every group keeps an equal share."""
+    model = timm.create_model("fastvit_t8", pretrained=False, num_classes=10)
+    assert lw.GroupGraph(model, X).group("stages.3.blocks.1.mlp.fc2").balance == 384
+    result = _roundtrip("fastvit_t8", batches, tmp_path)
+    conv = result.model.final_conv.conv_kxk[0].conv
+    assert conv.groups == 384 and conv.weight.shape[1] * 384 == conv.in_channels
+
+
+def test_concatenations_of_slices_are_sized_from_autograd():
+    """DPN concatenates slices (`x[:, n:]`) torch-pruning cannot size; the graph builds and resizes."""
+    model = timm.create_model("dpn68", pretrained=False, num_classes=10)
+    graph = lw.GroupGraph(model, X)
+    assert sum(g.prunable for g in graph.groups) > len(graph.groups) // 2
+    lw.resize(graph, {g.key: 2 * g.size for g in graph.groups if g.prunable})
+    assert model(X).shape == (1, 10)
