@@ -129,21 +129,25 @@ def main() -> None:
     parser.add_argument("--no-anchor", action="store_true", help="skip torch-pruning's own pruning")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--anchor", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        row = worker(args.worker, args.batches, args.batch_size)
-        if not args.no_anchor:
-            row.update(tp_anchor(args.worker))
-        print(json.dumps(row))
+        print(json.dumps(worker(args.worker, args.batches, args.batch_size)))
+        return
+    if args.anchor:
+        print(json.dumps(tp_anchor(args.anchor)))
         return
 
     names = args.models or read_zoo(args.zoo)
     rows, started = [], time.perf_counter()
     for i, name in enumerate(names, 1):
         extra = ["--batches", str(args.batches), "--batch-size", str(args.batch_size)]
-        extra += ["--no-anchor"] if args.no_anchor else []
         row = {"model": name, **{s: False for s in STEPS}, "ok": False, "tp_ok": False}
         row.update(run_isolated(["--worker", name, *extra], args.timeout))
+        if not args.no_anchor:
+            # Its own process and timeout: torch-pruning alone can hang (rexnet's group search).
+            anchor = run_isolated(["--anchor", name], args.timeout)
+            row.update(anchor if "error" not in anchor else {"tp_ok": False, "tp_error": anchor["error"]})
         rows.append(row)
         status = "ok" if row["ok"] else f"FAIL {row.get('error', '')}"
         print(f"[{i}/{len(names)}] {name}: {status} ({row.get('seconds', '-')} s)", flush=True)
@@ -171,7 +175,7 @@ def main() -> None:
     print("\n".join(lines))
     print(summary)
     args.out.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/coverage.py" + (" --models " + " ".join(args.models) if args.models else "")
+    command = "python benchmarks/coverage.py " + " ".join(sys.argv[1:])
     (args.out / "coverage.json").write_text(
         json.dumps({"command": command, "summary": summary, "rows": rows}, indent=1) + "\n"
     )
