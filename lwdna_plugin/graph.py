@@ -328,12 +328,12 @@ class GroupGraph:
         found = []
         for node in self.dg.module2node.values():
             if node.type == ops.OPTYPE.CONCAT:
-                producers = [_named_producer(n, names) for n in node.inputs]
+                producers = [_named_neighbour(n, names, "inputs") for n in node.inputs]
                 if all(producers):
                     owner = _common_parent(producers)
                     concat_owner.setdefault(owner, node)
             elif node.type == ops.OPTYPE.SPLIT and getattr(node.module, "equal_pieces", False):
-                consumers = [_named_consumer(n, names) for n in node.outputs]
+                consumers = [_named_neighbour(n, names, "outputs") for n in node.outputs]
                 if not all(consumers):
                     continue
                 owner = self.model.get_submodule(_common_parent(consumers))
@@ -920,8 +920,9 @@ def _record_output(records: list, module: nn.Module, inputs: object, output: obj
         records.append((module, output.shape[1] if output.dim() == 4 else output.shape[-1]))
 
 
-def _named_producer(node: tp.dependency.Node, names: dict) -> str | None:
-    """The nearest layer upstream of `node` (through unnamed ops such as activations)."""
+def _named_neighbour(node: tp.dependency.Node, names: dict, direction: str) -> str | None:
+    """The nearest named layer from `node` (itself included), walking `direction` ('inputs' or
+    'outputs') through unnamed ops such as activations."""
     stack, seen = [node], set()
     while stack:
         n = stack.pop()
@@ -930,21 +931,7 @@ def _named_producer(node: tp.dependency.Node, names: dict) -> str | None:
         seen.add(n)
         if names.get(n.module):
             return names[n.module]
-        stack.extend(n.inputs)
-    return None
-
-
-def _named_consumer(node: tp.dependency.Node, names: dict) -> str | None:
-    """The nearest layer downstream of `node`, itself included (through unnamed ops)."""
-    stack, seen = [node], set()
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        if names.get(n.module):
-            return names[n.module]
-        stack.extend(n.outputs)
+        stack.extend(getattr(n, direction))
     return None
 
 

@@ -10,6 +10,22 @@ from lwdna_plugin.data import FASHION_MNIST_ROOT  # noqa: E402
 
 IMG = 64
 
+# The core issue's model list: widened, shrunk, rebuilt and exported in the tests.
+CORE_MODELS = [
+    "resnet18",
+    "resnet50",
+    "resnext50_32x4d",
+    "seresnet50",
+    "regnetx_002",
+    "efficientnet_b0",
+    "mobilenetv2_100",
+    "mobilenetv3_large_100",
+    "ghostnet_100",
+    "densenet121",
+    "convnext_atto",
+    "vit_tiny_patch16_224",
+]
+
 # CI installs Debian's dataset-fashion-mnist and sets LWDNA_REQUIRE_DATA=1, so these always run there.
 needs_data = pytest.mark.skipif(
     not (FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz").is_file() and not os.environ.get("LWDNA_REQUIRE_DATA"),

@@ -4,22 +4,9 @@ import pytest
 import torch
 
 import lwdna_plugin as lw
-from conftest import IMG, example
+from conftest import CORE_MODELS, IMG, example
 
-MODELS = [
-    "resnet18",
-    "resnet50",
-    "resnext50_32x4d",
-    "seresnet50",
-    "regnetx_002",
-    "efficientnet_b0",
-    "mobilenetv2_100",
-    "mobilenetv3_large_100",
-    "ghostnet_100",
-    "densenet121",
-    "convnext_atto",
-    "vit_tiny_patch16_224",
-]
+MODELS = CORE_MODELS
 
 
 def kwargs_for(name):

@@ -16,23 +16,10 @@ import torch.nn as nn
 from timm.layers import resample_abs_pos_embed
 
 import lwdna_plugin as lw
-from conftest import IMG
+from conftest import CORE_MODELS, IMG
 from lwdna_plugin.standalone import export_python, python_source
 
-MODELS = [
-    "resnet18",
-    "resnet50",
-    "resnext50_32x4d",
-    "seresnet50",
-    "regnetx_002",
-    "efficientnet_b0",
-    "mobilenetv2_100",
-    "mobilenetv3_large_100",
-    "ghostnet_100",
-    "densenet121",
-    "convnext_atto",
-    "vit_tiny_patch16_224",
-]
+MODELS = CORE_MODELS
 
 # Runs in a fresh interpreter: import the generated file with lwdna_plugin blocked, load the
 # state dict strictly, compare eval and train outputs (and the running statistics a train
