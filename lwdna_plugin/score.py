@@ -2,7 +2,8 @@
 
 The default, `gate`, is the paper's criterion: the loss gradient with respect to a per-channel
 multiplier (equal to |sum of activation x gradient| over the channel's activations), taken on
-one or two real mini-batches. `synflow` needs no data: the same gate gradient of SynFlow's
+one or two real mini-batches (for an affine norm read off its weight and bias gradients,
+with no gate in the graph). `synflow` needs no data: the same gate gradient of SynFlow's
 objective (Tanaka et al. 2020, the summed output of the network with absolute weights on an
 all-ones input). `l1`, `bn` and `random` are torch-pruning importances applied to our groups,
 and any `torch_pruning.importance.Importance` (or a callable taking a torch-pruning group and
@@ -89,9 +90,9 @@ def gate_saliency(
     aggregate: str = "sum",
 ) -> dict[str, torch.Tensor]:
     """|dL/dg| for a multiplier g = 1 on each channel of each layer that outputs a group's channels."""
-    gates = _gate_gradients(graph, groups, batches, loss_fn, train=True)
-    _sum_across_ranks([gate.grad for gate in gates.values() if gate.grad is not None])
-    return {g.key: _aggregate(g, gates, aggregate) for g in groups}
+    grads = _gate_gradients(graph, groups, batches, loss_fn, train=True)
+    _sum_across_ranks(list(grads.values()))
+    return {g.key: _aggregate(g, grads, aggregate) for g in groups}
 
 
 def synflow_saliency(
@@ -118,18 +119,18 @@ def synflow_saliency(
     model.double()
     ones = torch.ones(1, *example.shape[1:], dtype=torch.float64, device=example.device)
     try:
-        gates = _gate_gradients(graph, groups, [ones], _summed_output, train=False)
+        by_layer = _gate_gradients(graph, groups, [ones], _summed_output, train=False)
     finally:
         model.to(dtype)
         model.load_state_dict(saved)
     # One global scale keeps the ranking and brings the scores into float32's range.
-    grads = [gate.grad for gate in gates.values() if gate.grad is not None]
+    grads = list(by_layer.values())
     peak = max((float(g.abs().max()) for g in grads), default=0.0)
     if not math.isfinite(peak):
         raise ValueError("synflow overflowed even in float64 on this model; choose another data-free criterion ('l1')")
     for grad in grads:
         grad.div_(peak or 1.0)
-    return {g.key: _aggregate(g, gates, aggregate) for g in groups}
+    return {g.key: _aggregate(g, by_layer, aggregate) for g in groups}
 
 
 def _summed_output(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -140,23 +141,62 @@ def _summed_output(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
 def _gate_gradients(
     graph: GroupGraph, groups: list[ChannelGroup], batches: Iterable, loss_fn: LossFn, train: bool
 ) -> dict[str, torch.Tensor]:
-    """Gates on every layer that outputs a group's channels, with their gradients summed over batches."""
+    """The loss gradient of a gate on every layer that outputs a group's channels, summed over
+    batches, by layer name.
+
+    On CPU the pass runs in channels-last layout, where oneDNN's convolutions are faster (about
+    1.25x measured on the widened resnet50); a model whose forward cannot take that layout (a
+    `.view` of a feature map) is scored in the default layout instead.
+    """
+    model = graph.model
+    if _prefers_channels_last(model):
+        try:
+            model.to(memory_format=torch.channels_last)
+            return _gate_pass(graph, groups, batches, loss_fn, train)
+        except RuntimeError:
+            # A layout error; any other failure repeats below and is raised from there.
+            pass
+        finally:
+            model.to(memory_format=torch.contiguous_format)
+    return _gate_pass(graph, groups, batches, loss_fn, train)
+
+
+def _prefers_channels_last(model: nn.Module) -> bool:
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    return on_cpu and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def _gate_pass(
+    graph: GroupGraph, groups: list[ChannelGroup], batches: Iterable, loss_fn: LossFn, train: bool
+) -> dict[str, torch.Tensor]:
     model = graph.model
     gates: dict[str, torch.Tensor] = {}
+    norms: dict[str, nn.Module] = {}
     hooks = []
+    visited: set[str] = set()
     for g in groups:
         for m in g.members:
-            if m.dim == "in" or m.optype == "parameter" or m.name in gates:
+            if m.dim == "in" or m.optype == "parameter" or m.name in visited:
                 continue
+            visited.add(m.name)
             module = model.get_submodule(m.name)
             if _feeds_batchnorm_only(graph, module):
+                continue
+            if _is_affine_norm(module):
+                norms[m.name] = module
                 continue
             hooks.append(module.register_forward_hook(partial(_apply_gate, gates, m.name)))
     was_training = model.training
     # Only the gates need gradients: skipping weight gradients saves about a third of backward.
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    for p in trainable:
+    # An affine norm's output y = w * x_hat + b needs no gate: sum(dL/dy * y) per channel is
+    # w * dL/dw + b * dL/db, from gradients its backward computes anyway, with no extra pass.
+    requires = {p: p.requires_grad for p in model.parameters()}
+    affine = [p for module in norms.values() for p in (module.weight, module.bias) if p is not None]
+    for p in requires:
         p.requires_grad_(False)
+    for p in affine:
+        p.grad = None
+        p.requires_grad_(True)
     model.train(train)
     seen = 0
     try:
@@ -164,15 +204,36 @@ def _gate_gradients(
             loss = loss_fn(model, batch)
             loss.backward()
             seen += 1
+        grads = {name: gate.grad for name, gate in gates.items() if gate.grad is not None}
+        for name, module in norms.items():
+            grad = _norm_gate_gradient(module)
+            if grad is not None:
+                grads[name] = grad
     finally:
         for h in hooks:
             h.remove()
-        for p in trainable:
-            p.requires_grad_(True)
+        for p in affine:
+            p.grad = None
+        for p, flag in requires.items():
+            p.requires_grad_(flag)
         model.train(was_training)
     if seen == 0:
         raise ValueError("the data yielded no batches: gate scores need at least one (images, targets) batch")
-    return gates
+    return grads
+
+
+def _is_affine_norm(module: nn.Module) -> bool:
+    weight = getattr(module, "weight", None)
+    return isinstance(module, _NORMS) and isinstance(weight, nn.Parameter) and weight.dim() == 1
+
+
+def _norm_gate_gradient(module: nn.Module) -> torch.Tensor | None:
+    if module.weight.grad is None:
+        return None
+    grad = module.weight.detach() * module.weight.grad
+    if module.bias is not None and module.bias.grad is not None:
+        grad = grad + module.bias.detach() * module.bias.grad
+    return grad
 
 
 def _sum_across_ranks(grads: list[torch.Tensor]) -> None:
@@ -230,7 +291,7 @@ def _width(module: nn.Module) -> int | None:
     return None
 
 
-def _aggregate(group: ChannelGroup, gates: dict[str, torch.Tensor], how: str) -> torch.Tensor:
+def _aggregate(group: ChannelGroup, grads: dict[str, torch.Tensor], how: str) -> torch.Tensor:
     """Combine the gate gradients of a group's member layers into one score per channel.
 
     'sum' is one gate shared by all members (|sum of gradients|, the paper's choice); 'mean'
@@ -239,12 +300,12 @@ def _aggregate(group: ChannelGroup, gates: dict[str, torch.Tensor], how: str) ->
     """
     per_member = []
     for m in group.members:
-        gate = gates.get(m.name)
-        if m.dim == "in" or gate is None or gate.grad is None:
+        gate_grad = grads.get(m.name)
+        if m.dim == "in" or gate_grad is None:
             continue
         # A channel may sit at several positions of one layer (an attention qkv holds q, k and v).
         grad = torch.zeros(group.size, dtype=torch.float64)
-        grad.index_add_(0, torch.tensor(m.root_idxs), gate.grad.detach().double().cpu()[torch.tensor(m.positions)])
+        grad.index_add_(0, torch.tensor(m.root_idxs), gate_grad.detach().double().cpu()[torch.tensor(m.positions)])
         per_member.append(grad)
     if not per_member:
         return torch.zeros(group.size)
