@@ -1,9 +1,11 @@
 """Deployed CPU latency: the baseline and its LW-DNA versions, timed side by side in one process.
 
 For each model at timm's default input size: the baseline, and LW-DNA models found at flops 1.0
-with `round_to` 1 and 8 (gate scores on mnist5k batches). Each repeat times one forward pass
-of every variant in turn (eval mode, no grad), so drift on a shared machine hits all of them
-alike; the table reports medians and each LW-DNA median over the baseline's.
+(gate scores on mnist5k batches) with `round_to` 1 and 8 (FLOP budget only) and with the
+latency budget (`latency=LatencyBudget(1.0, batch sizes)`, round_to 8: layers timed on this
+machine, at most the baseline's latency as well as its FLOPs). Each repeat times one forward
+pass of every variant in turn (eval mode, no grad), so drift on a shared machine hits all of
+them alike; the table reports medians and each LW-DNA median over the baseline's.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/latency.py [--models resnet50 ...] [--repeats 7]
 """
@@ -26,7 +28,11 @@ import torch  # noqa: E402
 import lwdna_plugin as lw  # noqa: E402
 
 MODELS = ["resnet50", "mobilenetv2_100", "convnext_atto", "efficientnet_b0"]
-ROUNDINGS = (1, 8)
+VARIANTS = {
+    "lwdna_r1": ("LW-DNA round_to 1", {"round_to": 1}),
+    "lwdna_r8": ("LW-DNA round_to 8", {"round_to": 8}),
+    "lwdna_latency": ("LW-DNA latency budget", {"round_to": 8, "latency": "budget"}),
+}
 
 
 @torch.no_grad()
@@ -36,16 +42,20 @@ def time_forward(model: torch.nn.Module, images: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
-def variants(name: str, size: int, score_batches: int, score_batch_size: int) -> dict[str, dict]:
-    """The baseline and one LW-DNA model per rounding, each with its fvcore FLOPs."""
+def variants(
+    name: str, size: int, batch_sizes: list[int], score_batches: int, score_batch_size: int
+) -> dict[str, dict]:
+    """The baseline and the LW-DNA variants, each with its fvcore FLOPs."""
     kwargs = {"num_classes": 1000}
     example = torch.zeros(1, 3, size, size)
     torch.manual_seed(0)
     found = {"baseline": {"model": timm.create_model(name, pretrained=False, **kwargs)}}
     data = lw.load_batches("mnist5k", batches=score_batches, batch_size=score_batch_size, img_size=size)
-    for round_to in ROUNDINGS:
-        result = lw.dissimilate(name, flops=1.0, data=data, round_to=round_to, model_kwargs=kwargs)
-        found[f"lwdna_r{round_to}"] = {"model": result.model}
+    for key, (_, options) in VARIANTS.items():
+        if options.get("latency"):
+            options = {**options, "latency": lw.LatencyBudget(1.0, tuple(batch_sizes))}
+        result = lw.dissimilate(name, flops=1.0, data=data, model_kwargs=kwargs, **options)
+        found[key] = {"model": result.model, "seconds": sum(result.timings.values())}
     for entry in found.values():
         entry["model"].eval()
         entry["flops"] = lw.count_flops(entry["model"], example)
@@ -54,7 +64,7 @@ def variants(name: str, size: int, score_batches: int, score_batch_size: int) ->
 
 def measure(name: str, batch_sizes: list[int], repeats: int, score_batches: int, score_batch_size: int) -> list[dict]:
     size = timm.get_pretrained_cfg(name).input_size[-1]
-    found = variants(name, size, score_batches, score_batch_size)
+    found = variants(name, size, batch_sizes, score_batches, score_batch_size)
     rows = []
     for batch in batch_sizes:
         images = torch.randn(batch, 3, size, size)
@@ -73,31 +83,26 @@ def measure(name: str, batch_sizes: list[int], repeats: int, score_batches: int,
             row[f"{key}_ms"] = round(1000 * median, 2)
             row[f"{key}_latency_ratio"] = round(median / base, 3)
             row[f"{key}_flops_ratio"] = round(found[key]["flops"] / found["baseline"]["flops"], 4)
+            row[f"{key}_dissimilate_s"] = round(found[key]["seconds"], 1)
         rows.append(row)
         print(row, flush=True)
     return rows
 
 
 def to_markdown(rows: list[dict], meta: dict) -> str:
+    labels = [label for label, _ in VARIANTS.values()]
     lines = [
-        "| model | batch | baseline ms | LW-DNA round_to 1: ms (latency, FLOPs vs baseline) "
-        "| LW-DNA round_to 8: ms (latency, FLOPs vs baseline) |",
-        "|---|---:|---:|---:|---:|",
+        "| model | batch | baseline ms | " + " | ".join(f"{x}: ms (latency, FLOPs vs baseline)" for x in labels) + " |",
+        "|---|---:|---:|" + "---:|" * len(VARIANTS),
     ]
     for r in rows:
-        cells = [
-            f"{r[f'lwdna_r{k}_ms']} ({r[f'lwdna_r{k}_latency_ratio']:.3f}x, {r[f'lwdna_r{k}_flops_ratio']:.4f})"
-            for k in ROUNDINGS
-        ]
-        lines.append(f"| {r['model']} | {r['batch']} | {r['baseline_ms']} | {cells[0]} | {cells[1]} |")
-    at_most_one = sum(r[f"lwdna_r{k}_latency_ratio"] <= 1.0 for r in rows for k in ROUNDINGS)
-    lines += [
-        "",
-        f"LW-DNA at or below the baseline's latency in {at_most_one} of {len(rows) * len(ROUNDINGS)} cases.",
-        "",
-        f"`{meta['command']}` on {meta['machine']}; median of {meta['repeats']} interleaved repeats.",
-        "",
-    ]
+        cells = [f"{r[f'{k}_ms']} ({r[f'{k}_latency_ratio']:.3f}x, {r[f'{k}_flops_ratio']:.4f})" for k in VARIANTS]
+        lines.append(f"| {r['model']} | {r['batch']} | {r['baseline_ms']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for key, label in zip(VARIANTS, labels, strict=True):
+        met = sum(r[f"{key}_latency_ratio"] <= 1.0 for r in rows)
+        lines.append(f"{label}: at or below the baseline's latency in {met} of {len(rows)} cases.")
+    lines += ["", f"`{meta['command']}` on {meta['machine']}; median of {meta['repeats']} interleaved repeats.", ""]
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from .export import build, load_spec, register_timm
 from .flops import FLOP_CONVENTION, FlopModel, count_flops, count_params
 from .graph import ChannelGroup, GroupGraph
 from .grow import GROWERS, BaseGrowFunc
+from .latency import LatencyBudget, LatencyModel
 from .report import Report
 from .resize import resize
 from .score import CRITERIA, score_channels
@@ -31,6 +32,8 @@ __all__ = [
     "Floors",
     "FlopModel",
     "GroupGraph",
+    "LatencyBudget",
+    "LatencyModel",
     "Recipe",
     "Report",
     "Result",

@@ -7,9 +7,11 @@ import itertools
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
@@ -21,6 +23,7 @@ from .export import SCHEMA, dump_spec, tensor_shapes, versions
 from .flops import FLOP_CONVENTION, FlopModel, count_flops, count_params
 from .graph import GroupGraph
 from .initialise import initialise
+from .latency import LatencyBudget, LatencyModel, latency_models, time_models
 from .report import Report, layer_rows
 from .score import Criterion, LossFn, score_channels
 from .shrink import shrink
@@ -82,6 +85,7 @@ def dissimilate(
     ignore: Iterable[str] = (),
     progress: bool = False,
     device: torch.device | str | None = None,
+    latency: LatencyBudget | float | None = None,
 ) -> Result:
     """Find a layer-wise dissimilated (LW-DNA) version of `model` at no more than `flops`.
 
@@ -108,8 +112,13 @@ def dissimilate(
         progress: show a progress bar over the stages.
         device: where to build a model given by name or config (CPU by default); a module you
             pass stays on its own device.
+        latency: also keep the model no slower than `ratio` x the original on this device
+            (a `LatencyBudget`, or just the ratio, timed at batch sizes 1 and 32). Layers are
+            timed to plan, and the result is timed against the original to check; the plan
+            then depends on those measurements, so it is not reproducible run to run.
     """
-    stages = ["graph", "widen", "score", "search", "shrink", "verify"]
+    budget = LatencyBudget(ratio=float(latency)) if isinstance(latency, (int, float)) else latency
+    stages = ["graph", "widen", "score", *(["latency"] if budget else []), "search", "shrink", "verify"]
     bar = tqdm(total=len(stages), desc="dissimilate", disable=not progress, leave=False)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -163,14 +172,38 @@ def dissimilate(
     done("score")
 
     flop_model = FlopModel(graph, example)
-    plan = plan_widths(graph, scores, flop_model, target, floors, round_to)
+    limits: list[tuple[LatencyModel, float]] = []
+    if budget:
+        original = {g.key: g.size for g in base_groups}
+        base_widths = np.array([original.get(k, s) for k, s in zip(flop_model.keys, flop_model.sizes, strict=True)])
+        models = latency_models(flop_model, base, wide, base_widths, shape, budget)
+        limits = [(m, budget.ratio * m.base_seconds) for m in models]
+        done("latency")
+
+    def replan(flop_target: float, limits: list = limits) -> Plan:
+        return plan_widths(graph, scores, flop_model, flop_target, floors, round_to, limits=limits)
+
+    plan = replan(target)
     done("search")
 
-    lw, plan, achieved, replanning = _shrink_to_target(
-        wide, graph, scores, flop_model, plan, target, floors, round_to, example, ignore
-    )
+    lw, plan, achieved, replanning = _shrink_to_target(wide, replan, plan, target, example, ignore)
+    measured: dict[int, float] = {}
+    measuring = 0.0
+    if budget:
+
+        def attempt(limits: list) -> tuple:
+            plan = replan(target, limits)
+            return _shrink_to_target(wide, partial(replan, limits=limits), plan, target, example, ignore)
+
+        lw, plan, achieved, measured, measuring, more = _meet_latency(
+            budget, limits, base, (lw, plan, achieved), shape, target, attempt
+        )
+        replanning += more
     initialise(lw, create)
     done("shrink")
+    if budget:
+        timings["latency"] += measuring
+        timings["shrink"] -= measuring
     timings["search"] += replanning
     timings["shrink"] -= replanning
 
@@ -188,7 +221,7 @@ def dissimilate(
         params={"original": original_params, "widened": count_params(wide), "lwdna": count_params(lw)},
         convention=FLOP_CONVENTION,
         fixed_groups=fixed,
-        notes=_notes(plan, target, achieved, criterion, aggregate, len(batch_list)),
+        notes=_notes(plan, target, achieved, criterion, aggregate, len(batch_list)) + _latency_notes(budget, measured),
     )
     settings = {
         "width": width,
@@ -200,6 +233,7 @@ def dissimilate(
         "floors": {"rho": floors.rho, "tau": floors.tau, "min_channels": floors.min_channels},
         "round_to": round_to,
         "ignored": sorted(ignore),
+        **({"latency": {"ratio": budget.ratio, "batch_sizes": list(budget.batch_sizes)}} if budget else {}),
     }
     groups = {
         g.key: {"original": g.size, "widened": widened[g.key], "kept": plan.widths[g.key]}
@@ -207,12 +241,14 @@ def dissimilate(
         if g.key in plan.widths
     }
     spec = _spec(recipe, shape, {"flops": target, "requested": flops}, report, settings, groups, lw)
+    if measured:
+        spec["achieved"]["latency_ratios"] = {str(b): round(r, 4) for b, r in measured.items()}
     done("verify")
     bar.close()
     return Result(lw, spec, report, timings)
 
 
-def _shrink_to_target(wide, graph, scores, flop_model, plan, target, floors, round_to, example, ignore):
+def _shrink_to_target(wide, replan, plan, target, example, ignore):
     """Shrink a copy of `wide` to the plan; if fvcore counts more than the target, re-plan lower.
 
     The analytic model treats a few width-dependent ops (pooling, some element-wise ones) as
@@ -227,9 +263,57 @@ def _shrink_to_target(wide, graph, scores, flop_model, plan, target, floors, rou
             return lw, plan, achieved, replanning
         start = time.perf_counter()
         planned *= target / achieved
-        plan = plan_widths(graph, scores, flop_model, planned, floors, round_to)
+        plan = replan(planned)
         replanning += time.perf_counter() - start
     raise RuntimeError(f"could not get under {target:,} FLOPs (last try {achieved:,}); please report this model")
+
+
+def _meet_latency(budget: LatencyBudget, limits, base, candidate, shape, target, attempt):
+    """Time candidates against the original and rescale each batch size's latency limit by the
+    measured error, until the slowest batch size is under the budget and within 3% of it (or
+    the FLOP target binds). Returns the candidate that met the budget with the most FLOPs (the
+    last one if none did), its latency ratios and the seconds spent timing and re-planning.
+    `attempt(limits)` shrinks anew under the given limits: (model, plan, flops, seconds planning).
+    """
+    best = last = None
+    measuring = replanning = 0.0
+    for round_ in range(budget.rounds):
+        start = time.perf_counter()
+        measured = _latency_ratios(base, candidate[0], shape, budget)
+        measuring += time.perf_counter() - start
+        last = (*candidate[:3], measured)
+        worst = max(measured.values())
+        met = worst <= budget.ratio
+        if met and (best is None or candidate[2] > best[2]):
+            best = last
+        if round_ == budget.rounds - 1 or (met and (worst >= 0.97 * budget.ratio or candidate[2] >= 0.995 * target)):
+            break
+        limits = [(m, limit * budget.ratio / measured[m.batch]) for m, limit in limits]
+        try:
+            *candidate, more = attempt(limits)
+        except ValueError:
+            break  # the rescaled limit is below what the floors allow: keep what was found
+        replanning += more
+    return (*(best or last), measuring, replanning)
+
+
+def _latency_ratios(base: nn.Module, lw: nn.Module, shape, budget: LatencyBudget) -> dict[int, float]:
+    """The found model's latency over the original's at each batch size, timed side by side."""
+    ratios = {}
+    for batch in budget.batch_sizes:
+        original, found = time_models([base, lw], shape, batch, budget.repeats)
+        ratios[batch] = found / original
+    return ratios
+
+
+def _latency_notes(budget: LatencyBudget | None, measured: dict[int, float]) -> list[str]:
+    if not budget:
+        return []
+    timed = ", ".join(f"{r:.3f}x at batch {b}" for b, r in measured.items())
+    note = f"latency budget {budget.ratio}x the original on {budget.batch_sizes}: measured {timed}"
+    if max(measured.values()) > budget.ratio:
+        note += f" (NOT met after {budget.rounds} rounds: raise `rounds`, relax the ratio or use `round_to=8`)"
+    return [note]
 
 
 def _notes(plan: Plan, target: int, achieved: int, criterion: Criterion, aggregate: str, batches: int) -> list[str]:

@@ -1,13 +1,15 @@
 """Budget: one global score threshold, per-group floors and rounding, at a FLOP target.
 
-The threshold is found by bisection against the analytic `FlopModel`; a greedy pass then
-adds the best-scored remaining channels that still fit, so the plan lands just under the
-target even when rounding makes the threshold coarse.
+The threshold is found by bisection against the analytic `FlopModel` (and any further cost
+limits, such as a `LatencyModel` per batch size); a greedy pass then adds the best-scored
+remaining channels that still fit, so the plan lands just under the target even when
+rounding makes the threshold coarse.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,8 +48,13 @@ def plan_widths(
     floors: Floors | None = None,
     round_to: int = 1,
     tolerance: float = 1e-3,
+    limits: Sequence[tuple[Callable[[np.ndarray], float], float]] = (),
 ) -> Plan:
-    """Widths and kept channels for every scored group, at or under `target` FLOPs."""
+    """Widths and kept channels for every scored group, at or under `target` FLOPs.
+
+    `limits`: further (cost model, maximum) pairs the plan must also respect, in the same
+    width vector as the FLOP model (for example predicted latency at a batch size).
+    """
     floors = floors or Floors()
     groups = [graph.group(k) for k in flop_model.keys]
     scored = [i for i, g in enumerate(groups) if g.key in scores]
@@ -90,20 +97,29 @@ def plan_widths(
             w[i] = min(sizes[i], max(lows[i], math.ceil(count / steps[i]) * steps[i]))
         return follow(w)
 
+    def fits(w: np.ndarray) -> bool:
+        return flop_model(w) <= target and all(cost(w) <= limit for cost, limit in limits)
+
     floor_flops, max_flops = flop_model(follow(lows)), flop_model(sizes)
+    floor_settings = f"rho={floors.rho}, tau={floors.tau}, min_channels={floors.min_channels}"
     if floor_flops > target:
         raise ValueError(
             f"the FLOP target {target:,.0f} is below what the floors allow ({floor_flops:,.0f} FLOPs with "
-            f"rho={floors.rho}, tau={floors.tau}, min_channels={floors.min_channels}); "
-            "raise `flops` or lower the floors"
+            f"{floor_settings}); raise `flops` or lower the floors"
         )
+    for cost, limit in limits:
+        if cost(follow(lows)) > limit:
+            raise ValueError(
+                f"{cost}: the limit {limit:.4g} is below what the floors allow ({cost(follow(lows)):.4g} with "
+                f"{floor_settings}); relax the limit or lower the floors"
+            )
     candidates = np.unique(np.concatenate([ordered[i] for i in free])) if free else np.array([0.0])
     lo, hi = 0, len(candidates)  # invariant: candidates[hi] (or +inf) fits, candidates[lo - 1] does not
-    if max_flops <= target:
+    if fits(sizes):
         hi = 0
     while lo < hi:
         mid = (lo + hi) // 2
-        if flop_model(widths_at(candidates[mid])) <= target:
+        if fits(widths_at(candidates[mid])):
             hi = mid
         else:
             lo = mid + 1
@@ -118,9 +134,8 @@ def plan_widths(
             trial = widths.copy()
             trial[i] += steps[i]
             trial = follow(trial)
-            trial_flops = flop_model(trial)
-            if trial_flops <= target:
-                best = (trial, trial_flops)
+            if fits(trial):
+                best = (trial, flop_model(trial))
                 break
         if best is None:
             break

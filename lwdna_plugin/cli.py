@@ -10,6 +10,7 @@ from pathlib import Path
 from .api import dissimilate
 from .budget import Floors
 from .data import load_batches, num_classes
+from .latency import LatencyBudget
 from .score import AGGREGATIONS, CRITERIA
 from .standalone import export_python
 
@@ -43,6 +44,18 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--classifier-floor", type=float, default=0.45, help="min fraction for the classifier input (tau)")
     d.add_argument("--min-channels", type=int, default=4)
     d.add_argument("--round-to", type=int, default=1, help="keep every width a multiple of this (e.g. 8)")
+    d.add_argument(
+        "--latency",
+        type=float,
+        help="also stay at most this times the original's latency on this machine (e.g. 1.0); layers are timed",
+    )
+    d.add_argument(
+        "--latency-batch",
+        type=int,
+        nargs="+",
+        default=[1, 32],
+        help="batch sizes the --latency budget holds at (default 1 32)",
+    )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", required=True, help="output directory")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -124,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             model_kwargs=model_kwargs,
             progress=not args.quiet,
+            latency=LatencyBudget(args.latency, tuple(args.latency_batch)) if args.latency else None,
         )
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         print(f"lwdna: error: {err}", file=sys.stderr)
@@ -134,6 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{result.report.model}: FLOPs {f['lwdna']:,} / original {f['original']:,} ({f['lwdna'] / f['original']:.4f}), "
         f"params {result.report.params['lwdna'] / result.report.params['original']:.4f} of the original"
     )
+    ratios = result.spec["achieved"].get("latency_ratios")
+    if ratios:
+        print("latency vs the original: " + ", ".join(f"{r:.3f}x at batch {b}" for b, r in ratios.items()))
     print(f"wrote {out / 'spec.json'}, {out / 'report.md'}, {out / 'channels.png'}")
     return 0
 

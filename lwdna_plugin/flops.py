@@ -80,8 +80,8 @@ class FlopModel:
             d.fixed = d.current - sum(r * self.sizes[i] for i, r in d.terms)
 
         names = sorted({name for name, _ in dims})
-        self._dim_keys = list(dims)
-        slot = {k: i for i, k in enumerate(self._dim_keys)}
+        self.layers = names
+        self._slot = {k: i for i, k in enumerate(dims)}
         self._matrix = np.zeros((len(dims), len(self.keys)))
         self._fixed = np.array([d.fixed for d in dims.values()])
         self._current = np.array([float(d.current) for d in dims.values()])
@@ -89,25 +89,39 @@ class FlopModel:
             for g, r in d.terms:
                 self._matrix[i, g] += r
         counts, first, second = [], [], []
-        unit = len(dims)
         for name in names:
             flops = _own_flops(model, name, per_module)
             if not flops:
                 continue
-            tied = slot.get((name, "tied"))
-            pair = [tied] if tied is not None else [slot.get((name, "in")), slot.get((name, "out"))]
-            pair = [p for p in pair if p is not None]
+            a, b, _ = self.slots(name)
             counts.append(flops)
-            first.append(pair[0] if pair else unit)
-            second.append(pair[1] if len(pair) > 1 else unit)
+            first.append(a)
+            second.append(b)
         self._counts = np.array(counts, dtype=np.float64)
         self._first, self._second = np.array(first, dtype=int), np.array(second, dtype=int)
         self.constant = self.total - self._counts.sum()
 
     def __call__(self, widths: np.ndarray) -> float:
         """Predicted fvcore total for per-group widths (in `self.keys` order)."""
-        ratio = np.append((self._fixed + self._matrix @ widths) / self._current, 1.0)
+        ratio = self.ratios(widths)
         return float(self.constant + (self._counts * ratio[self._first] * ratio[self._second]).sum())
+
+    def ratios(self, widths: np.ndarray) -> np.ndarray:
+        """Every width-dependent layer dimension over its current size, then a constant 1."""
+        return np.append((self._fixed + self._matrix @ widths) / self._current, 1.0)
+
+    def slots(self, name: str) -> tuple[int, int, int]:
+        """Indexes into `ratios()` of a layer's two MAC-scaling dims and of its output dim.
+
+        A layer whose input and output are one dim (a norm, a depthwise conv) scales linearly;
+        a dim that does not change points at the constant.
+        """
+        unit = len(self._slot)
+        tied = self._slot.get((name, "tied"))
+        if tied is not None:
+            return tied, unit, tied
+        out = self._slot.get((name, "out"), unit)
+        return self._slot.get((name, "in"), unit), out, out
 
 
 def _own_flops(model: nn.Module, name: str, per_module: dict[str, int]) -> int:

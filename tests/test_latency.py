@@ -1,0 +1,101 @@
+"""The latency budget: layer timings, the fitted latency model, the search under it, the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+import lwdna_plugin as lw
+from conftest import IMG
+from lwdna_plugin.cli import main
+from lwdna_plugin.latency import time_layers
+
+X = torch.zeros(1, 3, IMG, IMG)
+SHAPE = (3, IMG, IMG)
+
+
+@pytest.fixture(scope="module")
+def timed():
+    """resnet18, its widened copy, the FLOP model and both timed layer by layer at batch 8."""
+    base = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    wide, _ = lw.widen(base, X, 2.0)
+    graph = lw.GroupGraph(wide, X)
+    flop_model = lw.FlopModel(graph, X)
+    original = {g.key: g.size for g in lw.GroupGraph(base, X).groups}
+    base_widths = np.array([original[k] for k in flop_model.keys], dtype=np.float64)
+    timings = [
+        time_layers(base, base_widths, flop_model.layers, SHAPE, 8, repeats=3),
+        time_layers(wide, flop_model.sizes, flop_model.layers, SHAPE, 8, repeats=3),
+    ]
+    return graph, flop_model, base_widths, timings
+
+
+def test_layer_timings_cover_the_modelled_layers(timed):
+    _, flop_model, _, (base, wide) = timed
+    assert set(base.layers) == set(flop_model.layers)
+    assert all(t >= 0 for t in base.layers.values())
+    assert 0 < sum(base.layers.values()) <= 1.5 * base.total
+    # Widening doubles channels: the widened pass costs more than the original's.
+    assert wide.total > base.total
+    assert wide.sizes["layer1.0.conv1"] == 2 * base.sizes["layer1.0.conv1"]
+
+
+def test_latency_model_follows_its_timings(timed):
+    _, flop_model, base_widths, (base, wide) = timed
+    model = lw.LatencyModel(flop_model, 8, base, wide)
+    assert model.base_seconds == model(base_widths) == pytest.approx(base.total, rel=0.25)
+    assert model(flop_model.sizes) == pytest.approx(wide.total, rel=0.25)
+    halfway = (base_widths + flop_model.sizes) / 2
+    assert model(base_widths) < model(halfway) < model(flop_model.sizes)
+
+
+def test_search_respects_a_latency_limit(timed):
+    graph, flop_model, base_widths, timings = timed
+    model = lw.LatencyModel(flop_model, 8, *timings)
+    scores = lw.score_channels(graph, "l1")
+    target = flop_model(base_widths)
+    floors = lw.Floors(rho=0.25)
+    free = lw.plan_widths(graph, scores, flop_model, target, floors)
+    free_widths = np.array([free.widths.get(k, s) for k, s in zip(flop_model.keys, flop_model.sizes, strict=True)])
+    limit = 0.8 * model(free_widths)
+    bound = lw.plan_widths(graph, scores, flop_model, target, floors, limits=[(model, limit)])
+    widths = np.array([bound.widths.get(k, s) for k, s in zip(flop_model.keys, flop_model.sizes, strict=True)])
+    assert model(widths) <= limit
+    assert bound.predicted_flops < free.predicted_flops <= target
+    with pytest.raises(ValueError, match="latency at batch 8: the limit .* below what the floors allow"):
+        lw.plan_widths(graph, scores, flop_model, target, limits=[(model, 1e-9)])
+
+
+def test_dissimilate_with_a_latency_budget(batches):
+    budget = lw.LatencyBudget(ratio=0.7, batch_sizes=(8,), repeats=2, rounds=2)
+    floors = lw.Floors(rho=0.25)  # room below the original's latency
+    result = lw.dissimilate("resnet18", data=batches, model_kwargs={"num_classes": 10}, floors=floors, latency=budget)
+    spec = result.spec
+    assert spec["latency"] == {"ratio": 0.7, "batch_sizes": [8]}
+    assert set(spec["achieved"]["latency_ratios"]) == {"8"}
+    # 30% faster cannot come at equal FLOPs on a compute-bound batch: the limit binds.
+    assert spec["achieved"]["flops_ratio"] < 0.9
+    assert any(n.startswith("latency budget 0.7x the original on (8,): measured") for n in result.report.notes)
+    assert result.timings["latency"] > 0
+    lw.build(spec)(torch.randn(2, 3, IMG, IMG))
+
+
+def test_latency_budget_arguments_are_checked():
+    with pytest.raises(ValueError, match="ratio"):
+        lw.LatencyBudget(ratio=0)
+    with pytest.raises(ValueError, match="batch_sizes"):
+        lw.LatencyBudget(batch_sizes=())
+    with pytest.raises(ValueError, match="repeats"):
+        lw.LatencyBudget(repeats=0)
+
+
+def test_cli_latency(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["dissimilate", "resnet18", "--data", "mnist5k", "--batches", "1", "--batch-size", "8"]
+    args += ["--img-size", "32", "--latency", "1.0", "--latency-batch", "4", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    assert "latency vs the original: " in capsys.readouterr().out
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["latency"]["batch_sizes"] == [4] and "4" in spec["achieved"]["latency_ratios"]
