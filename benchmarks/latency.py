@@ -16,8 +16,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -26,6 +24,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 
 import lwdna_plugin as lw  # noqa: E402
+from lwdna_plugin.latency import time_models  # noqa: E402
 
 MODELS = ["resnet50", "mobilenetv2_100", "convnext_atto", "efficientnet_b0"]
 VARIANTS = {
@@ -33,13 +32,6 @@ VARIANTS = {
     "lwdna_r8": ("LW-DNA round_to 8", {"round_to": 8}),
     "lwdna_latency": ("LW-DNA latency budget", {"round_to": 8, "latency": "budget"}),
 }
-
-
-@torch.no_grad()
-def time_forward(model: torch.nn.Module, images: torch.Tensor) -> float:
-    start = time.perf_counter()
-    model(images)
-    return time.perf_counter() - start
 
 
 def variants(
@@ -67,19 +59,15 @@ def measure(name: str, batch_sizes: list[int], repeats: int, score_batches: int,
     found = variants(name, size, batch_sizes, score_batches, score_batch_size)
     rows = []
     for batch in batch_sizes:
-        images = torch.randn(batch, 3, size, size)
-        for entry in found.values():
-            time_forward(entry["model"], images)  # warm-up: allocator and kernel selection
-        times: dict[str, list[float]] = {key: [] for key in found}
-        for _ in range(repeats):
-            for key, entry in found.items():
-                times[key].append(time_forward(entry["model"], images))
-        base = statistics.median(times["baseline"])
+        # Interleaved repeat by repeat, medians; eval mode, no grad (the package's own timer).
+        seconds = time_models([entry["model"] for entry in found.values()], (3, size, size), batch, repeats)
+        medians = dict(zip(found, seconds, strict=True))
+        base = medians["baseline"]
         row = {"model": name, "input": size, "batch": batch, "baseline_ms": round(1000 * base, 2)}
         for key in found:
             if key == "baseline":
                 continue
-            median = statistics.median(times[key])
+            median = medians[key]
             row[f"{key}_ms"] = round(1000 * median, 2)
             row[f"{key}_latency_ratio"] = round(median / base, 3)
             row[f"{key}_flops_ratio"] = round(found[key]["flops"] / found["baseline"]["flops"], 4)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .adapter import model_device
 from .flops import FlopModel
 
 
@@ -50,13 +51,8 @@ def _synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _device(model: nn.Module) -> torch.device:
-    tensor = next(model.parameters(), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
-
-
 def _inputs(model: nn.Module, shape: Sequence[int], batch: int) -> torch.Tensor:
-    return torch.randn(batch, *shape, device=_device(model))
+    return torch.randn(batch, *shape, device=model_device(model))
 
 
 @torch.no_grad()
@@ -70,7 +66,7 @@ def time_models(models: Sequence[nn.Module], shape: Sequence[int], batch: int, r
     try:
         for _ in range(repeats):
             for model, seconds in zip(models, times, strict=True):
-                device = _device(model)
+                device = model_device(model)
                 _synchronise(device)
                 start = time.perf_counter()
                 model(inputs)
@@ -99,7 +95,7 @@ def time_layers(
 ) -> Timing:
     """Median seconds of the whole forward pass and of each named layer's own work (its timed
     sub-layers excluded), with forward hooks."""
-    device = _device(model)
+    device = model_device(model)
     inputs = _inputs(model, shape, batch)
     started: dict[str, float] = {}
     spent: dict[str, float] = {}
