@@ -5,7 +5,8 @@ For each model at timm's default input size: the baseline, and LW-DNA models fou
 latency budget (`latency=LatencyBudget(1.0, batch sizes)`, round_to 8: layers timed on this
 machine, at most the baseline's latency as well as its FLOPs). Each repeat times one forward
 pass of every variant in turn (eval mode, no grad), so drift on a shared machine hits all of
-them alike; the table reports medians and each LW-DNA median over the baseline's.
+them alike; the table reports medians and each LW-DNA median over the baseline's. A copy of
+the baseline is timed beside them as a control: its ratio is the timing noise of the run.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/latency.py [--models resnet50 ...] [--repeats 7]
 """
@@ -13,6 +14,7 @@ them alike; the table reports medians and each LW-DNA median over the baseline's
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -41,13 +43,18 @@ def variants(
     kwargs = {"num_classes": 1000}
     example = torch.zeros(1, 3, size, size)
     torch.manual_seed(0)
-    found = {"baseline": {"model": timm.create_model(name, pretrained=False, **kwargs)}}
+    baseline = timm.create_model(name, pretrained=False, **kwargs)
+    found = {"baseline": {"model": baseline}, "control": {"model": copy.deepcopy(baseline)}}
     data = lw.load_batches("mnist5k", batches=score_batches, batch_size=score_batch_size, img_size=size)
     for key, (_, options) in VARIANTS.items():
         if options.get("latency"):
             options = {**options, "latency": lw.LatencyBudget(1.0, tuple(batch_sizes))}
         result = lw.dissimilate(name, flops=1.0, data=data, model_kwargs=kwargs, **options)
-        found[key] = {"model": result.model, "seconds": sum(result.timings.values())}
+        found[key] = {
+            "model": result.model,
+            "seconds": sum(result.timings.values()),
+            "own_ratios": result.spec["achieved"].get("latency_ratios", {}),
+        }
     for entry in found.values():
         entry["model"].eval()
         entry["flops"] = lw.count_flops(entry["model"], example)
@@ -64,14 +71,16 @@ def measure(name: str, batch_sizes: list[int], repeats: int, score_batches: int,
         medians = dict(zip(found, seconds, strict=True))
         base = medians["baseline"]
         row = {"model": name, "input": size, "batch": batch, "baseline_ms": round(1000 * base, 2)}
-        for key in found:
-            if key == "baseline":
-                continue
+        row["control_latency_ratio"] = round(medians["control"] / base, 3)
+        for key in VARIANTS:
             median = medians[key]
             row[f"{key}_ms"] = round(1000 * median, 2)
             row[f"{key}_latency_ratio"] = round(median / base, 3)
             row[f"{key}_flops_ratio"] = round(found[key]["flops"] / found["baseline"]["flops"], 4)
             row[f"{key}_dissimilate_s"] = round(found[key]["seconds"], 1)
+            if str(batch) in found[key]["own_ratios"]:
+                # What dissimilate's own side-by-side check measured for the model it returned.
+                row[f"{key}_own_latency_ratio"] = found[key]["own_ratios"][str(batch)]
         rows.append(row)
         print(row, flush=True)
     return rows
@@ -80,16 +89,21 @@ def measure(name: str, batch_sizes: list[int], repeats: int, score_batches: int,
 def to_markdown(rows: list[dict], meta: dict) -> str:
     labels = [label for label, _ in VARIANTS.values()]
     lines = [
-        "| model | batch | baseline ms | " + " | ".join(f"{x}: ms (latency, FLOPs vs baseline)" for x in labels) + " |",
-        "|---|---:|---:|" + "---:|" * len(VARIANTS),
+        "| model | batch | baseline ms | copy of baseline (noise) | "
+        + " | ".join(f"{x}: ms (latency, FLOPs vs baseline)" for x in labels)
+        + " |",
+        "|---|---:|---:|---:|" + "---:|" * len(VARIANTS),
     ]
     for r in rows:
         cells = [f"{r[f'{k}_ms']} ({r[f'{k}_latency_ratio']:.3f}x, {r[f'{k}_flops_ratio']:.4f})" for k in VARIANTS]
-        lines.append(f"| {r['model']} | {r['batch']} | {r['baseline_ms']} | " + " | ".join(cells) + " |")
+        head = f"| {r['model']} | {r['batch']} | {r['baseline_ms']} | {r['control_latency_ratio']:.3f}x | "
+        lines.append(head + " | ".join(cells) + " |")
     lines.append("")
     for key, label in zip(VARIANTS, labels, strict=True):
         met = sum(r[f"{key}_latency_ratio"] <= 1.0 for r in rows)
         lines.append(f"{label}: at or below the baseline's latency in {met} of {len(rows)} cases.")
+    noise = max(abs(r["control_latency_ratio"] - 1) for r in rows)
+    lines.append(f"A copy of the baseline, timed the same way, read up to {noise:.1%} off the baseline.")
     lines += ["", f"`{meta['command']}` on {meta['machine']}; median of {meta['repeats']} interleaved repeats.", ""]
     return "\n".join(lines)
 

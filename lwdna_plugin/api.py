@@ -17,7 +17,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .adapter import batch_shape, default_loss, model_device, resolve_model
-from .budget import Floors, Plan, plan_widths
+from .budget import Floors, Plan, floor_widths, plan_widths
 from .data import Batch
 from .export import SCHEMA, dump_spec, tensor_shapes, versions
 from .flops import FLOP_CONVENTION, FlopModel, count_flops, count_params
@@ -177,7 +177,8 @@ def dissimilate(
         original = {g.key: g.size for g in base_groups}
         base_widths = np.array([original.get(k, s) for k, s in zip(flop_model.keys, flop_model.sizes, strict=True)])
         models = latency_models(flop_model, base, wide, base_widths, shape, budget)
-        limits = [(m, budget.ratio * m.base_seconds) for m in models]
+        lowest = floor_widths(graph, scores, flop_model, floors, round_to)
+        limits = _above_floors([(m, budget.aim * m.base_seconds) for m in models], lowest)
         done("latency")
 
     def replan(flop_target: float, limits: list = limits) -> Plan:
@@ -192,6 +193,7 @@ def dissimilate(
     if budget:
 
         def attempt(limits: list) -> tuple:
+            limits = _above_floors(limits, lowest)
             plan = replan(target, limits)
             return _shrink_to_target(wide, partial(replan, limits=limits), plan, target, example, ignore)
 
@@ -221,7 +223,8 @@ def dissimilate(
         params={"original": original_params, "widened": count_params(wide), "lwdna": count_params(lw)},
         convention=FLOP_CONVENTION,
         fixed_groups=fixed,
-        notes=_notes(plan, target, achieved, criterion, aggregate, len(batch_list)) + _latency_notes(budget, measured),
+        notes=_notes(plan, target, achieved, criterion, aggregate, len(batch_list))
+        + _latency_notes(budget, measured, plan),
     )
     settings = {
         "width": width,
@@ -233,7 +236,7 @@ def dissimilate(
         "floors": {"rho": floors.rho, "tau": floors.tau, "min_channels": floors.min_channels},
         "round_to": round_to,
         "ignored": sorted(ignore),
-        **({"latency": {"ratio": budget.ratio, "batch_sizes": list(budget.batch_sizes)}} if budget else {}),
+        **({"latency": _latency_settings(budget, plan)} if budget else {}),
     }
     groups = {
         g.key: {"original": g.size, "widened": widened[g.key], "kept": plan.widths[g.key]}
@@ -268,33 +271,42 @@ def _shrink_to_target(wide, replan, plan, target, example, ignore):
     raise RuntimeError(f"could not get under {target:,} FLOPs (last try {achieved:,}); please report this model")
 
 
+def _above_floors(limits: list, lowest: np.ndarray) -> list:
+    """Limits raised to at least what the floors' widths are predicted to cost: a prediction
+    is not a measurement, so a limit below it plans the fastest model the floors allow, and
+    the timing against the original decides."""
+    return [(m, max(limit, m(lowest))) for m, limit in limits]
+
+
 def _meet_latency(budget: LatencyBudget, limits, base, candidate, shape, target, attempt):
     """Time candidates against the original and rescale each batch size's latency limit by the
-    measured error, until the slowest batch size is under the budget and within 3% of it (or
-    the FLOP target binds). Returns the candidate that met the budget with the most FLOPs (the
-    last one if none did), its latency ratios and the seconds spent timing and re-planning.
+    measured error, until the slowest batch size is under the budget's aim and within 3% of it
+    (or the FLOP target binds). Returns the candidate that met the aim with the most FLOPs (the
+    fastest one if none did), its latency ratios and the seconds spent timing and re-planning.
     `attempt(limits)` shrinks anew under the given limits: (model, plan, flops, seconds planning).
     """
-    best = last = None
+    best = fastest = None
     measuring = replanning = 0.0
     for round_ in range(budget.rounds):
         start = time.perf_counter()
         measured = _latency_ratios(base, candidate[0], shape, budget)
         measuring += time.perf_counter() - start
-        last = (*candidate[:3], measured)
+        timed = (*candidate[:3], measured)
         worst = max(measured.values())
-        met = worst <= budget.ratio
+        met = worst <= budget.aim
         if met and (best is None or candidate[2] > best[2]):
-            best = last
-        if round_ == budget.rounds - 1 or (met and (worst >= 0.97 * budget.ratio or candidate[2] >= 0.995 * target)):
+            best = timed
+        if fastest is None or worst < max(fastest[3].values()):
+            fastest = timed
+        if round_ == budget.rounds - 1 or (met and (worst >= 0.97 * budget.aim or candidate[2] >= 0.995 * target)):
             break
-        limits = [(m, limit * budget.ratio / measured[m.batch]) for m, limit in limits]
+        limits = [(m, limit * budget.aim / measured[m.batch]) for m, limit in limits]
         try:
             *candidate, more = attempt(limits)
         except ValueError:
-            break  # the rescaled limit is below what the floors allow: keep what was found
+            break  # re-planning under fvcore's count went below the FLOP floors: keep what was found
         replanning += more
-    return (*(best or last), measuring, replanning)
+    return (*(best or fastest), measuring, replanning)
 
 
 def _latency_ratios(base: nn.Module, lw: nn.Module, shape, budget: LatencyBudget) -> dict[int, float]:
@@ -306,14 +318,30 @@ def _latency_ratios(base: nn.Module, lw: nn.Module, shape, budget: LatencyBudget
     return ratios
 
 
-def _latency_notes(budget: LatencyBudget | None, measured: dict[int, float]) -> list[str]:
+def _latency_settings(budget: LatencyBudget, plan: Plan) -> dict[str, Any]:
+    return {
+        "ratio": budget.ratio,
+        "margin": budget.margin,
+        "batch_sizes": list(budget.batch_sizes),
+        "cost_strength": plan.cost_strength,
+    }
+
+
+def _latency_notes(budget: LatencyBudget | None, measured: dict[int, float], plan: Plan) -> list[str]:
     if not budget:
         return []
     timed = ", ".join(f"{r:.3f}x at batch {b}" for b, r in measured.items())
-    note = f"latency budget {budget.ratio}x the original on {budget.batch_sizes}: measured {timed}"
+    note = (
+        f"latency budget {budget.ratio}x the original on {budget.batch_sizes} (aiming at {budget.aim:.3g}x, "
+        f"margin {budget.margin}): measured {timed}"
+    )
     if max(measured.values()) > budget.ratio:
-        note += f" (NOT met after {budget.rounds} rounds: raise `rounds`, relax the ratio or use `round_to=8`)"
-    return [note]
+        advice = "raise `rounds`, relax the ratio, lower the floors or use `round_to=8`"
+        note += f" (NOT met after {budget.rounds} rounds: {advice})"
+    elif max(measured.values()) > budget.aim:
+        note += " (under the ratio but inside the margin: timing noise may put it over on another run)"
+    ranking = "saliency per unit of latency cost" if plan.cost_strength else "saliency alone (the global threshold)"
+    return [note, f"channels ranked by {ranking}, cost strength {plan.cost_strength}"]
 
 
 def _notes(plan: Plan, target: int, achieved: int, criterion: Criterion, aggregate: str, batches: int) -> list[str]:

@@ -1,9 +1,10 @@
 """Budget: one global score threshold, per-group floors and rounding, at a FLOP target.
 
-The threshold is found by bisection against the analytic `FlopModel` (and any further cost
-limits, such as a `LatencyModel` per batch size); a greedy pass then adds the best-scored
-remaining channels that still fit, so the plan lands just under the target even when
-rounding makes the threshold coarse.
+The threshold is found by bisection against the analytic `FlopModel`; a greedy pass then adds
+the best-scored remaining channels that still fit, so the plan lands just under the target even
+when rounding makes the threshold coarse. Further cost limits (a `LatencyModel` per batch size)
+that the FLOP-only plan would break make the search rank channels by saliency per unit of
+their group's cost instead, so it cuts where the limit is spent rather than everywhere.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ class Plan:
     widths: dict[str, int]
     keep: dict[str, list[int]]
     predicted_flops: float
-    threshold: float
+    threshold: float  # on the ranked scores, divided by relative cost ** cost_strength
     floor_flops: float
     max_flops: float
+    cost_strength: float = 0.0
 
 
 def plan_widths(
@@ -49,27 +51,27 @@ def plan_widths(
     round_to: int = 1,
     tolerance: float = 1e-3,
     limits: Sequence[tuple[Callable[[np.ndarray], float], float]] = (),
+    strengths: Sequence[float] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0),
 ) -> Plan:
     """Widths and kept channels for every scored group, at or under `target` FLOPs.
 
     `limits`: further (cost model, maximum) pairs the plan must also respect, in the same
     width vector as the FLOP model (for example predicted latency at a batch size).
+    `strengths`: when the FLOP-only plan breaks a limit, each is tried as the exponent s in
+    "score / relative cost ** s" (relative cost: a group's share of the broken limits per share
+    of FLOPs) and the plan with the most FLOPs wins; (0,) keeps the plain global threshold.
     """
     floors = floors or Floors()
+    if not strengths:
+        raise ValueError("strengths=(): give at least one cost strength, (0.0,) for the plain global threshold")
     groups = [graph.group(k) for k in flop_model.keys]
     scored = [i for i, g in enumerate(groups) if g.key in scores]
     steps = np.array([step_of(g, round_to) for g in groups])
     sizes = flop_model.sizes.copy()
-    lows = sizes.copy()
-    ordered: dict[int, np.ndarray] = {}
-    for i in scored:
-        g = groups[i]
-        fraction = floors.tau if g.classifier_input else floors.rho
-        low = max(math.ceil(fraction * g.size), floors.min_channels)
-        lows[i] = min(g.size, math.ceil(low / steps[i]) * steps[i])
-        ordered[i] = np.sort(scores[g.key].double().numpy())[::-1]
+    lows = floor_widths(graph, scores, flop_model, floors, round_to)
+    ordered = {i: np.sort(scores[groups[i].key].double().numpy())[::-1] for i in scored}
     # Tied groups (equal pieces of one split) take the width of the first of them, the leader,
-    # planned on the mean of their ranked scores and the highest of their floors.
+    # planned on the mean of their ranked scores.
     leader_of: dict[str, int] = {}
     followers: dict[int, list[int]] = {}
     for i in scored:
@@ -83,24 +85,16 @@ def plan_widths(
     for i, tied in followers.items():
         if tied:
             ordered[i] = np.mean([ordered[j] for j in [i, *tied]], axis=0)
-            lows[i] = max(lows[j] for j in [i, *tied])
 
     def follow(w: np.ndarray) -> np.ndarray:
         for i, tied in followers.items():
             w[tied] = w[i]
         return w
 
-    def widths_at(threshold: float) -> np.ndarray:
-        w = sizes.copy()
-        for i in free:
-            count = int(np.searchsorted(-ordered[i], -threshold, side="right"))
-            w[i] = min(sizes[i], max(lows[i], math.ceil(count / steps[i]) * steps[i]))
-        return follow(w)
-
-    def fits(w: np.ndarray) -> bool:
+    def fits(w: np.ndarray, limits: Sequence[tuple[Callable[[np.ndarray], float], float]]) -> bool:
         return flop_model(w) <= target and all(cost(w) <= limit for cost, limit in limits)
 
-    floor_flops, max_flops = flop_model(follow(lows)), flop_model(sizes)
+    floor_flops, max_flops = flop_model(lows), flop_model(sizes)
     floor_settings = f"rho={floors.rho}, tau={floors.tau}, min_channels={floors.min_channels}"
     if floor_flops > target:
         raise ValueError(
@@ -108,42 +102,113 @@ def plan_widths(
             f"{floor_settings}); raise `flops` or lower the floors"
         )
     for cost, limit in limits:
-        if cost(follow(lows)) > limit:
+        if cost(lows) > limit:
             raise ValueError(
-                f"{cost}: the limit {limit:.4g} is below what the floors allow ({cost(follow(lows)):.4g} with "
+                f"{cost}: the limit {limit:.4g} is below what the floors allow ({cost(lows):.4g} with "
                 f"{floor_settings}); relax the limit or lower the floors"
             )
-    candidates = np.unique(np.concatenate([ordered[i] for i in free])) if free else np.array([0.0])
-    lo, hi = 0, len(candidates)  # invariant: candidates[hi] (or +inf) fits, candidates[lo - 1] does not
-    if fits(sizes):
-        hi = 0
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if fits(widths_at(candidates[mid])):
-            hi = mid
-        else:
-            lo = mid + 1
-    threshold = float(candidates[hi]) if hi < len(candidates) else math.inf
-    widths = widths_at(threshold)
-    flops = flop_model(widths)
-    while target - flops > tolerance * target:
-        best = None
-        for i in sorted(free, key=lambda j: -_next_score(ordered[j], widths[j])):
-            if widths[i] + steps[i] > sizes[i]:
-                continue
-            trial = widths.copy()
-            trial[i] += steps[i]
-            trial = follow(trial)
-            if fits(trial):
-                best = (trial, flop_model(trial))
+
+    def search(ranked: dict[int, np.ndarray], limits: Sequence) -> tuple[np.ndarray, float]:
+        """The lowest global threshold on `ranked` that fits, then a greedy fill up to the target."""
+
+        def widths_at(threshold: float) -> np.ndarray:
+            w = sizes.copy()
+            for i in free:
+                count = int(np.searchsorted(-ranked[i], -threshold, side="right"))
+                w[i] = min(sizes[i], max(lows[i], math.ceil(count / steps[i]) * steps[i]))
+            return follow(w)
+
+        candidates = np.unique(np.concatenate([ranked[i] for i in free])) if free else np.array([0.0])
+        lo, hi = 0, len(candidates)  # invariant: candidates[hi] (or +inf) fits, candidates[lo - 1] does not
+        if fits(sizes, limits):
+            hi = 0
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if fits(widths_at(candidates[mid]), limits):
+                hi = mid
+            else:
+                lo = mid + 1
+        threshold = float(candidates[hi]) if hi < len(candidates) else math.inf
+        widths = widths_at(threshold)
+        while target - flop_model(widths) > tolerance * target:
+            for i in sorted(free, key=lambda j: -_next_score(ranked[j], widths[j])):
+                if widths[i] + steps[i] > sizes[i]:
+                    continue
+                trial = widths.copy()
+                trial[i] += steps[i]
+                trial = follow(trial)
+                if fits(trial, limits):
+                    widths = trial
+                    break
+            else:
                 break
-        if best is None:
-            break
-        widths, flops = best
+        return widths, threshold
+
+    widths, threshold = search(ordered, ())
+    strength = 0.0
+    binding = [(cost, limit) for cost, limit in limits if cost(widths) > limit]
+    if binding:
+        # Rank by saliency per unit of cost: where the FLOP-only plan is over a limit, a group
+        # that costs more of it per FLOP than the others must be worth more to keep its channels.
+        # How much more is tried at a few strengths; the plan that spends the most of the FLOP
+        # budget wins, being the closest to the plan the paper's method would make. (The most
+        # summed score would not do: a global threshold already keeps the top channels by count,
+        # so it wins that even when a limit has cut its FLOPs in half.)
+        relative = _relative_cost(widths, free, steps, follow, flop_model, binding)
+        found = [(s, *search({i: ordered[i] / relative[i] ** s for i in free}, limits)) for s in strengths]
+        strength, widths, threshold = max(found, key=lambda f: (flop_model(f[1]), -f[0]))
+    flops = flop_model(widths)
     keys = flop_model.keys
     plan_widths = {keys[i]: int(widths[i]) for i in scored}
     keep = {k: _top(scores[k], w, graph.group(k).balance) for k, w in plan_widths.items()}
-    return Plan(plan_widths, keep, flops, threshold, floor_flops, max_flops)
+    return Plan(plan_widths, keep, flops, threshold, floor_flops, max_flops, strength)
+
+
+def floor_widths(
+    graph: GroupGraph,
+    scores: dict[str, torch.Tensor],
+    flop_model: FlopModel,
+    floors: Floors | None = None,
+    round_to: int = 1,
+) -> np.ndarray:
+    """The narrowest width vector the floors allow, in the FLOP model's order: scored groups at
+    their floor (rounded up to the step, tied groups at the highest floor of the tie), the
+    others at their full width."""
+    floors = floors or Floors()
+    lows = flop_model.sizes.copy()
+    highest: dict[str, float] = {}
+    for i, key in enumerate(flop_model.keys):
+        g = graph.group(key)
+        if key not in scores:
+            continue
+        step = step_of(g, round_to)
+        fraction = floors.tau if g.classifier_input else floors.rho
+        low = max(math.ceil(fraction * g.size), floors.min_channels)
+        lows[i] = min(g.size, math.ceil(low / step) * step)
+        if g.tie is not None:
+            highest[g.tie] = max(highest.get(g.tie, 0), lows[i])
+    for i, key in enumerate(flop_model.keys):
+        tie = graph.group(key).tie
+        if key in scores and tie is not None:
+            lows[i] = highest[tie]
+    return lows
+
+
+def _relative_cost(widths, free, steps, follow, flop_model, limits) -> dict[int, float]:
+    """Per free group, the share of the binding limits one rounding step of it costs over the
+    share of FLOPs it costs, at `widths` (1: the group costs latency in proportion to its FLOPs).
+    Clipped to [1/8, 8] so one noisy layer timing cannot decide a group alone."""
+    flops = flop_model(widths)
+    costs = [(cost, cost(widths)) for cost, _ in limits]
+    relative = {}
+    for i in free:
+        less = widths.copy()
+        less[i] = max(widths[i] - steps[i], 1)
+        less = follow(less)
+        flop_share = (flops - flop_model(less)) / flops
+        cost_share = np.mean([(total - cost(less)) / total for cost, total in costs])
+        relative[i] = float(np.clip(cost_share / flop_share, 0.125, 8.0)) if flop_share > 0 else 1.0
+    return relative
 
 
 def _next_score(ordered: np.ndarray, width: float) -> float:

@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
         default=[1, 32],
         help="batch sizes the --latency budget holds at (default 1 32)",
     )
+    d.add_argument(
+        "--latency-margin",
+        type=float,
+        default=LatencyBudget.margin,
+        help="aim this fraction under the --latency ratio, for timing noise (default 0.05)",
+    )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", required=True, help="output directory")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -137,7 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             model_kwargs=model_kwargs,
             progress=not args.quiet,
-            latency=LatencyBudget(args.latency, tuple(args.latency_batch)) if args.latency else None,
+            latency=LatencyBudget(args.latency, tuple(args.latency_batch), margin=args.latency_margin)
+            if args.latency
+            else None,
         )
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         print(f"lwdna: error: {err}", file=sys.stderr)

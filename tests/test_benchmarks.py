@@ -40,5 +40,7 @@ def test_latency_smoke(tmp_path):
     (row,) = json.loads((tmp_path / "latency.json").read_text())["rows"]
     for variant in ("lwdna_r1", "lwdna_r8", "lwdna_latency"):
         assert row[f"{variant}_flops_ratio"] <= 1.0 and row[f"{variant}_latency_ratio"] > 0
-    assert row["baseline_ms"] > 0
-    assert "LW-DNA latency budget: at or below the baseline's latency in" in (tmp_path / "latency.md").read_text()
+    assert row["baseline_ms"] > 0 and row["control_latency_ratio"] > 0
+    table = (tmp_path / "latency.md").read_text()
+    assert "LW-DNA latency budget: at or below the baseline's latency in" in table
+    assert "A copy of the baseline, timed the same way, read up to" in table

@@ -47,8 +47,10 @@ def test_search_is_fast_and_respects_floors():
     assert time.perf_counter() - start < 1.0
     assert plan.predicted_flops <= 0.25 * model.total
     assert plan.predicted_flops >= 0.999 * 0.25 * model.total
+    lowest = dict(zip(model.keys, lw.floor_widths(graph, scores, model, lw.Floors(rho=0.3)), strict=True))
+    assert plan.floor_flops == model(lw.floor_widths(graph, scores, model, lw.Floors(rho=0.3)))
     for key, width in plan.widths.items():
-        assert width >= 0.3 * graph.group(key).size - 1
+        assert width >= lowest[key] >= 0.3 * graph.group(key).size - 1
         assert len(plan.keep[key]) == width
 
 

@@ -60,12 +60,44 @@ def test_search_respects_a_latency_limit(timed):
     free = lw.plan_widths(graph, scores, flop_model, target, floors)
     free_widths = np.array([free.widths.get(k, s) for k, s in zip(flop_model.keys, flop_model.sizes, strict=True)])
     limit = 0.8 * model(free_widths)
+    plain = lw.plan_widths(graph, scores, flop_model, target, floors, limits=[(model, limit)], strengths=(0.0,))
     bound = lw.plan_widths(graph, scores, flop_model, target, floors, limits=[(model, limit)])
-    widths = np.array([bound.widths.get(k, s) for k, s in zip(flop_model.keys, flop_model.sizes, strict=True)])
-    assert model(widths) <= limit
-    assert bound.predicted_flops < free.predicted_flops <= target
+    for plan in (plain, bound):
+        widths = np.array([plan.widths.get(k, s) for k, s in zip(flop_model.keys, flop_model.sizes, strict=True)])
+        assert model(widths) <= limit
+    # The global threshold meets the limit by cutting FLOPs; the cost-aware ranking loses fewer.
+    assert plain.predicted_flops < free.predicted_flops <= target
+    assert plain.predicted_flops <= bound.predicted_flops <= target
     with pytest.raises(ValueError, match="latency at batch 8: the limit .* below what the floors allow"):
         lw.plan_widths(graph, scores, flop_model, target, limits=[(model, 1e-9)])
+
+
+def test_cost_aware_ranking_cuts_where_the_limit_is_spent(timed):
+    graph, flop_model, base_widths, _ = timed
+    scores = lw.score_channels(graph, "l1")
+    target = flop_model(base_widths)
+    floors = lw.Floors(rho=0.25)
+    free = lw.plan_widths(graph, scores, flop_model, target, floors)
+    # A cost the stem and first stage pay ten times over: a single global threshold has to cut
+    # every group until it fits; ranking by saliency per unit of cost cuts where it is spent.
+    early = [k.startswith(("conv1", "layer1")) for k in flop_model.keys]
+    weights = np.where(early, 10.0, 1.0)
+    widths = np.array([free.widths.get(k, s) for k, s in zip(flop_model.keys, flop_model.sizes, strict=True)])
+    limit = 0.8 * float(weights @ widths)
+
+    def early_heavy(widths):
+        return float(weights @ widths)
+
+    limits = [(early_heavy, limit)]
+    plain = lw.plan_widths(graph, scores, flop_model, target, floors, limits=limits, strengths=(0.0,))
+    aware = lw.plan_widths(graph, scores, flop_model, target, floors, limits=limits)
+    assert plain.cost_strength == 0 and aware.cost_strength > 0
+    for plan in (plain, aware):
+        kept = np.array([plan.widths.get(k, s) for k, s in zip(flop_model.keys, flop_model.sizes, strict=True)])
+        assert early_heavy(kept) <= limit
+    assert aware.predicted_flops > 0.9 * target > 0.8 * target > plain.predicted_flops
+    with pytest.raises(ValueError, match="strengths"):
+        lw.plan_widths(graph, scores, flop_model, target, floors, strengths=())
 
 
 def test_dissimilate_with_a_latency_budget(batches):
@@ -73,11 +105,17 @@ def test_dissimilate_with_a_latency_budget(batches):
     floors = lw.Floors(rho=0.25)  # room below the original's latency
     result = lw.dissimilate("resnet18", data=batches, model_kwargs={"num_classes": 10}, floors=floors, latency=budget)
     spec = result.spec
-    assert spec["latency"] == {"ratio": 0.7, "batch_sizes": [8]}
+    assert spec["latency"] == {
+        "ratio": 0.7,
+        "margin": 0.05,
+        "batch_sizes": [8],
+        "cost_strength": pytest.approx(1, abs=3),
+    }
     assert set(spec["achieved"]["latency_ratios"]) == {"8"}
     # 30% faster cannot come at equal FLOPs on a compute-bound batch: the limit binds.
     assert spec["achieved"]["flops_ratio"] < 0.9
-    assert any(n.startswith("latency budget 0.7x the original on (8,): measured") for n in result.report.notes)
+    assert any(n.startswith("latency budget 0.7x the original on (8,) (aiming at 0.665x") for n in result.report.notes)
+    assert any(n.startswith("channels ranked by ") for n in result.report.notes)
     assert result.timings["latency"] > 0
     lw.build(spec)(torch.randn(2, 3, IMG, IMG))
 
@@ -87,6 +125,9 @@ def test_latency_budget_arguments_are_checked():
         lw.LatencyBudget(ratio=0)
     with pytest.raises(ValueError, match="batch_sizes"):
         lw.LatencyBudget(batch_sizes=())
+    with pytest.raises(ValueError, match="margin"):
+        lw.LatencyBudget(margin=1.0)
+    assert lw.LatencyBudget(ratio=1.0, margin=0.05).aim == pytest.approx(0.95)
     with pytest.raises(ValueError, match="repeats"):
         lw.LatencyBudget(repeats=0)
 
@@ -94,8 +135,10 @@ def test_latency_budget_arguments_are_checked():
 def test_cli_latency(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["dissimilate", "resnet18", "--data", "mnist5k", "--batches", "1", "--batch-size", "8"]
-    args += ["--img-size", "32", "--latency", "1.0", "--latency-batch", "4", "--quiet", "--out", str(out)]
+    args += ["--img-size", "32", "--latency", "1.0", "--latency-batch", "4", "--latency-margin", "0.1"]
+    args += ["--quiet", "--out", str(out)]
     assert main(args) == 0
     assert "latency vs the original: " in capsys.readouterr().out
     spec = json.loads((out / "spec.json").read_text())
     assert spec["latency"]["batch_sizes"] == [4] and "4" in spec["achieved"]["latency_ratios"]
+    assert spec["latency"]["margin"] == 0.1
