@@ -8,7 +8,7 @@ pass of every variant in turn (eval mode, no grad), so drift on a shared machine
 them alike; the table reports medians and each LW-DNA median over the baseline's. A copy of
 the baseline is timed beside them as a control: its ratio is the timing noise of the run.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/latency.py [--models resnet50 ...] [--repeats 7]
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/latency.py [--models resnet50 ...] [--repeats 7] [--threads 1]
 """
 
 from __future__ import annotations
@@ -115,9 +115,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--score-batches", type=int, default=2)
     parser.add_argument("--score-batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, help="torch threads for everything (default: torch's own choice)")
     parser.add_argument("--tag", default="latency", help="output file stem")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = [
         row
         for name in args.models

@@ -35,9 +35,12 @@ def test_hypothesis_quick(tmp_path):
 def test_latency_smoke(tmp_path):
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     script = ROOT / "benchmarks" / "latency.py"
-    args = ["--models", "resnet18", "--batch-sizes", "1", "--repeats", "1", "--score-batches", "1", "--out"]
+    args = ["--models", "resnet18", "--batch-sizes", "1", "--repeats", "1", "--score-batches", "1", "--threads", "1"]
+    args += ["--out"]
     subprocess.run([sys.executable, str(script), *args, str(tmp_path)], check=True, env=env, timeout=600)
-    (row,) = json.loads((tmp_path / "latency.json").read_text())["rows"]
+    result = json.loads((tmp_path / "latency.json").read_text())
+    assert " 1 threads" in result["meta"]["machine"]
+    (row,) = result["rows"]
     for variant in ("lwdna_r1", "lwdna_r8", "lwdna_latency"):
         assert row[f"{variant}_flops_ratio"] <= 1.0 and row[f"{variant}_latency_ratio"] > 0
     assert row["baseline_ms"] > 0 and row["control_latency_ratio"] > 0
