@@ -29,9 +29,10 @@ class LatencyBudget:
 
     Latency is one eval-mode forward pass on the model's device, the median of `repeats`
     runs; up to `rounds` times the found model is timed against the original and the limit
-    tightened by the measured excess. The search aims `margin` below the ratio: timings of one
-    and the same model vary by a few percent between runs (about +-4% at batch 1 on a shared
-    2-core CPU), and a model found just under the ratio would read over it as often as not.
+    tightened by the measured excess. The search aims `margin` below the ratio: a copy of one
+    and the same model reads several percent off it (up to 11% in `benchmarks/latency.py` on
+    a shared 2-core VM), and a model found just under the ratio would read over it as often as
+    not.
     """
 
     ratio: float = 1.0
@@ -74,9 +75,9 @@ def time_models(models: Sequence[nn.Module], shape: Sequence[int], batch: int, r
     for m in models:
         m.eval()(inputs)  # warm-up: allocator and kernel choice
     times: list[list[float]] = [[] for _ in models]
+    order = list(zip(models, times, strict=True))
     try:
         for repeat in range(repeats):
-            order = list(zip(models, times, strict=True))
             for model, seconds in order if repeat % 2 == 0 else reversed(order):
                 device = model_device(model)
                 _synchronise(device)
