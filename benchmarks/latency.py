@@ -5,10 +5,13 @@ For each model at timm's default input size: the baseline, and LW-DNA models fou
 latency budget (`latency=LatencyBudget(1.0, batch sizes)`, round_to 8: layers timed on this
 machine, at most the baseline's latency as well as its FLOPs). Each repeat times one forward
 pass of every variant in turn (eval mode, no grad), so drift on a shared machine hits all of
-them alike; the table reports medians and each LW-DNA median over the baseline's. A copy of
-the baseline is timed beside them as a control: its ratio is the timing noise of the run.
+them alike; at least `--repeats` repeats and `--seconds` of timing per model and batch size.
+The table reports medians, each LW-DNA median over the baseline's, and a 95% bootstrap
+interval of that ratio (repeats resampled whole). A copy of the baseline is timed beside them
+as a control: its ratio is the timing noise of the run.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/latency.py [--models resnet50 ...] [--repeats 7] [--threads 1]
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/latency.py [--models resnet50 ...] [--repeats 15] [--seconds 30]
+        [--threads 1]
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import numpy as np  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
 
 import lwdna_plugin as lw  # noqa: E402
-from lwdna_plugin.latency import time_models  # noqa: E402
+from lwdna_plugin.latency import ratio_interval, time_samples  # noqa: E402
 
 MODELS = ["resnet50", "mobilenetv2_100", "convnext_atto", "efficientnet_b0"]
 VARIANTS = {
@@ -61,21 +65,27 @@ def variants(
     return found
 
 
-def measure(name: str, batch_sizes: list[int], repeats: int, score_batches: int, score_batch_size: int) -> list[dict]:
+def measure(
+    name: str, batch_sizes: list[int], repeats: int, seconds: float, score_batches: int, score_batch_size: int
+) -> list[dict]:
     size = timm.get_pretrained_cfg(name).input_size[-1]
     found = variants(name, size, batch_sizes, score_batches, score_batch_size)
     rows = []
     for batch in batch_sizes:
-        # Interleaved repeat by repeat, medians; eval mode, no grad (the package's own timer).
-        seconds = time_models([entry["model"] for entry in found.values()], (3, size, size), batch, repeats)
-        medians = dict(zip(found, seconds, strict=True))
+        # Interleaved repeat by repeat; eval mode, no grad (the package's own timer).
+        samples = time_samples([entry["model"] for entry in found.values()], (3, size, size), batch, repeats, seconds)
+        medians = dict(zip(found, np.median(samples, axis=0).tolist(), strict=True))
+        intervals = dict(zip(found, ratio_interval(samples).round(3).tolist(), strict=True))
         base = medians["baseline"]
-        row = {"model": name, "input": size, "batch": batch, "baseline_ms": round(1000 * base, 2)}
+        row = {"model": name, "input": size, "batch": batch, "repeats": len(samples)}
+        row["baseline_ms"] = round(1000 * base, 2)
         row["control_latency_ratio"] = round(medians["control"] / base, 3)
+        row["control_latency_interval"] = intervals["control"]
         for key in VARIANTS:
             median = medians[key]
             row[f"{key}_ms"] = round(1000 * median, 2)
             row[f"{key}_latency_ratio"] = round(median / base, 3)
+            row[f"{key}_latency_interval"] = intervals[key]
             row[f"{key}_flops_ratio"] = round(found[key]["flops"] / found["baseline"]["flops"], 4)
             row[f"{key}_dissimilate_s"] = round(found[key]["seconds"], 1)
             if str(batch) in found[key]["own_ratios"]:
@@ -86,25 +96,43 @@ def measure(name: str, batch_sizes: list[int], repeats: int, score_batches: int,
     return rows
 
 
+def _ratio(row: dict, key: str) -> str:
+    low, high = row[f"{key}_latency_interval"]
+    return f"{row[f'{key}_latency_ratio']:.3f}x [{low:.2f}, {high:.2f}]"
+
+
 def to_markdown(rows: list[dict], meta: dict) -> str:
     labels = [label for label, _ in VARIANTS.values()]
     lines = [
-        "| model | batch | baseline ms | copy of baseline (noise) | "
-        + " | ".join(f"{x}: ms (latency, FLOPs vs baseline)" for x in labels)
+        "| model | batch | repeats | baseline ms | copy of baseline (noise) | "
+        + " | ".join(f"{x}: ms (latency [95%], FLOPs vs baseline)" for x in labels)
         + " |",
-        "|---|---:|---:|---:|" + "---:|" * len(VARIANTS),
+        "|---|---:|---:|---:|---:|" + "---:|" * len(VARIANTS),
     ]
     for r in rows:
-        cells = [f"{r[f'{k}_ms']} ({r[f'{k}_latency_ratio']:.3f}x, {r[f'{k}_flops_ratio']:.4f})" for k in VARIANTS]
-        head = f"| {r['model']} | {r['batch']} | {r['baseline_ms']} | {r['control_latency_ratio']:.3f}x | "
+        cells = [f"{r[f'{k}_ms']} ({_ratio(r, k)}, {r[f'{k}_flops_ratio']:.4f})" for k in VARIANTS]
+        head = f"| {r['model']} | {r['batch']} | {r['repeats']} | {r['baseline_ms']} | {_ratio(r, 'control')} | "
         lines.append(head + " | ".join(cells) + " |")
     lines.append("")
     for key, label in zip(VARIANTS, labels, strict=True):
         met = sum(r[f"{key}_latency_ratio"] <= 1.0 for r in rows)
-        lines.append(f"{label}: at or below the baseline's latency in {met} of {len(rows)} cases.")
+        above = sum(r[f"{key}_latency_interval"][0] > 1.0 for r in rows)
+        lines.append(
+            f"{label}: at or below the baseline's latency in {met} of {len(rows)} cases; "
+            f"above it beyond the 95% interval in {above}."
+        )
     noise = max(abs(r["control_latency_ratio"] - 1) for r in rows)
-    lines.append(f"A copy of the baseline, timed the same way, read up to {noise:.1%} off the baseline.")
-    lines += ["", f"`{meta['command']}` on {meta['machine']}; median of {meta['repeats']} interleaved repeats.", ""]
+    covered = sum(low <= 1.0 <= high for low, high in (r["control_latency_interval"] for r in rows))
+    lines.append(
+        f"A copy of the baseline, timed the same way, read up to {noise:.1%} off the baseline; "
+        f"its 95% interval held 1.00 in {covered} of {len(rows)} cases."
+    )
+    lines += [
+        "",
+        f"`{meta['command']}` on {meta['machine']}; medians of at least {meta['repeats']} interleaved repeats "
+        f"and {meta['seconds']} s of timing per model and batch size.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -112,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--seconds", type=float, default=30.0, help="least seconds of timing per model and batch size")
     parser.add_argument("--score-batches", type=int, default=2)
     parser.add_argument("--score-batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, help="torch threads for everything (default: torch's own choice)")
@@ -121,16 +150,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = [
-        row
-        for name in args.models
-        for row in measure(name, args.batch_sizes, args.repeats, args.score_batches, args.score_batch_size)
-    ]
+    timing = (args.batch_sizes, args.repeats, args.seconds, args.score_batches, args.score_batch_size)
+    rows = [row for name in args.models for row in measure(name, *timing)]
     meta = {
         "command": "python benchmarks/latency.py" + (" " + " ".join(argv) if argv else ""),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, CPU",
         "repeats": args.repeats,
+        "seconds": args.seconds,
         "flop_convention": lw.FLOP_CONVENTION,
     }
     table = to_markdown(rows, meta)

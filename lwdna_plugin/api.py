@@ -23,7 +23,7 @@ from .export import SCHEMA, dump_spec, tensor_shapes, versions
 from .flops import FLOP_CONVENTION, FlopModel, count_flops, count_params
 from .graph import GroupGraph
 from .initialise import initialise
-from .latency import LatencyBudget, LatencyModel, latency_models, time_models
+from .latency import LatencyBudget, LatencyModel, latency_models, ratio_interval, time_samples
 from .report import Report, layer_rows
 from .score import Criterion, LossFn, score_channels
 from .shrink import shrink
@@ -189,6 +189,7 @@ def dissimilate(
 
     lw, plan, achieved, replanning = _shrink_to_target(wide, replan, plan, target, example, ignore)
     measured: dict[int, float] = {}
+    intervals: dict[int, tuple[float, float]] = {}
     measuring = 0.0
     if budget:
 
@@ -197,7 +198,7 @@ def dissimilate(
             plan = replan(target, limits)
             return _shrink_to_target(wide, partial(replan, limits=limits), plan, target, example, ignore)
 
-        lw, plan, achieved, measured, measuring, more = _meet_latency(
+        lw, plan, achieved, measured, intervals, measuring, more = _meet_latency(
             budget, limits, base, (lw, plan, achieved), shape, target, attempt
         )
         replanning += more
@@ -224,7 +225,7 @@ def dissimilate(
         convention=FLOP_CONVENTION,
         fixed_groups=fixed,
         notes=_notes(plan, target, achieved, criterion, aggregate, len(batch_list))
-        + _latency_notes(budget, measured, plan),
+        + _latency_notes(budget, measured, intervals, plan),
     )
     settings = {
         "width": width,
@@ -246,6 +247,7 @@ def dissimilate(
     spec = _spec(recipe, shape, {"flops": target, "requested": flops}, report, settings, groups, lw)
     if measured:
         spec["achieved"]["latency_ratios"] = {str(b): round(r, 4) for b, r in measured.items()}
+        spec["achieved"]["latency_intervals"] = {str(b): [round(x, 4) for x in i] for b, i in intervals.items()}
     done("verify")
     bar.close()
     return Result(lw, spec, report, timings)
@@ -282,16 +284,17 @@ def _meet_latency(budget: LatencyBudget, limits, base, candidate, shape, target,
     """Time candidates against the original and rescale each batch size's latency limit by the
     measured error, until the slowest batch size is under the budget's aim and within 3% of it
     (or the FLOP target binds). Returns the candidate that met the aim with the most FLOPs (the
-    fastest one if none did), its latency ratios and the seconds spent timing and re-planning.
+    fastest one if none did), its latency ratios with their 95% intervals, and the seconds spent
+    timing and re-planning.
     `attempt(limits)` shrinks anew under the given limits: (model, plan, flops, seconds planning).
     """
     best = fastest = None
     measuring = replanning = 0.0
     for round_ in range(budget.rounds):
         start = time.perf_counter()
-        measured = _latency_ratios(base, candidate[0], shape, budget)
+        measured, intervals = _latency_ratios(base, candidate[0], shape, budget)
         measuring += time.perf_counter() - start
-        timed = (*candidate[:3], measured)
+        timed = (*candidate[:3], measured, intervals)
         worst = max(measured.values())
         met = worst <= budget.aim
         if met and (best is None or candidate[2] > best[2]):
@@ -309,13 +312,16 @@ def _meet_latency(budget: LatencyBudget, limits, base, candidate, shape, target,
     return (*(best or fastest), measuring, replanning)
 
 
-def _latency_ratios(base: nn.Module, lw: nn.Module, shape, budget: LatencyBudget) -> dict[int, float]:
-    """The found model's latency over the original's at each batch size, timed side by side."""
-    ratios = {}
+def _latency_ratios(base: nn.Module, lw: nn.Module, shape, budget: LatencyBudget) -> tuple[dict, dict]:
+    """The found model's latency over the original's at each batch size, timed side by side:
+    the ratios of medians and their 95% intervals."""
+    ratios, intervals = {}, {}
     for batch in budget.batch_sizes:
-        original, found = time_models([base, lw], shape, batch, budget.repeats)
-        ratios[batch] = found / original
-    return ratios
+        samples = time_samples([base, lw], shape, batch, budget.repeats, budget.seconds)
+        original, found = np.median(samples, axis=0)
+        ratios[batch] = float(found / original)
+        intervals[batch] = tuple(ratio_interval(samples)[1].tolist()) if len(samples) > 1 else (ratios[batch],) * 2
+    return ratios, intervals
 
 
 def _latency_settings(budget: LatencyBudget, plan: Plan) -> dict[str, Any]:
@@ -327,10 +333,12 @@ def _latency_settings(budget: LatencyBudget, plan: Plan) -> dict[str, Any]:
     }
 
 
-def _latency_notes(budget: LatencyBudget | None, measured: dict[int, float], plan: Plan) -> list[str]:
+def _latency_notes(budget: LatencyBudget | None, measured: dict[int, float], intervals: dict, plan: Plan) -> list[str]:
     if not budget:
         return []
-    timed = ", ".join(f"{r:.3f}x at batch {b}" for b, r in measured.items())
+    timed = ", ".join(
+        f"{r:.3f}x [95%: {intervals[b][0]:.3f}-{intervals[b][1]:.3f}] at batch {b}" for b, r in measured.items()
+    )
     note = (
         f"latency budget {budget.ratio}x the original on {budget.batch_sizes} (aiming at {budget.aim:.3g}x, "
         f"margin {budget.margin}): measured {timed}"

@@ -28,11 +28,12 @@ class LatencyBudget:
     """Keep the LW-DNA model at most `ratio` x the original's latency at every batch size.
 
     Latency is one eval-mode forward pass on the model's device, the median of `repeats`
-    runs; up to `rounds` times the found model is timed against the original and the limit
-    tightened by the measured excess. The search aims `margin` below the ratio: a copy of one
-    and the same model reads several percent off it (up to 11% in `benchmarks/latency.py` on
-    a shared 2-core VM), and a model found just under the ratio would read over it as often as
-    not.
+    runs; up to `rounds` times the found model is timed against the original (at least
+    `repeats` runs and `seconds` of timing per batch size, so that cheap batch sizes get many
+    runs) and the limit tightened by the measured excess. The search aims `margin` below the
+    ratio: a copy of one and the same model reads several percent off it (up to 11% in
+    `benchmarks/latency.py` on a shared 2-core VM), and a model found just under the ratio
+    would read over it as often as not.
     """
 
     ratio: float = 1.0
@@ -40,6 +41,7 @@ class LatencyBudget:
     repeats: int = 5
     rounds: int = 3
     margin: float = 0.05
+    seconds: float = 3.0
 
     def __post_init__(self) -> None:
         if self.ratio <= 0:
@@ -50,6 +52,8 @@ class LatencyBudget:
             raise ValueError(f"LatencyBudget(margin={self.margin}): give a fraction in [0, 1), such as 0.05")
         if self.repeats < 1 or self.rounds < 1:
             raise ValueError(f"LatencyBudget(repeats={self.repeats}, rounds={self.rounds}): both must be at least 1")
+        if self.seconds < 0:
+            raise ValueError(f"LatencyBudget(seconds={self.seconds}): give the seconds of timing per check, 0 or more")
 
     @property
     def aim(self) -> float:
@@ -67,28 +71,49 @@ def _inputs(model: nn.Module, shape: Sequence[int], batch: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def time_models(models: Sequence[nn.Module], shape: Sequence[int], batch: int, repeats: int) -> list[float]:
-    """Median seconds of one forward pass of each model, interleaved so drift hits all alike,
-    in alternating order (forward, then backward) so that running first or last does too."""
+def time_samples(
+    models: Sequence[nn.Module], shape: Sequence[int], batch: int, repeats: int, seconds: float = 0.0
+) -> np.ndarray:
+    """Seconds of one forward pass of each model, one row per repeat: at least `repeats` rows
+    and until `seconds` have been spent timing. Interleaved so drift hits all alike, in
+    alternating order (forward, then backward) so that running first or last does too."""
     inputs = _inputs(models[0], shape, batch)
     modes = [m.training for m in models]
     for m in models:
         m.eval()(inputs)  # warm-up: allocator and kernel choice
-    times: list[list[float]] = [[] for _ in models]
-    order = list(zip(models, times, strict=True))
+    rows: list[list[float]] = []
+    forward, backward = list(enumerate(models)), list(enumerate(models))[::-1]
+    began = time.perf_counter()
     try:
-        for repeat in range(repeats):
-            for model, seconds in order if repeat % 2 == 0 else reversed(order):
+        while len(rows) < repeats or time.perf_counter() - began < seconds:
+            row = [0.0] * len(models)
+            for i, model in forward if len(rows) % 2 == 0 else backward:
                 device = model_device(model)
                 _synchronise(device)
                 start = time.perf_counter()
                 model(inputs)
                 _synchronise(device)
-                seconds.append(time.perf_counter() - start)
+                row[i] = time.perf_counter() - start
+            rows.append(row)
     finally:
         for m, mode in zip(models, modes, strict=True):
             m.train(mode)
-    return [statistics.median(s) for s in times]
+    return np.array(rows)
+
+
+def ratio_interval(
+    samples: np.ndarray, reference: int = 0, level: float = 0.95, draws: int = 2000, seed: int = 0
+) -> np.ndarray:
+    """A `level` bootstrap interval of each model's median seconds over the reference model's,
+    from `time_samples` rows: rows (repeats) are resampled whole, so a slow moment of the
+    machine stays paired across models. Returns an array of (low, high), one per model."""
+    if samples.ndim != 2 or len(samples) < 2:
+        raise ValueError(f"ratio_interval needs a (repeats, models) array with 2 or more repeats, got {samples.shape}")
+    rows = np.random.default_rng(seed).integers(0, len(samples), size=(draws, len(samples)))
+    medians = np.median(samples[rows], axis=1)
+    ratios = medians / medians[:, reference : reference + 1]
+    tail = (1 - level) / 2
+    return np.quantile(ratios, [tail, 1 - tail], axis=0).T
 
 
 @dataclass

@@ -10,7 +10,7 @@ import torch
 import lwdna_plugin as lw
 from conftest import IMG
 from lwdna_plugin.cli import main
-from lwdna_plugin.latency import time_layers
+from lwdna_plugin.latency import ratio_interval, time_layers, time_samples
 
 X = torch.zeros(1, 3, IMG, IMG)
 SHAPE = (3, IMG, IMG)
@@ -101,7 +101,7 @@ def test_cost_aware_ranking_cuts_where_the_limit_is_spent(timed):
 
 
 def test_dissimilate_with_a_latency_budget(batches):
-    budget = lw.LatencyBudget(ratio=0.7, batch_sizes=(8,), repeats=2, rounds=2)
+    budget = lw.LatencyBudget(ratio=0.7, batch_sizes=(8,), repeats=2, rounds=2, seconds=0.5)
     floors = lw.Floors(rho=0.25)  # room below the original's latency
     result = lw.dissimilate("resnet18", data=batches, model_kwargs={"num_classes": 10}, floors=floors, latency=budget)
     spec = result.spec
@@ -112,9 +112,12 @@ def test_dissimilate_with_a_latency_budget(batches):
         "cost_strength": pytest.approx(1, abs=3),
     }
     assert set(spec["achieved"]["latency_ratios"]) == {"8"}
+    low, high = spec["achieved"]["latency_intervals"]["8"]
+    assert low <= spec["achieved"]["latency_ratios"]["8"] <= high
     # 30% faster cannot come at equal FLOPs on a compute-bound batch: the limit binds.
     assert spec["achieved"]["flops_ratio"] < 0.9
-    assert any(n.startswith("latency budget 0.7x the original on (8,) (aiming at 0.665x") for n in result.report.notes)
+    head = "latency budget 0.7x the original on (8,) (aiming at 0.665x"
+    assert any(n.startswith(head) and "[95%: " in n for n in result.report.notes)
     assert any(n.startswith("channels ranked by ") for n in result.report.notes)
     assert result.timings["latency"] > 0
     lw.build(spec)(torch.randn(2, 3, IMG, IMG))
@@ -130,6 +133,30 @@ def test_latency_budget_arguments_are_checked():
     assert lw.LatencyBudget(ratio=1.0, margin=0.05).aim == pytest.approx(0.95)
     with pytest.raises(ValueError, match="repeats"):
         lw.LatencyBudget(repeats=0)
+    with pytest.raises(ValueError, match="seconds"):
+        lw.LatencyBudget(seconds=-1)
+
+
+def test_timing_runs_for_the_repeats_and_the_seconds_asked():
+    small = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    larger = timm.create_model("resnet34", pretrained=False, num_classes=10)
+    assert time_samples([small, larger], SHAPE, 2, repeats=3).shape == (3, 2)
+    rows = time_samples([small, larger], SHAPE, 2, repeats=1, seconds=0.5)
+    assert rows.sum() >= 0.4 and len(rows) > 1  # the loop's own overhead is the rest of the 0.5 s
+    assert small.training and larger.training  # modes are restored
+    # resnet34 has about twice resnet18's FLOPs; at this size it cannot be the faster one.
+    low, high = ratio_interval(rows)[1]
+    assert 1.0 < high and low <= np.median(rows[:, 1]) / np.median(rows[:, 0]) <= high
+
+
+def test_ratio_interval_is_paired_by_repeat():
+    # A machine that slows down 3x halfway: each repeat's pair keeps its 2:1 ratio.
+    reference = np.array([1.0, 1.1, 0.9, 3.0, 3.3, 2.7])
+    low, high = ratio_interval(np.stack([reference, 2 * reference], axis=1))[1]
+    assert low == pytest.approx(2.0) and high == pytest.approx(2.0)
+    assert ratio_interval(np.stack([reference, reference], axis=1))[1] == pytest.approx([1.0, 1.0])
+    with pytest.raises(ValueError, match="2 or more repeats"):
+        ratio_interval(np.ones((1, 2)))
 
 
 def test_cli_latency(tmp_path, capsys):
