@@ -27,13 +27,13 @@ from .flops import FlopModel
 class LatencyBudget:
     """Keep the LW-DNA model at most `ratio` x the original's latency at every batch size.
 
-    Latency is one eval-mode forward pass on the model's device, the median of `repeats`
-    runs; up to `rounds` times the found model is timed against the original (at least
-    `repeats` runs and `seconds` of timing per batch size, so that cheap batch sizes get many
-    runs) and the limit tightened by the measured excess. The search aims `margin` below the
-    ratio: a copy of one and the same model reads several percent off it (up to 11% in
-    `benchmarks/latency.py` on a shared 2-core VM), and a model found just under the ratio
-    would read over it as often as not.
+    Latency is one eval-mode forward pass on the model's device, the median of `repeats` runs;
+    up to `rounds` times the found model is timed against the original (at least `repeats`
+    runs and `seconds` of timing per batch size, so that cheap batch sizes get many runs) and
+    the limit tightened by the measured excess. The search aims `margin` below the ratio: a
+    copy of one and the same model reads several percent off it (up to 6% in
+    `benchmarks/latency.py` on a shared 2-core VM, 11% from 9 passes), and a model found just
+    under the ratio would read over it as often as not.
     """
 
     ratio: float = 1.0
