@@ -10,7 +10,6 @@ the result against the original side by side and tightens the limit by the measu
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -180,8 +179,8 @@ def time_layers(
         for h in handles:
             h.remove()
         model.train(was_training)
-    inclusive = {n: statistics.median(t) for n, t in per_layer.items()}
-    return Timing(widths, statistics.median(totals), _exclusive(inclusive), sizes)
+    inclusive = {n: float(np.median(t)) for n, t in per_layer.items()}
+    return Timing(widths, float(np.median(totals)), _exclusive(inclusive), sizes)
 
 
 def _exclusive(inclusive: dict[str, float]) -> dict[str, float]:
