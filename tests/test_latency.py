@@ -26,8 +26,8 @@ def timed():
     original = {g.key: g.size for g in lw.GroupGraph(base, X).groups}
     base_widths = np.array([original[k] for k in flop_model.keys], dtype=np.float64)
     timings = [
-        time_layers(base, base_widths, flop_model.layers, SHAPE, 8, repeats=3),
-        time_layers(wide, flop_model.sizes, flop_model.layers, SHAPE, 8, repeats=3),
+        time_layers(base, base_widths, flop_model.layers, SHAPE, 8, repeats=9),
+        time_layers(wide, flop_model.sizes, flop_model.layers, SHAPE, 8, repeats=9),
     ]
     return graph, flop_model, base_widths, timings
 
