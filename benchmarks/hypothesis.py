@@ -1,22 +1,33 @@
-"""Does LW-DNA beat its baseline under one training protocol? Fashion-MNIST, CIFAR-style ResNets.
+"""Where does LW-DNA beat its baseline? A regime study of the heterogeneity hypothesis.
 
-Every arm is trained by the same `train` function with the same epochs, batch size, SGD with a
-per-step cosine schedule, augmentation, data order and seeds:
-- baseline: the model as registered (`cifar_resnet20`, fresh initialisation);
-- lwdna: `lw.dissimilate(width=2, flops=1.0)` with gate-gradient scores on `--score-batches`
-  batches of the training subset at initialisation; the found model, freshly initialised;
-- random: the same budget and floors with `random` scores (does the criterion matter?).
-Identification (the whole `dissimilate` call) is timed and reported against training time.
+CIFAR-style ResNet-20 (`cifar_resnet20`) on fixed, stratified Fashion-MNIST training subsets of
+several sizes (default 1,000, 4,000 and 16,000 images), tested on all 10,000 test images. Every
+arm at a size is trained by the one `train` function with the same epochs, batch size, SGD with a
+per-step cosine schedule, augmentation and seeds; a seed fixes the data order, the augmentation
+and the initialisation, so arms are compared seed by seed (paired differences):
+- baseline: the model as registered, freshly initialised;
+- random: `dissimilate` with random scores (same budget, floors and ranking as the paper's);
+- lwdna: whatever `dissimilate` does by default (so the default is what the study measures);
+- lwdna-<variant>: the identification variants under test, named in `VARIANTS`.
+
+Each run (size, arm, seed) writes its own JSON under `<out>/<tag>_runs/`; a rerun skips finished
+runs, so the study spans sessions. After every finished run the study's summary is rewritten:
+`<tag>.json` (config and a flat `runs` list), `<tag>.md` (a table per size: mean +- std, the
+paired difference from the baseline and from random widths with 95% t-intervals), the paired
+gain against training-set size (`<tag>_gain.png`) and the widths of each arm (`<tag>_widths.png`).
 Fashion-MNIST comes from Debian's `dataset-fashion-mnist` package.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/hypothesis.py                 # default: ResNet-20, < 1 h here
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/hypothesis.py --quick         # smoke test, a few minutes
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/hypothesis.py --model cifar_resnet56 --epochs 30 --train-size 60000
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/hypothesis.py --estimate        # print the compute budget, run nothing
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/hypothesis.py                   # the full study (many hours on 2 cores)
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/hypothesis.py --sizes 1000 --seeds 3 \\
+        --arms baseline,lwdna-sum,lwdna-mean,lwdna-flops                      # screen variants cheaply
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/hypothesis.py --quick           # CI smoke test, about a minute
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import multiprocessing
@@ -24,7 +35,7 @@ import os
 import platform
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -40,24 +51,47 @@ import torch.nn.functional as F  # noqa: E402
 
 import lwdna_plugin as lw  # noqa: E402
 
-ARMS = ("baseline", "lwdna", "random")
-QUICK = {"train_size": 2000, "test_size": 1000, "epochs": 2, "seeds": 2, "score_batch_size": 64}
+# Identification variants: keyword arguments of `dissimilate` on top of the study's width, budget
+# and floors. "lwdna" takes dissimilate's defaults; "lwdna-sum" is the paper's criterion.
+VARIANTS: dict[str, dict] = {
+    "random": {"criterion": "random", "aggregate": "sum", "ranking": "saliency"},
+    "lwdna": {},
+    "lwdna-sum": {"criterion": "gate", "aggregate": "sum", "ranking": "saliency"},
+    "lwdna-mean": {"criterion": "gate", "aggregate": "mean", "ranking": "saliency"},
+    "lwdna-norm": {"criterion": "gate", "aggregate": "norm", "ranking": "saliency"},
+    "lwdna-flops": {"criterion": "gate", "aggregate": "sum", "ranking": "flops"},
+    "lwdna-flops-mean": {"criterion": "gate", "aggregate": "mean", "ranking": "flops"},
+    "lwdna-inits": {"criterion": "gate", "aggregate": "sum", "ranking": "flops", "inits": 4, "batches": 4},
+}
+ARMS = ("baseline", *VARIANTS)
+# What the `lwdna` arm measures; a finished `lwdna` run made under other defaults is run again.
+DISSIMILATE_DEFAULTS = {
+    k: v.default
+    for k, v in inspect.signature(lw.dissimilate).parameters.items()
+    if k in ("criterion", "aggregate", "ranking", "inits", "batches")
+}
+DEFAULT_ARMS = "baseline,random,lwdna,lwdna-sum"
+QUICK = {"sizes": "500", "epochs": "2", "seeds": "2", "test_size": 1000, "evals": 1, "arms": "baseline,lwdna,random"}
+# Seconds per training image-pass of cifar_resnet20 on one thread of this repository's CI machine,
+# from earlier runs; only used to print the budget before starting.
+SECONDS_PER_IMAGE = 3.5e-3
 
 
 def load_data(train_size: int, test_size: int) -> dict[str, torch.Tensor]:
-    """A fixed, seed-independent training subset and test subset, standardised by the subset's statistics."""
+    """A fixed stratified training subset (the same for every seed and arm) and the test images,
+    standardised by the subset's statistics."""
     train_x, train_y = lw.load_fashion_mnist("train")
     test_x, test_y = lw.load_fashion_mnist("test")
-    order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(0))[:train_size]
-    train_x, train_y = train_x[order].float() / 255.0, train_y[order]
+    classes = int(train_y.max()) + 1
+    if train_size % classes:
+        raise ValueError(f"--sizes {train_size}: a stratified subset needs a multiple of {classes} images")
+    order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(0))
+    picks = [order[train_y[order] == c][: train_size // classes] for c in range(classes)]
+    index = torch.cat(picks)[torch.randperm(train_size, generator=torch.Generator().manual_seed(1))]
+    train_x, train_y = train_x[index].float() / 255.0, train_y[index]
     test_x, test_y = test_x[:test_size].float() / 255.0, test_y[:test_size]
     mean, std = train_x.mean(), train_x.std()
-    return {
-        "train_x": (train_x - mean) / std,
-        "train_y": train_y,
-        "test_x": (test_x - mean) / std,
-        "test_y": test_y,
-    }
+    return {"train_x": (train_x - mean) / std, "train_y": train_y, "test_x": (test_x - mean) / std, "test_y": test_y}
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch.Tensor:
@@ -75,6 +109,7 @@ def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 2) -> t
 
 @torch.no_grad()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 in eval mode, un-augmented."""
     model.eval()
     correct = sum(
         (model(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum().item()
@@ -83,186 +118,305 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     return 100.0 * correct / len(labels)
 
 
-def train(model: nn.Module, data: dict[str, torch.Tensor], args: argparse.Namespace, seed: int) -> dict:
-    """The one training protocol every arm goes through; returns per-epoch curves and seconds."""
+def eval_epochs(epochs: int, evals: int) -> list[int]:
+    """The (1-based) epochs after which the test set is evaluated: `evals` points, the last one included."""
+    return sorted({max(1, round(epochs * (k + 1) / evals)) for k in range(min(evals, epochs))})
+
+
+def train(model: nn.Module, data: dict[str, torch.Tensor], protocol: dict, seed: int) -> dict:
+    """The one training protocol every arm goes through; returns the curves and seconds."""
     generator = torch.Generator().manual_seed(1000 + seed)
-    steps_per_epoch = math.ceil(len(data["train_y"]) / args.batch_size)
+    steps_per_epoch = math.ceil(len(data["train_y"]) / protocol["batch_size"])
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay, nesterov=True
+        model.parameters(), lr=protocol["lr"], momentum=0.9, weight_decay=protocol["weight_decay"], nesterov=True
     )
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * steps_per_epoch)
-    history = {"train_acc": [], "test_acc": [], "train_loss": [], "epoch_s": []}
-    for _ in range(args.epochs):
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=protocol["epochs"] * steps_per_epoch)
+    checkpoints = eval_epochs(protocol["epochs"], protocol["evals"])
+    history = {"eval_epochs": checkpoints, "test_acc": [], "train_loss": [], "train_s": 0.0}
+    for epoch in range(1, protocol["epochs"] + 1):
         model.train()
-        start, correct, loss_sum = time.perf_counter(), 0, 0.0
+        start, loss_sum = time.perf_counter(), 0.0
         order = torch.randperm(len(data["train_y"]), generator=generator)
-        for i in range(0, len(order), args.batch_size):
-            index = order[i : i + args.batch_size]
+        for i in range(0, len(order), protocol["batch_size"]):
+            index = order[i : i + protocol["batch_size"]]
             images, labels = data["train_x"][index], data["train_y"][index]
-            if args.augment == "crop-flip":
+            if protocol["augment"] == "crop-flip":
                 images = augment(images, generator)
-            logits = model(images)
-            loss = F.cross_entropy(logits, labels)
+            loss = F.cross_entropy(model(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            correct += (logits.argmax(1) == labels).sum().item()
             loss_sum += loss.item() * len(index)
-        history["epoch_s"].append(time.perf_counter() - start)
-        history["train_acc"].append(100.0 * correct / len(order))
+        history["train_s"] += time.perf_counter() - start
         history["train_loss"].append(loss_sum / len(order))
-        history["test_acc"].append(accuracy(model, data["test_x"], data["test_y"]))
-    if not all(math.isfinite(v) for v in history["train_loss"]):
-        raise RuntimeError(f"training diverged: losses {history['train_loss']}")
+        if not math.isfinite(history["train_loss"][-1]):
+            raise RuntimeError(f"training diverged at epoch {epoch}: loss {history['train_loss'][-1]}")
+        if epoch in checkpoints:
+            history["test_acc"].append(accuracy(model, data["test_x"], data["test_y"]))
+    history["train_top1"] = accuracy(model, data["train_x"], data["train_y"])
     return history
 
 
 def make_arm(arm: str, data: dict[str, torch.Tensor], args: argparse.Namespace, seed: int):
-    """The arm's freshly initialised model, and its identification result (None for the baseline)."""
+    """The arm's freshly initialised model and its `dissimilate` result (None for the baseline)."""
     kwargs = {"num_classes": 10, "in_chans": 1}
     if arm == "baseline":
         torch.manual_seed(seed)
-        return timm.create_model(args.model, pretrained=False, **kwargs), None, 0.0
+        return timm.create_model(args.model, pretrained=False, **kwargs), None
+    options = dict(VARIANTS[arm])
+    count = options.pop("batches", DISSIMILATE_DEFAULTS["batches"])
     shuffle = torch.randperm(len(data["train_y"]), generator=torch.Generator().manual_seed(seed))
     size = args.score_batch_size
-    batches = [
-        (data["train_x"][shuffle[i * size : (i + 1) * size]], data["train_y"][shuffle[i * size : (i + 1) * size]])
-        for i in range(args.score_batches)
-    ]
-    start = time.perf_counter()
+    picks = [shuffle[(i * size) % len(shuffle) :][:size] for i in range(count)]
+    batches = [(data["train_x"][p], data["train_y"][p]) for p in picks]
     result = lw.dissimilate(
         args.model,
         width=args.width,
         flops=args.flops,
         data=batches,
-        batches=args.score_batches,
-        criterion=args.criterion if arm == "lwdna" else "random",
-        aggregate=args.aggregate,
+        batches=count,
         floors=lw.Floors(rho=args.floor),
         round_to=args.round_to,
         seed=seed,
         model_kwargs=kwargs,
+        **options,
     )
-    return result.model, result, time.perf_counter() - start
+    return result.model, result
 
 
-def summarise(runs: list[dict], arms: list[str]) -> dict[str, dict]:
-    summary = {}
-    for arm in arms:
-        mine = [r for r in runs if r["arm"] == arm]
-        finals = [r["history"]["test_acc"][-1] for r in mine]
-        train_s = [sum(r["history"]["epoch_s"]) for r in mine]
-        summary[arm] = {
-            "test_top1_mean": statistics.mean(finals),
-            "test_top1_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
-            "test_top1": finals,
-            "best_test_top1_mean": statistics.mean(max(r["history"]["test_acc"]) for r in mine),
-            "train_top1_mean": statistics.mean(r["history"]["train_acc"][-1] for r in mine),
-            "flops": mine[0]["flops"],
-            "params": mine[0]["params"],
-            "train_s_mean": statistics.mean(train_s),
-            "identify_s_mean": statistics.mean(r["identify_s"] for r in mine),
-            "identify_pct_of_training": 100.0
-            * statistics.mean(r["identify_s"] for r in mine)
-            / statistics.mean(train_s),
-            "widths": mine[0]["widths"],
-        }
+_DATA: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+
+
+def run_one(args: argparse.Namespace, size: int, arm: str, seed: int, protocol: dict, path: Path) -> dict:
+    """Identify (LW-DNA arms) and train one arm for one seed at one size; write its JSON atomically."""
+    torch.set_num_threads(args.threads)
+    key = (size, args.test_size)
+    if key not in _DATA:
+        _DATA[key] = load_data(*key)
+    data = _DATA[key]
+    start = time.perf_counter()
+    model, result = make_arm(arm, data, args, seed)
+    identify_s = time.perf_counter() - start if result is not None else 0.0
+    model = model.to(memory_format=torch.channels_last)
+    example = data["train_x"][:1]
+    flops, params = lw.count_flops(model, example), lw.count_params(model)
+    history = train(model, data, protocol, seed)
+    groups = result.spec["groups"] if result is not None else {}
+    run = {
+        "model": args.model,
+        "train_size": size,
+        "arm": arm,
+        "seed": seed,
+        "test_top1": history["test_acc"][-1],
+        "train_top1": history["train_top1"],
+        "flops": flops,
+        "params": params,
+        "widths": {k: g["kept"] for k, g in groups.items()},
+        "original_widths": {k: g["original"] for k, g in groups.items()},
+        "train_s": round(history["train_s"], 2),
+        "identify_s": round(identify_s, 3),
+        "settings": {k: result.spec.get(k) for k in DISSIMILATE_DEFAULTS} if result is not None else {},
+        "history": history,
+        "protocol": protocol,
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(run, indent=1))
+    tmp.replace(path)
+    print(
+        f"n={size:<6} seed {seed} {arm:16s} test {run['test_top1']:6.2f} train {run['train_top1']:6.2f} "
+        f"flops {flops:,} train {run['train_s']:7.1f} s identify {identify_s:5.2f} s",
+        flush=True,
+    )
+    return run
+
+
+def t975(df: int) -> float:
+    """The 97.5% quantile of Student's t with `df` degrees of freedom (two-sided 95% intervals)."""
+    table = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+             2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+             2.045, 2.042]  # fmt: skip
+    return table[df - 1] if df <= len(table) else 1.96 + 2.4 / df
+
+
+def paired(runs: list[dict], size: int, arm: str, other: str) -> dict | None:
+    """Mean paired difference of test top-1 (arm - other) over the seeds both finished, with a 95% t-interval."""
+    mine = {r["seed"]: r["test_top1"] for r in runs if r["train_size"] == size and r["arm"] == arm}
+    theirs = {r["seed"]: r["test_top1"] for r in runs if r["train_size"] == size and r["arm"] == other}
+    diffs = [mine[s] - theirs[s] for s in sorted(set(mine) & set(theirs))]
+    if len(diffs) < 2:
+        return None
+    mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
+    half = t975(len(diffs) - 1) * sd / math.sqrt(len(diffs))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(diffs), "diffs": diffs}
+
+
+def summarise(runs: list[dict], arms: list[str], sizes: list[int]) -> dict:
+    """Per size and arm: accuracies, costs and paired differences from the baseline and from random."""
+    summary: dict[str, dict] = {}
+    for size in sizes:
+        base = [r for r in runs if r["train_size"] == size and r["arm"] == "baseline"]
+        base_train_s = statistics.mean(r["train_s"] for r in base) if base else None
+        rows = {}
+        for arm in arms:
+            mine = [r for r in runs if r["train_size"] == size and r["arm"] == arm]
+            if not mine:
+                continue
+            tests = [r["test_top1"] for r in mine]
+            train_s = statistics.mean(r["train_s"] for r in mine)
+            rows[arm] = {
+                "seeds": len(mine),
+                "test_top1_mean": statistics.mean(tests),
+                "test_top1_std": statistics.stdev(tests) if len(tests) > 1 else 0.0,
+                "train_top1_mean": statistics.mean(r["train_top1"] for r in mine),
+                "flops": statistics.mean(r["flops"] for r in mine),
+                "params": statistics.mean(r["params"] for r in mine),
+                "train_time_vs_baseline": train_s / base_train_s if base_train_s else None,
+                "identify_pct_of_training": 100.0 * statistics.mean(r["identify_s"] for r in mine) / train_s,
+                "vs_baseline": paired(runs, size, arm, "baseline") if arm != "baseline" else None,
+                "vs_random": paired(runs, size, arm, "random") if arm not in ("baseline", "random") else None,
+            }
+        if rows:
+            summary[str(size)] = rows
     return summary
 
 
-def verdict(summary: dict[str, dict], seeds: int) -> str:
-    if "baseline" not in summary or "lwdna" not in summary or seeds < 2:
-        return "not enough arms or seeds for a comparison"
-    base, ours = summary["baseline"], summary["lwdna"]
-    diff = ours["test_top1_mean"] - base["test_top1_mean"]
-    error = math.sqrt((ours["test_top1_std"] ** 2 + base["test_top1_std"] ** 2) / seeds)
-    ratio = abs(diff) / error if error else math.inf
-    if ratio < 2:
-        return f"LW-DNA - baseline = {diff:+.2f} points, {ratio:.1f} standard errors: within seed noise, no win shown"
-    word = "better" if diff > 0 else "worse"
-    return f"LW-DNA - baseline = {diff:+.2f} points, {ratio:.1f} standard errors: LW-DNA is {word} on this protocol"
+def _interval(p: dict | None) -> str:
+    return f"{p['mean']:+.2f} [{p['low']:+.2f}, {p['high']:+.2f}] (n={p['n']})" if p else "-"
 
 
 def to_markdown(payload: dict) -> str:
-    cfg, summary = payload["config"], payload["summary"]
-    base_flops = summary.get("baseline", next(iter(summary.values())))["flops"]
-    base_params = summary.get("baseline", next(iter(summary.values())))["params"]
-    base_epoch = summary.get("baseline", next(iter(summary.values())))["train_s_mean"]
+    cfg = payload["config"]
     lines = [
-        f"{cfg['model']} on Fashion-MNIST: {cfg['train_size']} training / {cfg['test_size']} test images, "
-        f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, SGD lr {cfg['lr']} cosine, augment {cfg['augment']}, "
-        f"seeds {cfg['seeds']}; width {cfg['width']}, flops {cfg['flops']}, floor {cfg['floor']}, "
-        f"{cfg['score_batches']}x{cfg['score_batch_size']} scoring images, aggregate {cfg['aggregate']}",
+        f"{cfg['model']} on Fashion-MNIST, stratified training subsets, all {cfg['test_size']} test images; "
+        f"batch {cfg['batch_size']}, SGD lr {cfg['lr']} (momentum 0.9, Nesterov, wd {cfg['weight_decay']}) with a "
+        f"per-step cosine schedule, augment {cfg['augment']}; LW-DNA arms: width {cfg['width']}, flops {cfg['flops']}, "
+        f"floor {cfg['floor']}, scoring batches of {cfg['score_batch_size']} training images. "
+        "Paired differences are test top-1 points, seed by seed, with 95% t-intervals.",
         "",
-        "| arm | test top-1 (mean +- std) | best-epoch test top-1 | final train top-1 | FLOPs (fvcore MACs) "
-        "| params | training time vs baseline | identification / training |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for arm, s in summary.items():
-        lines.append(
-            f"| {arm} | {s['test_top1_mean']:.2f} +- {s['test_top1_std']:.2f} | {s['best_test_top1_mean']:.2f} "
-            f"| {s['train_top1_mean']:.2f} | {s['flops']:,} ({s['flops'] / base_flops:.3f}) "
-            f"| {s['params']:,} ({s['params'] / base_params:.3f}) | {s['train_s_mean'] / base_epoch:.2f}x "
-            f"| {s['identify_pct_of_training']:.2f}% |"
-        )
-    lines += [
-        "",
-        f"Verdict: {payload['verdict']}",
-        "",
-        f"`{payload['command']}` ({payload['machine']}; {payload['wall_s'] / 60:.1f} min wall)",
+        "Arms: "
+        + "; ".join(
+            f"`{a}` {VARIANTS.get(a, 'the registered model') or 'dissimilate defaults'}"
+            for a in dict.fromkeys(a for rows in payload["summary"].values() for a in rows)
+        ),
         "",
     ]
+    for size, rows in payload["summary"].items():
+        epochs = payload["protocols"][size]["epochs"]
+        lines += [
+            f"### {size} training images, {epochs} epochs",
+            "",
+            "| arm | seeds | test top-1 (mean +- std) | vs baseline (paired) | vs random (paired) | final train top-1 "
+            "| FLOPs (fvcore MACs) | params | training time vs baseline | identification / training |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        base = rows.get("baseline", next(iter(rows.values())))
+        for arm, s in rows.items():
+            time_ratio = f"{s['train_time_vs_baseline']:.2f}x" if s["train_time_vs_baseline"] else "-"
+            lines.append(
+                f"| {arm} | {s['seeds']} | {s['test_top1_mean']:.2f} +- {s['test_top1_std']:.2f} "
+                f"| {_interval(s['vs_baseline'])} | {_interval(s['vs_random'])} | {s['train_top1_mean']:.2f} "
+                f"| {s['flops']:,.0f} ({s['flops'] / base['flops']:.3f}) | {s['params']:,.0f} "
+                f"({s['params'] / base['params']:.3f}) | {time_ratio} | {s['identify_pct_of_training']:.2f}% |"
+            )
+        lines.append("")
+    lines += [f"`{payload['command']}` ({payload['machine']}; {payload['wall_s'] / 60:.1f} min wall this call)", ""]
     return "\n".join(lines)
 
 
-def plot_curves(runs: list[dict], arms: list[str], path: Path) -> None:
+def plot_gain(summary: dict, arms: list[str], path: Path) -> None:
+    """The paired gain over the baseline against training-set size, per arm, with 95% intervals."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    colours = {"baseline": "tab:blue", "lwdna": "tab:red", "random": "tab:gray"}
-    for arm in arms:
-        mine = [r["history"] for r in runs if r["arm"] == arm]
-        epochs = range(1, len(mine[0]["test_acc"]) + 1)
-        for key, style in (("train_acc", "--"), ("test_acc", "-")):
-            mean = [statistics.mean(h[key][e] for h in mine) for e in range(len(epochs))]
-            ax.plot(epochs, mean, style, color=colours.get(arm), label=f"{arm} {key.split('_')[0]}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("top-1 accuracy (%), mean over seeds")
-    ax.legend(ncol=2, fontsize=8)
+    others = [a for a in arms if a != "baseline"]
+    for k, arm in enumerate(others):
+        points = [(int(n), rows[arm]["vs_baseline"]) for n, rows in summary.items()
+                  if arm in rows and rows[arm]["vs_baseline"]]  # fmt: skip
+        if not points:
+            continue
+        shift = 1 + 0.04 * (k - (len(others) - 1) / 2)  # side by side on the log axis
+        xs = [n * shift for n, _ in points]
+        ys = [p["mean"] for _, p in points]
+        errors = [[p["mean"] - p["low"] for _, p in points], [p["high"] - p["mean"] for _, p in points]]
+        ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=arm)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images (log scale)")
+    ax.set_ylabel("test top-1 minus baseline (points, paired)")
+    ax.set_title("Paired gain over the baseline, 95% t-intervals")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def plot_widths(runs: list[dict], arms: list[str], path: Path) -> None:
+    """Kept / original width of every group, per LW-DNA arm (the smallest size's lowest seed)."""
+    fig, ax = plt.subplots(figsize=(9, 4))
+    groups: list[str] = []
+    for arm in arms:
+        mine = sorted((r for r in runs if r["arm"] == arm and r["widths"]), key=lambda r: (r["train_size"], r["seed"]))
+        if not mine:
+            continue
+        run = mine[0]
+        groups = groups or list(run["widths"])
+        ratios = [run["widths"][g] / run["original_widths"][g] for g in groups]
+        ax.plot(
+            range(len(groups)), ratios, marker="o", ms=3, label=f"{arm} (n={run['train_size']}, seed {run['seed']})"
+        )
+    ax.axhline(1, color="black", lw=0.8)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, rotation=90, fontsize=6)
+    ax.set_ylabel("kept / original channels")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _ints(text: str, name: str, count: int) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if len(values) == 1:
+        values *= count
+    if len(values) != count:
+        raise SystemExit(f"{name}: give one value or one per size ({count}), got {text!r}")
+    return values
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="cifar_resnet20", help="a timm model name, e.g. cifar_resnet56")
-    p.add_argument("--train-size", type=int, default=10000, help="training subset size (60000 = all)")
+    p.add_argument("--sizes", default="1000,4000,16000", help="training subset sizes (stratified, fixed)")
+    p.add_argument("--epochs", default="100,50,30", help="epochs per size (one value: every size)")
+    p.add_argument("--seeds", default="8,8,5", help="paired seeds per size (one value: every size)")
     p.add_argument("--test-size", type=int, default=10000)
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--evals", type=int, default=4, help="test-set evaluations per run (the last at the end)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--augment", choices=["crop-flip", "none"], default="crop-flip")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {ARMS}")
+    p.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma-separated, from {ARMS}")
     p.add_argument("--width", type=float, default=2.0)
     p.add_argument("--flops", type=float, default=1.0)
     p.add_argument("--floor", type=float, default=0.4, help="rho: min fraction of each widened group")
     p.add_argument("--round-to", type=int, default=1)
-    p.add_argument("--criterion", default="gate", help="criterion of the lwdna arm")
-    p.add_argument("--aggregate", default="sum", choices=["sum", "mean", "norm"])
-    p.add_argument("--score-batches", type=int, default=2)
     p.add_argument("--score-batch-size", type=int, default=128)
-    p.add_argument("--quick", action="store_true", help="smoke test: 2,000 images, 2 epochs, 2 seeds")
+    p.add_argument("--quick", action="store_true", help="smoke test: 500 images, 2 epochs, 2 seeds")
+    p.add_argument("--estimate", action="store_true", help="print the compute budget of what is left, run nothing")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="training processes (default: cores)")
-    p.add_argument("--tag", default=None, help="output file stem (default hypothesis_<model>[_quick])")
+    p.add_argument("--tag", default=None, help="output stem (default hypothesis_regimes[_quick])")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = p.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
             if getattr(args, key) == p.get_default(key):
                 setattr(args, key, value)
+    args.sizes = [int(v) for v in str(args.sizes).split(",") if v.strip()]
+    args.epochs = _ints(str(args.epochs), "--epochs", len(args.sizes))
+    args.seeds = _ints(str(args.seeds), "--seeds", len(args.sizes))
     args.threads = max(1, (os.cpu_count() or 1) // args.workers)
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = sorted(set(args.arms) - set(ARMS))
@@ -271,70 +425,104 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-_DATA: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+def protocol_of(args: argparse.Namespace, index: int) -> dict:
+    """Everything that must be equal for two runs at a size to be compared (and for a rerun to skip)."""
+    keys = ("model", "test_size", "evals", "batch_size", "lr", "weight_decay", "augment", "width", "flops", "floor",
+            "round_to", "score_batch_size")  # fmt: skip
+    return {"epochs": args.epochs[index], **{k: getattr(args, k) for k in keys}}
 
 
-def run_one(args: argparse.Namespace, seed: int, arm: str, stem: str) -> dict:
-    """Identify (for LW-DNA arms) and train one arm for one seed; runs inside a worker process."""
-    torch.set_num_threads(args.threads)
-    key = (args.train_size, args.test_size)
-    if key not in _DATA:
-        _DATA[key] = load_data(*key)
-    data = _DATA[key]
-    model, result, identify_s = make_arm(arm, data, args, seed)
-    model = model.to(memory_format=torch.channels_last)
-    example = data["train_x"][:1]
-    flops, params = lw.count_flops(model, example), lw.count_params(model)
-    if result is not None and arm == "lwdna" and seed == 0:
-        out = Path(args.out)
-        result.save(out / f"{stem}_lwdna")
-        result.report.plot(out / f"{stem}_channels.png")
-    history = train(model, data, args, seed)
-    print(
-        f"seed {seed} {arm:8s} test {history['test_acc'][-1]:6.2f} train {history['train_acc'][-1]:6.2f} "
-        f"flops {flops:,} train {sum(history['epoch_s']):7.1f} s identify {identify_s:5.2f} s",
-        flush=True,
-    )
-    return {
-        "arm": arm,
-        "seed": seed,
-        "identify_s": identify_s,
-        "flops": flops,
-        "params": params,
-        "widths": {k: v["kept"] for k, v in result.spec["groups"].items()} if result else {},
-        "history": history,
-    }
+def _twin(folder: Path, model: str, size: int, seed: int, protocol: dict) -> dict | None:
+    """A finished variant run at this size and seed made with exactly dissimilate's defaults."""
+    for path in sorted(folder.glob(f"{model}_n{size}_lwdna-*_s{seed}.json")):
+        run = json.loads(path.read_text())
+        if run["settings"] == DISSIMILATE_DEFAULTS and run["protocol"] == protocol:
+            return run
+    return None
+
+
+def load_runs(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = args.tag or f"hypothesis_{args.model}{'_quick' if args.quick else ''}"
-    jobs = [(seed, arm) for seed in range(args.seeds) for arm in args.arms]
+    tag = args.tag or f"hypothesis_regimes{'_quick' if args.quick else ''}"
+    folder = out / f"{tag}_runs"
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs, done = [], 0
+    # Size, then seed, then arm: whatever is finished when a session ends is a set of complete pairs.
+    for index, size in enumerate(args.sizes):
+        protocol = protocol_of(args, index)
+        for seed in range(args.seeds[index]):
+            for arm in args.arms:
+                path = folder / f"{args.model}_n{size}_{arm}_s{seed}.json"
+                twin = _twin(folder, args.model, size, seed, protocol) if arm == "lwdna" else None
+                if twin is not None and not path.is_file():
+                    # The same dissimilate call with the same seed makes the same model and the same
+                    # training run: record it under `lwdna` instead of training it twice.
+                    path.write_text(json.dumps({**twin, "arm": "lwdna", "same_as": twin["arm"]}, indent=1))
+                if path.is_file():
+                    finished = json.loads(path.read_text())
+                    if arm == "lwdna" and finished["settings"] != DISSIMILATE_DEFAULTS:
+                        print(f"{path.name}: made under other defaults {finished['settings']}, run again")
+                        jobs.append((size, arm, seed, protocol, path))
+                        continue
+                    if finished["protocol"] != protocol:
+                        raise SystemExit(
+                            f"{path} was run with another protocol ({finished['protocol']}); "
+                            f"use another --tag or --out for this one"
+                        )
+                    done += 1
+                    continue
+                jobs.append((size, arm, seed, protocol, path))
+    estimate = sum(size * protocol["epochs"] for size, *_, protocol, _ in jobs) * SECONDS_PER_IMAGE
+    print(
+        f"{done} runs finished, {len(jobs)} to run: about {estimate / 3600 / args.workers:.1f} h on {args.workers} "
+        f"worker(s) (estimate: {SECONDS_PER_IMAGE * 1e3:.1f} ms per training image on one thread)",
+        flush=True,
+    )
+    if args.estimate:
+        return {}
     start = time.perf_counter()
+    command = "python benchmarks/hypothesis.py" + (" " + " ".join(argv) if argv else "")
+
+    def write_summary() -> dict:
+        # Every finished run of the study, not only this call's: a partial call never shrinks the report.
+        runs = [r for r in load_runs(folder) if r["arm"] in ARMS]
+        arms = [a for a in ARMS if any(r["arm"] == a for r in runs)]
+        sizes = sorted({r["train_size"] for r in runs})
+        summary = summarise(runs, arms, sizes)
+        payload = {
+            "command": command,
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU, "
+            f"{args.workers} worker(s) x {args.threads} thread(s)",
+            "wall_s": round(time.perf_counter() - start, 1),
+            "config": {k: v for k, v in vars(args).items() if k not in ("out", "tag", "estimate")},
+            "protocols": {str(r["train_size"]): r["protocol"] for r in runs},
+            "summary": summary,
+            "runs": [{k: v for k, v in r.items() if k not in ("history", "protocol")} for r in runs],
+        }
+        (out / f"{tag}.json").write_text(json.dumps(payload, indent=1))
+        (out / f"{tag}.md").write_text(to_markdown(payload))
+        plot_gain(summary, arms, out / f"{tag}_gain.png")
+        plot_widths(runs, arms, out / f"{tag}_widths.png")
+        return payload
+
     if args.workers == 1:
-        runs = [run_one(args, seed, arm, stem) for seed, arm in jobs]
+        for job in jobs:
+            run_one(args, *job)
+            write_summary()
     else:
         # One single-threaded process per core trains these small nets faster than one process
-        # with two threads; arms are interleaved so that every arm sees the same machine load.
+        # with two threads; arms of a seed run side by side, so every arm sees the same load.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
-            runs = list(pool.map(run_one, [args] * len(jobs), *zip(*jobs, strict=True), [stem] * len(jobs)))
-    summary = summarise(runs, args.arms)
-    payload = {
-        "command": "python benchmarks/hypothesis.py" + (" " + " ".join(argv) if argv else ""),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU, "
-        f"{args.workers} worker(s) x {args.threads} thread(s)",
-        "wall_s": round(time.perf_counter() - start, 1),
-        "config": {k: v for k, v in vars(args).items() if k not in ("out", "tag")},
-        "summary": summary,
-        "verdict": verdict(summary, args.seeds),
-        "runs": runs,
-    }
-    (out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
-    (out / f"{stem}.md").write_text(to_markdown(payload))
-    plot_curves(runs, args.arms, out / f"{stem}_curves.png")
+            for future in as_completed([pool.submit(run_one, args, *job) for job in jobs]):
+                future.result()
+                write_summary()
+    payload = write_summary()
     print(to_markdown(payload))
     return payload
 

@@ -8,7 +8,7 @@ __version__ = "0.1.0.dev0"
 from . import cifar_resnet
 from .adapter import ZOOS, Recipe
 from .api import Result, dissimilate, parse_flops
-from .budget import Floors, floor_widths, plan_widths
+from .budget import RANKINGS, Floors, floor_widths, plan_widths
 from .data import load_batches, load_fashion_mnist
 from .export import build, load_spec, register_timm
 from .flops import FLOP_CONVENTION, FlopModel, count_flops, count_params
@@ -30,6 +30,7 @@ __all__ = [
     "cifar_resnet",
     "ChannelGroup",
     "Floors",
+    "RANKINGS",
     "FlopModel",
     "GroupGraph",
     "LatencyBudget",

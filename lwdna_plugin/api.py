@@ -17,7 +17,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .adapter import batch_shape, default_loss, model_device, resolve_model
-from .budget import Floors, Plan, floor_widths, plan_widths
+from .budget import RANKINGS, Floors, Plan, floor_widths, plan_widths
 from .data import Batch
 from .export import SCHEMA, dump_spec, tensor_shapes, versions
 from .flops import FLOP_CONVENTION, FlopModel, count_flops, count_params
@@ -25,7 +25,7 @@ from .graph import GroupGraph
 from .initialise import initialise
 from .latency import LatencyBudget, LatencyModel, latency_models, ratio_interval, time_samples
 from .report import Report, layer_rows
-from .score import Criterion, LossFn, score_channels
+from .score import Criterion, LossFn, average_inits, score_channels
 from .shrink import shrink
 from .widen import widen
 
@@ -76,6 +76,8 @@ def dissimilate(
     batches: int = 2,
     criterion: Criterion = "gate",
     aggregate: str = "sum",
+    ranking: str = "saliency",
+    inits: int = 1,
     floors: Floors | None = None,
     round_to: int = 1,
     seed: int = 0,
@@ -103,6 +105,11 @@ def dissimilate(
             torch-pruning `Importance` / callable mapping a torch-pruning group to channel scores.
             Without `data`, only the data-free ones apply ('synflow', 'l1', 'bn', 'random').
         aggregate: how coupled layers' gate scores combine: 'sum', 'mean' or 'norm'.
+        ranking: what the one global threshold compares: 'saliency' (raw scores, the paper's) or
+            'flops' (score per FLOP one channel of its group costs: a knapsack view of the budget).
+        inits: score this many initialisations of the widened model (seeds `seed`, `seed + 1`,
+            ...) and plan on each group's rank-wise mean score profile: less noise from one
+            random initialisation, at `inits` times the scoring cost.
         floors: minimum widths per group (fractions of the widened width, and an absolute count).
         round_to: keep every width a multiple of this (8 suits most accelerators).
         loss_fn: `loss_fn(model, batch) -> loss`; by default cross-entropy of the logits, or for
@@ -133,6 +140,10 @@ def dissimilate(
 
     floors = floors or Floors()
     ignore = tuple(ignore)
+    if ranking not in RANKINGS:
+        raise ValueError(f"ranking={ranking!r}: choose one of {RANKINGS}")
+    if isinstance(inits, bool) or not isinstance(inits, int) or inits < 1:
+        raise ValueError(f"inits={inits!r}: give a positive whole number of initialisations to score (1: one)")
     torch.manual_seed(seed)
     base, recipe = resolve_model(model, model_kwargs)
     if device is not None and not isinstance(model, nn.Module):
@@ -166,9 +177,13 @@ def dissimilate(
     graph = GroupGraph(wide, example, ignore)
     done("widen")
 
-    scores = score_channels(
-        graph, criterion, batch_list, loss_fn or default_loss(wide), aggregate, progress, example=example
-    )
+    loss = loss_fn or default_loss(wide)
+    per_init = [score_channels(graph, criterion, batch_list, loss, aggregate, progress, example=example)]
+    for k in range(1, inits):
+        torch.manual_seed(seed + k)
+        initialise(wide, create)
+        per_init.append(score_channels(graph, criterion, batch_list, loss, aggregate, progress, example=example))
+    scores = average_inits(per_init)
     done("score")
 
     flop_model = FlopModel(graph, example)
@@ -182,7 +197,7 @@ def dissimilate(
         done("latency")
 
     def replan(flop_target: float, limits: list = limits) -> Plan:
-        return plan_widths(graph, scores, flop_model, flop_target, floors, round_to, limits=limits)
+        return plan_widths(graph, scores, flop_model, flop_target, floors, round_to, limits=limits, ranking=ranking)
 
     plan = replan(target)
     done("search")
@@ -224,13 +239,15 @@ def dissimilate(
         params={"original": original_params, "widened": count_params(wide), "lwdna": count_params(lw)},
         convention=FLOP_CONVENTION,
         fixed_groups=fixed,
-        notes=_notes(plan, target, achieved, criterion, aggregate, len(batch_list))
+        notes=_notes(plan, target, achieved, criterion, aggregate, len(batch_list), inits)
         + _latency_notes(budget, measured, intervals, plan),
     )
     settings = {
         "width": width,
         "criterion": criterion if isinstance(criterion, str) else "custom",
         "aggregate": aggregate,
+        "ranking": ranking,
+        "inits": inits,
         "batches": len(batch_list),
         "batch_size": batch_size if batch_list else 0,
         "seed": seed,
@@ -352,11 +369,15 @@ def _latency_notes(budget: LatencyBudget | None, measured: dict[int, float], int
     return [note, f"channels ranked by {ranking}, cost strength {plan.cost_strength}"]
 
 
-def _notes(plan: Plan, target: int, achieved: int, criterion: Criterion, aggregate: str, batches: int) -> list[str]:
+def _notes(
+    plan: Plan, target: int, achieved: int, criterion: Criterion, aggregate: str, batches: int, inits: int
+) -> list[str]:
     name = criterion if isinstance(criterion, str) else getattr(criterion, "__name__", type(criterion).__name__)
     source = f"on {batches} batch(es)" if batches else "data-free: no data was used"
+    scored = f", {inits} initialisations averaged rank by rank" if inits > 1 else ""
     notes = [
-        f"criterion: {name} (aggregate={aggregate}) {source}",
+        f"criterion: {name} (aggregate={aggregate}) {source}{scored}; channels ranked by {plan.ranking}"
+        + (" per FLOP" if plan.ranking == "flops" else ""),
         f"achieved / target FLOPs: {achieved / target:.4f}; the search's analytic model predicted "
         f"{plan.predicted_flops / achieved:.4f}x the fvcore count",
     ]

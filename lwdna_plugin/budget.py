@@ -2,9 +2,15 @@
 
 The threshold is found by bisection against the analytic `FlopModel`; a greedy pass then adds
 the best-scored remaining channels that still fit, so the plan lands just under the target even
-when rounding makes the threshold coarse. Further cost limits (a `LatencyModel` per batch size)
-that the FLOP-only plan would break make the search rank channels by saliency per unit of
-their group's cost instead, so it cuts where the limit is spent rather than everywhere.
+when rounding makes the threshold coarse.
+
+What the threshold compares is a channel's value per unit of what it costs (a knapsack view):
+- `ranking="saliency"` (the paper's): raw scores, every channel costing the same;
+- `ranking="flops"`: scores divided by the FLOPs one channel of the group costs, so a residual
+  channel that every block of a stage reads and writes must be worth that much more to stay.
+Further cost limits (a `LatencyModel` per batch size) that the plan would break divide the
+ranked scores further by the group's share of those limits per share of FLOPs, at a few
+strengths, so the search cuts where the limit is spent rather than everywhere.
 """
 
 from __future__ import annotations
@@ -31,15 +37,19 @@ class Floors:
     min_channels: int = 4
 
 
+RANKINGS = ("saliency", "flops")
+
+
 @dataclass
 class Plan:
     widths: dict[str, int]
     keep: dict[str, list[int]]
     predicted_flops: float
-    threshold: float  # on the ranked scores, divided by relative cost ** cost_strength
+    threshold: float  # on the ranked scores (per FLOP for ranking="flops"), divided by relative cost ** cost_strength
     floor_flops: float
     max_flops: float
     cost_strength: float = 0.0
+    ranking: str = "saliency"
 
 
 def plan_widths(
@@ -52,6 +62,7 @@ def plan_widths(
     tolerance: float = 1e-3,
     limits: Sequence[tuple[Callable[[np.ndarray], float], float]] = (),
     strengths: Sequence[float] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0),
+    ranking: str = "saliency",
 ) -> Plan:
     """Widths and kept channels for every scored group, at or under `target` FLOPs.
 
@@ -60,7 +71,10 @@ def plan_widths(
     `strengths`: when the FLOP-only plan breaks a limit, each is tried as the exponent s in
     "score / relative cost ** s" (relative cost: a group's share of the broken limits per share
     of FLOPs) and the plan with the most FLOPs wins; (0,) keeps the plain global threshold.
+    `ranking`: "saliency" compares raw scores, "flops" scores per FLOP of one channel (see the module).
     """
+    if ranking not in RANKINGS:
+        raise ValueError(f"ranking={ranking!r}: choose one of {RANKINGS}")
     floors = floors or Floors()
     if not strengths:
         raise ValueError("strengths=(): give at least one cost strength, (0.0,) for the plain global threshold")
@@ -144,6 +158,12 @@ def plan_widths(
                 break
         return widths, threshold
 
+    if ranking == "flops":
+        # Costs are taken at the uniformly scaled widths that meet the target: a channel's FLOPs
+        # depend on its neighbours' widths, and that is where a plan at this target sits.
+        reference = _uniform_widths(flop_model, lows, target)
+        costs = _step_costs(reference, free, steps, follow, flop_model)
+        ordered = {i: ordered[i] / max(costs[i], 1e-12) for i in free}
     widths, threshold = search(ordered, ())
     strength = 0.0
     binding = [(cost, limit) for cost, limit in limits if cost(widths) > limit]
@@ -161,7 +181,7 @@ def plan_widths(
     keys = flop_model.keys
     plan_widths = {keys[i]: int(widths[i]) for i in scored}
     keep = {k: _top(scores[k], w, graph.group(k).balance) for k, w in plan_widths.items()}
-    return Plan(plan_widths, keep, flops, threshold, floor_flops, max_flops, strength)
+    return Plan(plan_widths, keep, flops, threshold, floor_flops, max_flops, strength, ranking)
 
 
 def floor_widths(
@@ -194,21 +214,43 @@ def floor_widths(
     return lows
 
 
-def _relative_cost(widths, free, steps, follow, flop_model, limits) -> dict[int, float]:
-    """Per free group, the share of the binding limits one rounding step of it costs over the
-    share of FLOPs it costs, at `widths` (1: the group costs latency in proportion to its FLOPs).
-    Clipped to [1/8, 8] so one noisy layer timing cannot decide a group alone."""
-    flops = flop_model(widths)
-    costs = [(cost, cost(widths)) for cost, _ in limits]
-    relative = {}
+def _step_costs(widths, free, steps, follow, cost: Callable[[np.ndarray], float]) -> dict[int, float]:
+    """Per free group, the share of `cost(widths)` that one channel of it costs at `widths`
+    (one rounding step removed, tied groups with it, divided by the step)."""
+    total = cost(widths)
+    shares = {}
     for i in free:
         less = widths.copy()
         less[i] = max(widths[i] - steps[i], 1)
-        less = follow(less)
-        flop_share = (flops - flop_model(less)) / flops
-        cost_share = np.mean([(total - cost(less)) / total for cost, total in costs])
-        relative[i] = float(np.clip(cost_share / flop_share, 0.125, 8.0)) if flop_share > 0 else 1.0
-    return relative
+        shares[i] = (total - cost(follow(less))) / total / max(widths[i] - less[i], 1)
+    return shares
+
+
+def _relative_cost(widths, free, steps, follow, flop_model, limits) -> dict[int, float]:
+    """Per free group, the share of the binding limits one channel of it costs over the share of
+    FLOPs it costs, at `widths` (1: the group costs latency in proportion to its FLOPs).
+    Clipped to [1/8, 8] so one noisy layer timing cannot decide a group alone."""
+    flop_share = _step_costs(widths, free, steps, follow, flop_model)
+    limit_shares = [_step_costs(widths, free, steps, follow, cost) for cost, _ in limits]
+    return {
+        i: float(np.clip(np.mean([s[i] for s in limit_shares]) / flop_share[i], 0.125, 8.0))
+        if flop_share[i] > 0
+        else 1.0
+        for i in free
+    }
+
+
+def _uniform_widths(flop_model: FlopModel, lows: np.ndarray, target: float) -> np.ndarray:
+    """Every group at one fraction of its size (not below its floor) such that the FLOPs meet `target`."""
+    sizes = flop_model.sizes
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if flop_model(np.maximum(lows, sizes * mid)) <= target:
+            lo = mid
+        else:
+            hi = mid
+    return np.maximum(lows, sizes * lo)
 
 
 def _next_score(ordered: np.ndarray, width: float) -> float:

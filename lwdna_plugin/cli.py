@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .api import dissimilate
-from .budget import Floors
+from .budget import RANKINGS, Floors
 from .data import load_batches, num_classes
 from .latency import LatencyBudget
 from .score import AGGREGATIONS, CRITERIA
 from .standalone import export_python
+
+# The command line's defaults are the Python API's.
+_DEFAULTS = {k: p.default for k, p in inspect.signature(dissimilate).parameters.items()}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,12 +38,31 @@ def _parser() -> argparse.ArgumentParser:
         help="ImageFolder directory, a named offline set (mnist5k, fashion-mnist), or 'none' for data-free "
         "scoring (synflow)",
     )
-    d.add_argument("--batches", type=int, default=2, help="mini-batches scored at initialisation (default 2)")
+    d.add_argument(
+        "--batches",
+        type=int,
+        default=_DEFAULTS["batches"],
+        help=f"mini-batches scored at initialisation (default {_DEFAULTS['batches']})",
+    )
     d.add_argument("--batch-size", type=int, default=64)
     d.add_argument("--img-size", type=int, default=64, help="input resolution for scoring and FLOPs (default 64)")
     d.add_argument("--num-classes", type=int, help="classifier size (default: from the data)")
     d.add_argument("--criterion", default="gate", choices=CRITERIA)
-    d.add_argument("--aggregate", default="sum", choices=AGGREGATIONS, help="how coupled layers' scores combine")
+    d.add_argument(
+        "--aggregate", default=_DEFAULTS["aggregate"], choices=AGGREGATIONS, help="how coupled layers' scores combine"
+    )
+    d.add_argument(
+        "--ranking",
+        default=_DEFAULTS["ranking"],
+        choices=RANKINGS,
+        help="what the global threshold compares: raw saliency (the paper's) or saliency per FLOP of the channel",
+    )
+    d.add_argument(
+        "--inits",
+        type=int,
+        default=_DEFAULTS["inits"],
+        help="initialisations of the widened model to score and average rank by rank",
+    )
     d.add_argument("--floor", type=float, default=0.4, help="min fraction of each widened group kept (rho)")
     d.add_argument("--classifier-floor", type=float, default=0.45, help="min fraction for the classifier input (tau)")
     d.add_argument("--min-channels", type=int, default=4)
@@ -138,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             criterion="synflow" if data is None and args.criterion == "gate" else args.criterion,
             input_size=(3, args.img_size, args.img_size) if data is None else None,
             aggregate=args.aggregate,
+            ranking=args.ranking,
+            inits=args.inits,
             floors=Floors(args.floor, args.classifier_floor, args.min_channels),
             round_to=args.round_to,
             seed=args.seed,

@@ -1,10 +1,14 @@
 """Benchmark scripts run as documented: the hypothesis `--quick` smoke run and a one-model latency run."""
 
+import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from conftest import needs_data
 
@@ -12,24 +16,50 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @needs_data
-def test_hypothesis_quick(tmp_path):
+def test_hypothesis_quick_is_resumable(tmp_path):
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MPLBACKEND": "Agg"}
-    script = ROOT / "benchmarks" / "hypothesis.py"
-    subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)], check=True, env=env, timeout=600)
-    stem = "hypothesis_cifar_resnet20_quick"
+    command = [sys.executable, str(ROOT / "benchmarks" / "hypothesis.py"), "--quick", "--out", str(tmp_path)]
+    subprocess.run(command, check=True, env=env, timeout=600)
+    stem = "hypothesis_regimes_quick"
+    files = sorted((tmp_path / f"{stem}_runs").glob("*.json"))
+    assert len(files) == 6  # 3 arms x 2 seeds at one size, one file a run
     payload = json.loads((tmp_path / f"{stem}.json").read_text())
-    summary = payload["summary"]
-    assert set(summary) == {"baseline", "lwdna", "random"}
-    assert summary["lwdna"]["flops"] <= summary["baseline"]["flops"]
-    assert summary["random"]["flops"] <= summary["baseline"]["flops"]
-    assert summary["lwdna"]["identify_s_mean"] > 0 and summary["baseline"]["identify_s_mean"] == 0
-    assert len(payload["runs"]) == 6
-    epochs = {len(run["history"]["test_acc"]) for run in payload["runs"]}
-    assert epochs == {payload["config"]["epochs"]}
-    assert all(run["history"]["test_acc"][-1] > 20 for run in payload["runs"])
-    for name in (f"{stem}.md", f"{stem}_curves.png", f"{stem}_channels.png", f"{stem}_lwdna/spec.json"):
+    keys = {"model", "train_size", "arm", "seed", "test_top1", "train_top1", "flops", "params", "widths"}
+    assert all(keys | {"train_s", "identify_s"} <= set(run) for run in payload["runs"])
+    rows = payload["summary"]["500"]
+    assert set(rows) == {"baseline", "lwdna", "random"}
+    assert rows["lwdna"]["flops"] <= rows["baseline"]["flops"] and rows["random"]["flops"] <= rows["baseline"]["flops"]
+    assert rows["lwdna"]["vs_baseline"]["n"] == 2 and rows["lwdna"]["vs_random"]["n"] == 2
+    low, high = rows["lwdna"]["vs_baseline"]["low"], rows["lwdna"]["vs_baseline"]["high"]
+    assert low <= rows["lwdna"]["vs_baseline"]["mean"] <= high
+    assert all(run["widths"] for run in payload["runs"] if run["arm"] != "baseline")
+    assert all(run["test_top1"] > 15 for run in payload["runs"])
+    for name in (f"{stem}.md", f"{stem}_gain.png", f"{stem}_widths.png"):
         assert (tmp_path / name).is_file(), name
-    assert "Verdict:" in (tmp_path / f"{stem}.md").read_text()
+    assert "### 500 training images, 2 epochs" in (tmp_path / f"{stem}.md").read_text()
+    # A rerun finds every run finished and trains nothing.
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = subprocess.run(command, check=True, env=env, timeout=600, capture_output=True, text=True)
+    assert "6 runs finished, 0 to run" in again.stdout
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+
+
+def test_paired_interval():
+    spec = importlib.util.spec_from_file_location("hypothesis", ROOT / "benchmarks" / "hypothesis.py")
+    hypothesis = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hypothesis)
+    runs = [
+        {"train_size": 10, "arm": arm, "seed": s, "test_top1": v}
+        for arm, values in (("baseline", [80, 81, 82]), ("x", [81, 83, 82.5]))
+        for s, v in enumerate(values)
+    ]
+    result = hypothesis.paired(runs, 10, "x", "baseline")
+    assert result["diffs"] == [1, 2, 0.5] and result["n"] == 3
+    half = 4.303 * statistics.stdev([1, 2, 0.5]) / 3**0.5  # t(0.975, 2 degrees of freedom)
+    assert result["low"] == pytest.approx(result["mean"] - half) and result["high"] == pytest.approx(
+        result["mean"] + half
+    )
+    assert hypothesis.paired(runs[:4], 10, "x", "baseline") is None  # one pair: no interval
 
 
 def test_latency_smoke(tmp_path):

@@ -62,3 +62,30 @@ def test_flop_model_matches_fvcore_after_resize():
     predicted = model(torch.tensor(vector, dtype=torch.float64).numpy())
     lw.resize(graph, widths)
     assert abs(predicted - lw.count_flops(graph.model, X)) / predicted < 1e-3
+
+
+def test_flops_ranking_cuts_expensive_channels_first():
+    """With every channel scored alike, the raw threshold cannot tell groups apart; ranking per
+    FLOP keeps a larger share of the cheapest channels than of the most expensive ones."""
+    from lwdna_plugin.budget import _step_costs
+
+    graph = _widened_graph("resnet18")
+    model = lw.FlopModel(graph, X)
+    scores = {g.key: torch.ones(g.size) for g in graph.groups if g.prunable}
+    target = 0.4 * model.total
+    plan = lw.plan_widths(graph, scores, model, target, lw.Floors(rho=0.1), ranking="flops")
+    assert plan.ranking == "flops" and target * 0.999 <= plan.predicted_flops <= target
+    index = {k: i for i, k in enumerate(model.keys)}
+    free = [index[k] for k in plan.widths]
+    costs = _step_costs(model.sizes.copy(), free, [1] * len(model.keys), lambda w: w, model)
+    cheap, dear = min(free, key=costs.get), max(free, key=costs.get)
+    share = {i: plan.widths[model.keys[i]] / model.sizes[i] for i in free}
+    assert share[cheap] > share[dear]
+
+
+def test_unknown_ranking_is_refused():
+    graph = _widened_graph("resnet18")
+    model = lw.FlopModel(graph, X)
+    scores = {g.key: torch.ones(g.size) for g in graph.groups if g.prunable}
+    with pytest.raises(ValueError, match="ranking='knapsack'.*saliency"):
+        lw.plan_widths(graph, scores, model, 0.5 * model.total, ranking="knapsack")

@@ -31,6 +31,16 @@ def test_cli_dissimilate_writes_outputs(tmp_path, capsys):
     assert "FLOPs" in capsys.readouterr().out
 
 
+def test_cli_ranking_and_inits_reach_the_spec(tmp_path):
+    import json
+
+    args = ["dissimilate", "resnet18", "--data", "mnist5k", "--batches", "1", "--batch-size", "8"]
+    code = main([*args, "--ranking", "flops", "--inits", "2", "--out", str(tmp_path), "--quiet"])
+    assert code == 0
+    spec = json.loads((tmp_path / "spec.json").read_text())
+    assert (spec["ranking"], spec["inits"]) == ("flops", 2)
+
+
 def test_cli_missing_data_is_a_clear_error(tmp_path, capsys):
     code = main(["dissimilate", "resnet18", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path), "--quiet"])
     assert code == 2
