@@ -23,8 +23,22 @@ import torch.nn.functional as F
 
 from .data import Batch
 
+# timm's wrappers of a backbone made with `features_only=True`.
+FEATURE_WRAPPERS = tuple(
+    getattr(timm.models, name)
+    for name in ("FeatureListNet", "FeatureDictNet", "FeatureHookNet", "FeatureGetterNet")
+    if hasattr(timm.models, name)
+)
+
+
+# timm's own entrypoints of names that `register_timm(..., overwrite=True)` replaced: a base model
+# is always rebuilt by its zoo's constructor, never by the LW-DNA model registered over it.
+REPLACED_TIMM: dict[str, Callable[..., nn.Module]] = {}
+
 
 def _create_timm(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    if name in REPLACED_TIMM:
+        return REPLACED_TIMM[name](pretrained=False, **kwargs)
     if name not in timm.list_models():
         raise ValueError(f"timm has no model {name!r} (timm {timm.__version__}); see timm.list_models()")
     return timm.create_model(name, pretrained=False, **kwargs)
@@ -120,6 +134,13 @@ def _observed_kwargs(module: nn.Module) -> dict[str, Any]:
     img_size = getattr(getattr(module, "patch_embed", None), "img_size", None)
     if img_size is not None:
         kwargs["img_size"] = list(img_size) if isinstance(img_size, (tuple, list)) else img_size
+    # A backbone made with features_only=True (timm's FeatureListNet and kin) keeps its feature
+    # maps' indices in `feature_info`; its first layer shows the input channels as above.
+    feature_info = getattr(module, "feature_info", None)
+    if isinstance(module, FEATURE_WRAPPERS) and feature_info is not None:
+        kwargs.pop("num_classes", None)
+        kwargs["features_only"] = True
+        kwargs["out_indices"] = list(feature_info.out_indices)
     return kwargs
 
 
@@ -185,6 +206,69 @@ def classification_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     """Cross-entropy of a timm classifier on one batch, on the model's device."""
     images, targets = to_device(batch, model_device(model))
     logits = model(images)
-    if isinstance(logits, (tuple, list)):
-        logits = logits[0]
+    if isinstance(logits, (tuple, list)) and logits and logits[0].dim() == 2:
+        logits = logits[0]  # a classifier with an auxiliary head returns the main logits first
+    check_logits(logits, targets)
     return F.cross_entropy(logits, targets)
+
+
+def check_head(model: nn.Module) -> None:
+    """Refuse a model with no classifier (timm's `num_classes=0`) for the default cross-entropy."""
+    if getattr(model, "num_classes", None) == 0:
+        raise ValueError(
+            f"{type(model).__name__} has no classifier (num_classes=0, a headless/pre-training model): the "
+            "default loss is cross-entropy of class logits. Pass model_kwargs={'num_classes': N} (a timm name) "
+            "or loss_fn=<your loss(model, batch)>"
+        )
+
+
+def check_logits(logits: Any, targets: torch.Tensor) -> None:
+    """The default loss's inputs: (N, classes) logits, and class indices or class probabilities."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(
+            f"the model returned {shape}, not (batch, classes) logits: the default loss is cross-entropy of "
+            "a classifier's output. For a backbone (features_only, num_classes=0) pass loss_fn=<loss(model, batch)>"
+        )
+    if targets.is_floating_point():
+        if targets.shape != logits.shape:
+            raise ValueError(
+                f"targets are {targets.dtype} of shape {tuple(targets.shape)}: the default cross-entropy needs "
+                f"class indices (int64, shape ({logits.shape[0]},)) or class probabilities (float, shape "
+                f"{tuple(logits.shape)}). Cast them with targets.long(), or pass loss_fn"
+            )
+        return
+    if targets.dtype not in (torch.int64, torch.int32, torch.uint8, torch.int16, torch.int8):
+        raise ValueError(f"targets are {targets.dtype}: the default cross-entropy needs int64 class indices")
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= logits.shape[1]):
+        raise ValueError(
+            f"targets hold classes {int(targets.min())}..{int(targets.max())} but the model has {logits.shape[1]} "
+            "classes: pass model_kwargs={'num_classes': N} with N above the largest class"
+        )
+
+
+def check_input(model: nn.Module, example: torch.Tensor, batch_shape: tuple[int, ...]) -> None:
+    """One forward pass of `example` (a sample shaped like the data) before anything is traced,
+    so that data the model cannot take is named as such, not as a failure deep inside a layer."""
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Linear))), None)
+    expected = getattr(first, "in_channels", None)
+    if isinstance(first, nn.Conv2d) and len(batch_shape) == 4 and batch_shape[1] != expected:
+        raise ValueError(
+            f"{type(model).__name__} takes {expected}-channel images but the batches are {tuple(batch_shape)} "
+            f"({batch_shape[1]} channels): build the model for them (model_kwargs={{'in_chans': {batch_shape[1]}}}) "
+            f"or load the data with {expected} channels (load_batches(..., in_chans={expected}))"
+        )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example)
+    except (RuntimeError, ValueError, AssertionError) as err:
+        reason = str(err).splitlines()[0].rstrip(".") if str(err) else type(err).__name__
+        raise ValueError(
+            f"{type(model).__name__} cannot take inputs of shape {tuple(batch_shape)} (batch, channels, height, "
+            f"width): {reason}. Give images of the size the model was built for (timm models take "
+            "model_kwargs={'img_size': ...} where they support it)"
+        ) from err
+    finally:
+        model.train(was_training)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -16,10 +18,10 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .adapter import batch_shape, default_loss, model_device, resolve_model
+from .adapter import batch_shape, check_head, check_input, default_loss, is_mmengine_model, model_device, resolve_model
 from .budget import RANKINGS, Floors, Plan, floor_widths, plan_widths
 from .data import Batch
-from .export import SCHEMA, dump_spec, tensor_shapes, versions
+from .export import SCHEMA, atomic_write, dump_spec, tensor_shapes, versions
 from .flops import FLOP_CONVENTION, FlopModel, count_flops, count_params
 from .graph import GroupGraph
 from .initialise import initialise
@@ -43,17 +45,22 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
 
     def save(self, directory: str | Path) -> Path:
-        """Write spec.json, report.md and channels.png into `directory`."""
+        """Write spec.json, report.md and channels.png into `directory`, each file atomically."""
         directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise FileExistsError(f"{directory} is a file: give `save` a folder to write spec.json and the report into")
         directory.mkdir(parents=True, exist_ok=True)
         dump_spec(self.spec, directory / "spec.json")
-        (directory / "report.md").write_text(self.report.to_markdown())
-        self.report.plot(directory / "channels.png")
+        markdown = self.report.to_markdown()
+        atomic_write(directory / "report.md", lambda p: p.write_text(markdown))
+        atomic_write(directory / "channels.png", self.report.plot)
         return directory
 
 
 def parse_flops(flops: float | str, original: int) -> int:
     """A FLOP target: a fraction of the original (`0.9`) or an absolute count (`"350M"`, `3.5e8`)."""
+    if isinstance(flops, bool) or not isinstance(flops, (str, int, float)):
+        raise ValueError(f"flops={flops!r}: give a fraction such as 0.9 or a count such as '350M'")
     if isinstance(flops, str):
         text = flops.strip().upper()
         scale = _SI.get(text[-1:], 1.0)
@@ -61,8 +68,10 @@ def parse_flops(flops: float | str, original: int) -> int:
             value = float(text[:-1] if text[-1:] in _SI else text)
         except ValueError:
             raise ValueError(f"flops={flops!r}: give a fraction such as 0.9 or a count such as '350M'") from None
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"flops={flops!r}: must be positive")
         return int(value * scale)
-    if flops <= 0:
+    if not math.isfinite(flops) or flops <= 0:
         raise ValueError(f"flops={flops}: must be positive")
     return int(flops * original) if flops <= 10 else int(flops)
 
@@ -140,10 +149,7 @@ def dissimilate(
 
     floors = floors or Floors()
     ignore = tuple(ignore)
-    if ranking not in RANKINGS:
-        raise ValueError(f"ranking={ranking!r}: choose one of {RANKINGS}")
-    if isinstance(inits, bool) or not isinstance(inits, int) or inits < 1:
-        raise ValueError(f"inits={inits!r}: give a positive whole number of initialisations to score (1: one)")
+    _check_arguments(width=width, batches=batches, round_to=round_to, inits=inits, seed=seed, ranking=ranking)
     torch.manual_seed(seed)
     base, recipe = resolve_model(model, model_kwargs)
     if device is not None and not isinstance(model, nn.Module):
@@ -166,6 +172,9 @@ def dissimilate(
         raise ValueError("pass `data` (batches of images, targets) or, for a data-free criterion, `input_size`")
     example = torch.zeros(1, *shape, device=device)
     create = recipe.create if recipe is not None else None
+    if batch_list and loss_fn is None and criterion == "gate" and not is_mmengine_model(base):
+        check_head(base)
+    check_input(base, example, (batch_size, *shape) if batch_list else (1, *shape))
 
     original_flops, original_params = count_flops(base, example), count_params(base)
     target = parse_flops(flops, original_flops)
@@ -200,6 +209,12 @@ def dissimilate(
         return plan_widths(graph, scores, flop_model, flop_target, floors, round_to, limits=limits, ranking=ranking)
 
     plan = replan(target)
+    if plan.max_flops < target:
+        warnings.warn(
+            f"the FLOP target {target:,} is above the widened model's {int(plan.max_flops):,} FLOPs (width={width}): "
+            "every channel is kept. Raise `width` to use the whole budget",
+            stacklevel=2,
+        )
     done("search")
 
     lw, plan, achieved, replanning = _shrink_to_target(wide, replan, plan, target, example, ignore)
@@ -268,6 +283,20 @@ def dissimilate(
     done("verify")
     bar.close()
     return Result(lw, spec, report, timings)
+
+
+def _check_arguments(*, width, batches, round_to, inits, seed, ranking) -> None:
+    """Refuse numeric arguments that would plan nonsense, naming the argument and what it takes."""
+    whole = {"batches": batches, "round_to": round_to, "inits": inits}
+    for name, value in whole.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r}: must be a positive integer")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed={seed!r}: must be an integer")
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) or width < 1:
+        raise ValueError(f"width={width!r}: the widening factor must be a number of at least 1 (the paper uses 2)")
+    if ranking not in RANKINGS:
+        raise ValueError(f"ranking={ranking!r}: choose one of {RANKINGS}")
 
 
 def _shrink_to_target(wide, replan, plan, target, example, ignore):

@@ -36,6 +36,14 @@ class Floors:
     tau: float = 0.45
     min_channels: int = 4
 
+    def __post_init__(self) -> None:
+        for name in ("rho", "tau"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f"Floors({name}={value!r}): give a fraction of the widened width in [0, 1]")
+        if isinstance(self.min_channels, bool) or not isinstance(self.min_channels, int) or self.min_channels < 1:
+            raise ValueError(f"Floors(min_channels={self.min_channels!r}): must be a positive integer")
+
 
 RANKINGS = ("saliency", "flops")
 

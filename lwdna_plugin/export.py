@@ -8,20 +8,25 @@ it afresh, then checks every tensor shape against the spec: nothing is unpickled
 from __future__ import annotations
 
 import copy
+import functools
 import json
-from collections.abc import Mapping
+import math
+import os
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from .adapter import Recipe, mmengine_recipe, model_device
+from .adapter import REPLACED_TIMM, Recipe, check_input, mmengine_recipe, model_device
 from .graph import GroupGraph
 from .initialise import initialise
 from .resize import resize
 
 SCHEMA = "lwdna-spec/1"
+READS = (SCHEMA,)  # the spec schemas `build` reads
 
 
 def versions() -> dict[str, str]:
@@ -44,26 +49,107 @@ def tensor_shapes(model: nn.Module) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in model.state_dict().items()}
 
 
-def dump_spec(spec: Mapping[str, Any], path: str | Path) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """`write(temporary)` into the same folder, then rename it to `path`: an interrupted save
+    leaves the old file or none, never a truncated one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(spec, indent=1, sort_keys=True) + "\n")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: cannot save a file there")
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return path
 
 
+def dump_spec(spec: Mapping[str, Any], path: str | Path) -> Path:
+    text = json.dumps(spec, indent=1, sort_keys=True) + "\n"
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
 def load_spec(spec: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """A spec (a dict, a spec.json or the folder holding it), checked field by field."""
     if isinstance(spec, Mapping):
-        data = dict(spec)
+        data, source = dict(spec), "the spec"
     else:
         path = Path(spec)
         if path.is_dir():
             path = path / "spec.json"
         if not path.is_file():
             raise FileNotFoundError(f"no LW-DNA spec at {path}; pass the spec.json written by result.save()")
-        data = json.loads(path.read_text())
-    if data.get("schema") != SCHEMA:
-        raise ValueError(f"spec schema {data.get('schema')!r} is not {SCHEMA!r}; re-export it with this version")
+        source = str(path)
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(
+                f"{path} is not valid JSON ({err}): expected the spec.json written by result.save(); "
+                "the file may be truncated or edited"
+            ) from None
+    check_spec(data, source)
     return data
+
+
+def check_spec(data: Any, source: str = "the spec") -> None:
+    """Every field `build` reads is present and of the right type, or a ValueError names it."""
+
+    def bad(field: str, want: str, value: Any) -> ValueError:
+        text = repr(value)
+        return ValueError(f"{source}: field {field!r} {want} (got {text if len(text) < 80 else text[:77] + '...'})")
+
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{source}: expected a JSON object (an LW-DNA spec), got {type(data).__name__}")
+    if data.get("schema") not in READS:
+        raise ValueError(
+            f"{source}: spec schema {data.get('schema')!r}; this version of lwdna_plugin reads {', '.join(READS)}. "
+            "Re-export the spec with this version"
+        )
+    base = data.get("base")
+    if base is not None:
+        if not isinstance(base, Mapping):
+            raise bad("base", "must be an object {zoo, name, kwargs} or null", base)
+        for key in ("zoo", "name"):
+            if not isinstance(base.get(key), str):
+                raise bad(f"base.{key}", "must be a string", base.get(key))
+        if not isinstance(base.get("kwargs", {}), Mapping):
+            raise bad("base.kwargs", "must be an object of keyword arguments", base.get("kwargs"))
+    size = data.get("input_size")
+    if not isinstance(size, list) or not 1 <= len(size) <= 4 or not all(_count(v) for v in size):
+        raise bad("input_size", "must be a list of positive integers (channels, height, width)", size)
+    if math.prod(size) > _MAX_INPUT:
+        raise bad("input_size", f"must hold at most {_MAX_INPUT:,} values per sample", size)
+    groups = data.get("groups")
+    if not isinstance(groups, Mapping):
+        raise bad("groups", "must be an object of {original, kept} widths by layer", groups)
+    for key, entry in groups.items():
+        if not isinstance(entry, Mapping):
+            raise bad(f"groups.{key}", "must be an object {original, kept}", entry)
+        for field in ("original", "kept"):
+            if not _count(entry.get(field)):
+                raise bad(f"groups.{key}.{field}", "must be a positive integer", entry.get(field))
+        # A width far above what dissimilation can reach is an edited spec, not one to allocate.
+        if entry["kept"] > _MAX_GROWTH * entry["original"]:
+            raise bad(f"groups.{key}.kept", f"must be at most {_MAX_GROWTH} x its original width", entry["kept"])
+    shapes = data.get("shapes")
+    if not isinstance(shapes, Mapping) or not all(
+        isinstance(v, list) and all(_count(d) or d == 0 for d in v) for v in shapes.values()
+    ):
+        raise bad("shapes", "must be an object of tensor shapes (lists of integers) by name", shapes)
+    ignored = data.get("ignored", [])
+    if not isinstance(ignored, list) or not all(isinstance(v, str) for v in ignored):
+        raise bad("ignored", "must be a list of layer names", ignored)
+    if not isinstance(data.get("versions", {}), Mapping):
+        raise bad("versions", "must be an object of package versions", data.get("versions"))
+
+
+_MAX_GROWTH = 64
+_MAX_INPUT = 2**27  # 512 MiB of float32 per sample: larger is an edited spec, not an image
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def build(
@@ -83,12 +169,22 @@ def build(
     if base is not None:
         model = copy.deepcopy(base)
     elif recipe is not None:
-        model = recipe.create()
+        try:
+            model = recipe.create()
+        except (TypeError, ValueError, RuntimeError, KeyError) as err:
+            raise ValueError(
+                f"field 'base': {recipe.zoo} could not build {recipe.name!r} with {recipe.kwargs} ({err}); "
+                f"the spec was made for another model or package version ({_origin(data)})"
+            ) from err
     else:
         raise ValueError(
             "this spec was made from a module with no zoo recipe; pass the same base module: build(spec, base=model)"
         )
     example = torch.zeros(1, *data["input_size"], device=model_device(model))
+    try:
+        check_input(model, example, tuple(example.shape))
+    except ValueError as err:
+        raise ValueError(f"field 'input_size' {data['input_size']}: {err}") from None
     graph = GroupGraph(model, example, data.get("ignored", []))
     unlisted = sorted({g.key for g in graph.groups if g.prunable} - set(data["groups"]))
     if unlisted:
@@ -112,12 +208,28 @@ def build(
     return model
 
 
-def register_timm(spec: str | Path | Mapping[str, Any], name: str) -> str:
-    """Register `name` with timm so `timm.create_model(name, **kwargs)` builds this LW-DNA model."""
-    import timm
-    from timm.models import register_model
+def register_timm(spec: str | Path | Mapping[str, Any], name: str, overwrite: bool = False) -> str:
+    """Register `name` with timm so `timm.create_model(name, **kwargs)` builds this LW-DNA model.
 
+    A name timm already has is refused unless `overwrite=True`; even then the base model of any
+    spec named so is still built by timm's own constructor, so nothing recurses.
+    """
+    import timm
+    from timm.models import get_pretrained_cfg, model_entrypoint, register_model
+
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"name={name!r}: give a Python identifier, such as 'resnet18_lwdna'")
     data = load_spec(spec)
+    if name in timm.list_models():
+        if not overwrite:
+            raise ValueError(
+                f"timm already has a model named {name!r}: registering over it would replace it for the whole "
+                "process. Choose another name (such as '{name}_lwdna') or pass overwrite=True"
+            )
+        current = model_entrypoint(name)
+        if current.__module__ != __name__:  # timm's own, not an LW-DNA model registered earlier
+            # Its pretrained config goes with it: timm drops the config of a name registered over.
+            REPLACED_TIMM.setdefault(name, functools.partial(current, pretrained_cfg=get_pretrained_cfg(name)))
 
     def entrypoint(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         if pretrained:
@@ -129,8 +241,9 @@ def register_timm(spec: str | Path | Mapping[str, Any], name: str) -> str:
     entrypoint.__name__ = name
     entrypoint.__qualname__ = name
     entrypoint.__module__ = __name__
-    register_model(entrypoint)
-    assert name in timm.list_models(name)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Overwriting", category=UserWarning)  # asked for: overwrite=True
+        register_model(entrypoint)
     return name
 
 
@@ -166,7 +279,7 @@ def _find(graph: GroupGraph, key: str, data: Mapping[str, Any]):
 
 def _origin(data: Mapping[str, Any]) -> str:
     base = data.get("base") or {}
-    return f"spec: {base.get('name', 'a plain module')} with timm {data['versions']['timm']}"
+    return f"spec: {base.get('name', 'a plain module')} with timm {data.get('versions', {}).get('timm', 'unknown')}"
 
 
 def _verify(model: nn.Module, shapes: Mapping[str, list[int]]) -> None:

@@ -18,10 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
-from mmengine.dist import all_gather_object, get_rank, get_world_size
-from mmengine.hooks import EMAHook, Hook
-from mmengine.model import is_model_wrapper
-from mmengine.registry import HOOKS, MODELS
+
+try:
+    from mmengine.dist import all_gather_object, get_rank, get_world_size
+    from mmengine.hooks import EMAHook, Hook
+    from mmengine.model import is_model_wrapper
+    from mmengine.registry import HOOKS, MODELS
+except ModuleNotFoundError as err:
+    if err.name is None or not err.name.startswith("mmengine"):
+        raise
+    raise ImportError(
+        "lwdna_plugin.mm needs mmengine, an optional extra: pip install 'lwdna-plugin[mm]' (or pip install mmengine)"
+    ) from err
 
 from .adapter import mmengine_recipe, model_device
 from .api import Result, dissimilate

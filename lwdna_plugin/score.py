@@ -56,6 +56,17 @@ def score_channels(
     """One score per channel for every prunable group, keyed by group (`example`: an input, for synflow)."""
     if aggregate not in AGGREGATIONS:
         raise ValueError(f"aggregate={aggregate!r}: choose one of {AGGREGATIONS}")
+    scores = _scores(graph, criterion, batches, loss_fn, aggregate, progress, example)
+    bad = [key for key, score in scores.items() if not torch.isfinite(score).all()]
+    if bad:
+        raise ValueError(
+            f"criterion {criterion!r} gave non-finite scores for {len(bad)} channel group(s) ({', '.join(bad[:3])}): "
+            "check the data and loss for NaN/inf, or choose another criterion"
+        )
+    return scores
+
+
+def _scores(graph, criterion, batches, loss_fn, aggregate, progress, example) -> dict[str, torch.Tensor]:
     groups = [g for g in graph.groups if g.prunable]
     if criterion == "gate":
         if loss_fn is None:
@@ -226,6 +237,11 @@ def _gate_pass(
     try:
         for batch in batches:
             loss = loss_fn(model, batch)
+            if not torch.isfinite(loss).all():
+                raise ValueError(
+                    f"the loss on scoring batch {seen} is {loss.detach().float().item()}: check the batch for "
+                    "non-finite images or targets (NaN, inf) before dissimilating"
+                )
             loss.backward()
             seen += 1
         grads = {name: gate.grad for name, gate in gates.items() if gate.grad is not None}

@@ -1,0 +1,257 @@
+"""Bad input gets a clear error before anything is planned, and failed calls change nothing."""
+
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+import timm
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import lwdna_plugin as lw
+from conftest import IMG
+
+TEN = {"num_classes": 10}
+
+
+def _images(batches):
+    return batches[0][0]
+
+
+def test_wrong_channel_count_names_both_and_the_fix(batches):
+    grey = [(_images(batches)[:, :1], batches[0][1])]
+    with pytest.raises(ValueError, match=r"3-channel images.*\(8, 1, 64, 64\).*in_chans': 1"):
+        lw.dissimilate("resnet18", data=grey, model_kwargs=TEN)
+
+
+def test_image_size_the_model_cannot_take(batches):
+    with pytest.raises(ValueError, match=r"cannot take inputs of shape \(8, 3, 64, 64\).*img_size"):
+        lw.dissimilate("vit_tiny_patch16_224", data=batches, model_kwargs=TEN)
+
+
+def test_float_targets_name_their_dtype(batches):
+    images, targets = batches[0]
+    with pytest.raises(ValueError, match=r"targets are torch.float32 of shape \(8,\).*targets.long\(\)"):
+        lw.dissimilate("resnet18", data=[(images, targets.float())], model_kwargs=TEN)
+
+
+def test_targets_beyond_the_classifier(batches):
+    with pytest.raises(ValueError, match=r"model has 3 classes.*num_classes"):
+        lw.dissimilate("resnet18", data=batches, model_kwargs={"num_classes": 3})
+
+
+def test_non_finite_images_stop_before_planning(batches):
+    images, targets = batches[0]
+    with pytest.raises(ValueError, match="loss on scoring batch 0 is nan.*non-finite"):
+        lw.dissimilate("resnet18", data=[(images * float("nan"), targets)], model_kwargs=TEN)
+
+
+def test_non_finite_scores_are_refused():
+    graph = lw.GroupGraph(timm.create_model("resnet18", num_classes=10), torch.zeros(1, 3, IMG, IMG))
+
+    def broken(group):
+        return torch.full((len(group[0].idxs),), float("inf"))
+
+    with pytest.raises(ValueError, match="non-finite scores"):
+        lw.score_channels(graph, broken)
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "message"),
+    [
+        ("round_to", 0, "round_to=0: must be a positive integer"),
+        ("round_to", 2.5, "round_to=2.5: must be a positive integer"),
+        ("batches", -1, "batches=-1: must be a positive integer"),
+        ("inits", 0, "inits=0: must be a positive integer"),
+        ("width", 0.5, "width=0.5: the widening factor must be a number of at least 1"),
+        ("width", float("nan"), "width=nan"),
+        ("seed", "one", "seed='one': must be an integer"),
+        ("flops", -0.5, "flops=-0.5: must be positive"),
+        ("flops", float("inf"), "flops=inf: must be positive"),
+        ("ranking", "knapsack", "ranking='knapsack': choose one of"),
+    ],
+)
+def test_numeric_arguments_are_checked(batches, argument, value, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        lw.dissimilate("resnet18", data=batches, model_kwargs=TEN, **{argument: value})
+
+
+@pytest.mark.parametrize("floors", [{"rho": 1.5}, {"tau": -0.1}, {"min_channels": 0}, {"rho": "0.4"}])
+def test_floors_are_checked(floors):
+    with pytest.raises(ValueError, match=f"Floors\\({next(iter(floors))}="):
+        lw.Floors(**floors)
+
+
+def test_target_above_the_widened_model_warns_with_both_numbers(batches):
+    with pytest.warns(
+        UserWarning, match=r"FLOP target [\d,]+ is above the widened model's [\d,]+ FLOPs.*Raise `width`"
+    ):
+        result = lw.dissimilate("resnet18", width=2.0, flops=9.0, data=batches, model_kwargs=TEN)
+    assert all(g["kept"] == g["widened"] for g in result.spec["groups"].values())
+
+
+def test_headless_model_with_the_default_loss(batches):
+    with pytest.raises(ValueError, match=r"no classifier \(num_classes=0.*loss_fn"):
+        lw.dissimilate("resnet18", data=batches, model_kwargs={"num_classes": 0})
+
+
+def test_backbone_output_with_the_default_loss(batches):
+    with pytest.raises(ValueError, match=r"returned list, not \(batch, classes\) logits.*loss_fn"):
+        lw.dissimilate("resnet18", data=batches, model_kwargs={"features_only": True})
+
+
+def test_features_only_backbone_records_its_recipe(batches, tmp_path):
+    backbone = timm.create_model("resnet18", features_only=True, out_indices=(2, 3))
+
+    def loss(model, batch):
+        return sum(f.float().pow(2).mean() for f in model(batch[0]))
+
+    result = lw.dissimilate(backbone, data=batches, loss_fn=loss)
+    assert result.spec["base"]["kwargs"] == {"features_only": True, "out_indices": [2, 3]}
+    result.save(tmp_path)
+    rebuilt = lw.build(tmp_path)  # no base module needed
+    assert [f.shape[1] for f in rebuilt(torch.zeros(1, 3, IMG, IMG))] == [
+        f.shape[1] for f in result.model(torch.zeros(1, 3, IMG, IMG))
+    ]
+
+
+def test_corrupt_spec_names_the_file(resnet18_result, tmp_path):
+    resnet18_result.save(tmp_path)
+    path = tmp_path / "spec.json"
+    path.write_text(path.read_text()[:200])
+    with pytest.raises(ValueError, match=f"{path}.*not valid JSON"):
+        lw.build(path)
+
+
+def test_unknown_schema_says_which_it_reads(resnet18_result):
+    with pytest.raises(ValueError, match="schema 'lwdna-spec/9'.*reads lwdna-spec/1"):
+        lw.build({**resnet18_result.spec, "schema": "lwdna-spec/9"})
+
+
+def test_register_timm_refuses_a_timm_name_and_never_recurses(resnet18_result, tmp_path):
+    resnet18_result.save(tmp_path)
+    with pytest.raises(ValueError, match="timm already has a model named 'resnet18'.*overwrite=True"):
+        lw.register_timm(tmp_path, name="resnet18")
+    assert timm.create_model("resnet18", num_classes=10).conv1.out_channels == 64  # timm's own, untouched
+    # Overwriting is only done on request, and then in a fresh process: it changes timm for the process.
+    script = f"""
+import timm, lwdna_plugin as lw
+lw.register_timm({str(tmp_path)!r}, name="resnet18", overwrite=True)
+model = timm.create_model("resnet18", num_classes=10)
+print(model.conv1.out_channels, lw.build({str(tmp_path)!r}).conv1.out_channels)
+"""
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout.split()
+    assert out == [str(resnet18_result.model.conv1.out_channels)] * 2
+
+
+def test_mm_without_mmengine_names_the_extra():
+    # A process where importing mmengine fails, as after a plain `pip install lwdna-plugin`.
+    script = """
+import sys
+sys.modules["mmengine"] = None
+try:
+    import lwdna_plugin.mm
+except ImportError as err:
+    print(type(err).__name__, err)
+"""
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
+    assert out.startswith("ImportError") and "pip install 'lwdna-plugin[mm]'" in out
+
+
+def test_save_is_atomic_and_refuses_a_file(resnet18_result, tmp_path):
+    target = tmp_path / "run"
+    target.write_text("not a folder")
+    with pytest.raises(FileExistsError, match="is a file"):
+        resnet18_result.save(target)
+    folder = resnet18_result.save(tmp_path / "ok")
+    assert sorted(p.name for p in folder.iterdir()) == ["channels.png", "report.md", "spec.json"]  # no temporaries
+
+    def interrupted(path):
+        path.write_text('{"trunc')
+        raise KeyboardInterrupt
+
+    from lwdna_plugin.export import atomic_write
+
+    before = (folder / "spec.json").read_bytes()
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(folder / "spec.json", interrupted)
+    assert (folder / "spec.json").read_bytes() == before
+    assert sorted(p.name for p in folder.iterdir()) == ["channels.png", "report.md", "spec.json"]
+
+
+def _mutations(spec):
+    """(description, mutate(spec dict) -> spec dict) for drop / retype / negate / reorder."""
+    fields = ["schema", "base", "input_size", "groups", "shapes", "ignored", "versions"]
+    group = sorted(spec["groups"])
+    values = st.sampled_from([None, "x", -3, 0, 2.5, [], {}, True, [1, -1], {"a": 1}])
+    drop = st.sampled_from(fields).map(lambda f: ("drop " + f, lambda s: {k: v for k, v in s.items() if k != f}))
+    retype = st.tuples(st.sampled_from(fields), values).map(
+        lambda t: (f"retype {t[0]}={t[1]!r}", lambda s: {**s, t[0]: t[1]})
+    )
+
+    def set_entry(key, field, value):
+        return lambda s: {**s, "groups": {**s["groups"], key: {**s["groups"][key], field: value}}}
+
+    entry = st.tuples(st.sampled_from(group), st.sampled_from(["original", "kept"]), values | st.integers(-5, 10**6))
+    entries = entry.map(lambda t: (f"groups.{t[0]}.{t[1]}={t[2]!r}", set_entry(*t)))
+    negate = st.sampled_from(group).map(lambda k: (f"negate {k}", set_entry(k, "kept", -spec["groups"][k]["kept"])))
+    swap = st.tuples(st.sampled_from(group), st.sampled_from(group)).map(
+        lambda t: (
+            f"swap {t}",
+            lambda s: {
+                **s,
+                "groups": {
+                    **s["groups"],
+                    t[0]: s["groups"][t[1]],
+                    t[1]: s["groups"][t[0]],
+                },
+            },
+        )
+    )
+    reverse = st.just(("reverse order", lambda s: {k: s[k] for k in reversed(list(s))}))
+    size = st.lists(st.integers(-2, 300), min_size=1, max_size=4).map(
+        lambda v: (f"input_size={v}", lambda s: {**s, "input_size": v})
+    )
+    return drop | retype | entries | negate | swap | reverse | size
+
+
+def _clear(err, *names):
+    text = str(err)
+    return any(n in text for n in names)
+
+
+@pytest.fixture(scope="module")
+def spec_file(resnet18_result, tmp_path_factory):
+    return resnet18_result.save(tmp_path_factory.mktemp("fuzz")) / "spec.json"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_specs_build_or_name_the_problem(spec_file, data):
+    spec = json.loads(spec_file.read_text())
+    name, mutate = data.draw(_mutations(spec))
+    mutated = mutate(spec)
+    path = spec_file.with_name("mutated.json")
+    path.write_text(json.dumps(mutated))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            model = lw.build(path)
+        except (ValueError, KeyError, TypeError) as err:
+            assert _clear(err, str(path), "field", "spec", "schema", "layer"), (name, err)
+            return
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == mutated["shapes"], name
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.floats(0.0, 0.999))
+def test_truncated_spec_files_name_the_file(spec_file, cut):
+    text = spec_file.read_text()
+    path = spec_file.with_name("truncated.json")
+    path.write_text(text[: int(cut * len(text))])
+    with pytest.raises(ValueError, match="not valid JSON|field|schema") as err:
+        lw.build(path)
+    assert str(path) in str(err.value)
