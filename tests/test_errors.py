@@ -255,3 +255,16 @@ def test_truncated_spec_files_name_the_file(spec_file, cut):
     with pytest.raises(ValueError, match="not valid JSON|field|schema") as err:
         lw.build(path)
     assert str(path) in str(err.value)
+
+
+def test_a_failed_call_leaves_the_callers_model_and_timm_alone(batches):
+    model = timm.create_model("resnet18", num_classes=10).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    registered = set(timm.list_models())
+    images, targets = batches[0]
+    with pytest.raises(ValueError):
+        lw.dissimilate(model, data=[(images * float("nan"), targets)])
+    with pytest.raises(ValueError):
+        lw.dissimilate(model, data=batches, round_to=0)
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert set(timm.list_models()) == registered
