@@ -113,6 +113,16 @@ def load_batches(
     seed: int = 0,
 ) -> list[Batch]:
     """`batches` shuffled mini-batches of (images, targets) from a named set or an ImageFolder dir."""
+    for name, value in {
+        "batches": batches,
+        "batch_size": batch_size,
+        "in_chans": in_chans,
+        "img_size": img_size,
+    }.items():
+        if value is None and name == "img_size":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"load_batches({name}={value!r}): must be a positive integer")
     generator = torch.Generator().manual_seed(seed)
     if str(source) in NAMED:
         images, labels = NAMED[str(source)].load()

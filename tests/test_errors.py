@@ -268,3 +268,10 @@ def test_a_failed_call_leaves_the_callers_model_and_timm_alone(batches):
         lw.dissimilate(model, data=batches, round_to=0)
     assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert set(timm.list_models()) == registered
+
+
+@pytest.mark.parametrize("argument", [{"batches": 0}, {"batch_size": -1}, {"img_size": 0}, {"in_chans": 0}])
+def test_load_batches_checks_its_numbers(argument):
+    name, value = next(iter(argument.items()))
+    with pytest.raises(ValueError, match=f"load_batches\\({name}={value}\\): must be a positive integer"):
+        lw.load_batches("mnist5k", **argument)
