@@ -106,7 +106,33 @@ def resolve_model(
         )
     if model_kwargs:
         raise ValueError("model_kwargs apply to a model name; the module you passed is already built")
+    model = unwrap(model)
     return copy.deepcopy(model), recipe_of(model)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside training wrappers (DistributedDataParallel, DataParallel, mmengine's
+    wrappers, `torch.compile`), whose names and recipe are the model's own."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) or _is_mmengine_wrapper(model):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _is_mmengine_wrapper(model: nn.Module) -> bool:
+    try:
+        from mmengine.model import is_model_wrapper
+    except ImportError:
+        return False
+    return is_model_wrapper(model)
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating-point dtype of the model's parameters (float32 when it has none)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 def recipe_of(module: nn.Module) -> Recipe | None:
@@ -197,14 +223,16 @@ def mmengine_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     return loss
 
 
-def to_device(batch: Batch, device: torch.device) -> Batch:
+def to_device(batch: Batch, device: torch.device, dtype: torch.dtype | None = None) -> Batch:
+    """The batch on `device`; floating-point images also in `dtype` when given."""
     images, targets = batch
-    return images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+    cast = dtype if dtype is not None and images.is_floating_point() else None
+    return images.to(device, cast, non_blocking=True), targets.to(device, non_blocking=True)
 
 
 def classification_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """Cross-entropy of a timm classifier on one batch, on the model's device."""
-    images, targets = to_device(batch, model_device(model))
+    """Cross-entropy of a timm classifier on one batch, on the model's device and in its dtype."""
+    images, targets = to_device(batch, model_device(model), model_dtype(model))
     logits = model(images)
     if isinstance(logits, (tuple, list)) and logits and logits[0].dim() == 2:
         logits = logits[0]  # a classifier with an auxiliary head returns the main logits first

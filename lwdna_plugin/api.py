@@ -18,7 +18,16 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .adapter import batch_shape, check_head, check_input, default_loss, is_mmengine_model, model_device, resolve_model
+from .adapter import (
+    batch_shape,
+    check_head,
+    check_input,
+    default_loss,
+    is_mmengine_model,
+    model_device,
+    model_dtype,
+    resolve_model,
+)
 from .budget import RANKINGS, Floors, Plan, floor_widths, plan_widths
 from .data import Batch
 from .export import SCHEMA, atomic_write, dump_spec, tensor_shapes, versions
@@ -126,8 +135,10 @@ def dissimilate(
         input_size: (C, H, W) when `data` is None (data-free criteria only).
         ignore: layer names whose channel groups keep their width.
         progress: show a progress bar over the stages.
-        device: where to build a model given by name or config (CPU by default); a module you
-            pass stays on its own device.
+        device: where to build a model given by name or config (default: the device of the
+            data's images, else the CPU); a module you pass stays on its own device. Wrappers
+            (DistributedDataParallel, DataParallel, mmengine's, `torch.compile`) are unwrapped;
+            a bf16/fp16 model is identified in float32 and the LW-DNA model returned in its dtype.
         latency: also keep the model no slower than `ratio` x the original on this device
             (a `LatencyBudget`, or just the ratio, timed at batch sizes 1 and 32). Layers are
             timed to plan, and the result is timed against the original to check; the plan
@@ -150,17 +161,25 @@ def dissimilate(
     floors = floors or Floors()
     ignore = tuple(ignore)
     _check_arguments(width=width, batches=batches, round_to=round_to, inits=inits, seed=seed, ranking=ranking)
+    device = _check_device(device)
     torch.manual_seed(seed)
     base, recipe = resolve_model(model, model_kwargs)
-    if device is not None and not isinstance(model, nn.Module):
-        base = base.to(device)
-    device = model_device(base)
     batch_list = list(itertools.islice(iter(data), batches)) if data is not None else []
     if data is not None and not batch_list:
         raise ValueError(
             "`data` yielded no batches (an empty dataset or dataloader?): pass an iterable of (images, targets) "
             "batches or a dataloader that yields at least one batch"
         )
+    if not isinstance(model, nn.Module):
+        # A model we build goes where `device` says, else where the data already is.
+        device = device if device is not None else _data_device(batch_list)
+        if device is not None:
+            base = base.to(device)
+    device = model_device(base)
+    # Identification runs in float32 (tracing, FLOPs, index probes and gate gradients need its
+    # range and precision); the LW-DNA model is handed back in the caller's dtype.
+    dtype = model_dtype(base)
+    base = base.float()
     if batch_list:
         batch_size, *shape = batch_shape(base, batch_list[0])
         shape = tuple(shape)
@@ -241,6 +260,7 @@ def dissimilate(
     timings["shrink"] -= replanning
 
     lw.train(base.training)
+    lw.to(dtype)
     report = Report(
         model=recipe.name if recipe else type(base).__name__,
         layers=layer_rows(base, wide, lw),
@@ -283,6 +303,27 @@ def dissimilate(
     done("verify")
     bar.close()
     return Result(lw, spec, report, timings)
+
+
+def _data_device(batches: list) -> torch.device | None:
+    """The device of the first batch's images, when they are a tensor off the CPU."""
+    images = batches[0][0] if batches and isinstance(batches[0], (tuple, list)) and batches[0] else None
+    if isinstance(images, torch.Tensor) and images.device.type != "cpu":
+        return images.device
+    return None
+
+
+def _check_device(device: torch.device | str | None) -> torch.device | None:
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r}: not a torch device ({err}); give 'cpu', 'cuda', 'cuda:1', ...") from None
+    backend = getattr(torch, device.type, None)
+    if device.type != "cpu" and not (hasattr(backend, "is_available") and backend.is_available()):
+        raise ValueError(f"device={str(device)!r}: torch has no {device.type} device here; give 'cpu' or leave it out")
+    return device
 
 
 def _check_arguments(*, width, batches, round_to, inits, seed, ranking) -> None:

@@ -68,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--min-channels", type=int, default=4)
     d.add_argument("--round-to", type=int, default=1, help="keep every width a multiple of this (e.g. 8)")
     d.add_argument(
+        "--device",
+        help="where to build, score and time the model (cpu, cuda, cuda:1, ...; default: cpu)",
+    )
+    d.add_argument(
         "--latency",
         type=float,
         help="also stay at most this times the original's latency on this machine (e.g. 1.0); layers are timed",
@@ -167,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             round_to=args.round_to,
             seed=args.seed,
             model_kwargs=model_kwargs,
+            device=args.device,
             progress=not args.quiet,
             latency=LatencyBudget(args.latency, tuple(args.latency_batch), margin=args.latency_margin)
             if args.latency

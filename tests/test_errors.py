@@ -275,3 +275,9 @@ def test_load_batches_checks_its_numbers(argument):
     name, value = next(iter(argument.items()))
     with pytest.raises(ValueError, match=f"load_batches\\({name}={value}\\): must be a positive integer"):
         lw.load_batches("mnist5k", **argument)
+
+
+@pytest.mark.parametrize("device", ["gpu0", "cuda:0" if not torch.cuda.is_available() else "tpu"])
+def test_device_that_torch_cannot_use(batches, device):
+    with pytest.raises(ValueError, match=f"device='{device}'"):
+        lw.dissimilate("resnet18", data=batches, model_kwargs=TEN, device=device)
