@@ -64,29 +64,52 @@ class Report:
 
     __str__ = to_markdown
 
-    def plot(self, path: str | Path) -> Path:
-        """Per-layer output channels as a fraction of the original, the way the paper plots them."""
-        import matplotlib
+    def figure(self):
+        """Per-layer output channels as a fraction of the original, the way the paper plots them
+        (a matplotlib Figure; `plot` saves and closes it)."""
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        path = Path(path)
         x = range(len(self.layers))
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.12 * len(self.layers) + 2), 3.6), dpi=120)
+        fig = Figure(figsize=(max(6.0, 0.12 * len(self.layers) + 2), 3.6), dpi=120)
+        ax = fig.subplots()
         ax.bar(x, [r.ratio for r in self.layers], color="#3b75af", label="LW-DNA")
         ax.plot(x, [r.widened / r.original for r in self.layers], color="#999999", lw=1, ls="--", label="widened")
         ax.axhline(1.0, color="#d62728", lw=1, label="original")
-        ax.set_xlabel("layer (network order)")
+        for i in stage_starts([r.name for r in self.layers])[1:]:
+            ax.axvline(i - 0.5, color="#bbbbbb", lw=0.8, ls=":")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("layer (network order; dotted lines: stage boundaries)")
         ax.set_ylabel("channels / original")
         ratio = self.flops["lwdna"] / self.flops["original"]
         ax.set_title(f"{self.model}: per-layer width, FLOPs {ratio:.3f}x of the original")
         ax.set_xlim(-1, len(self.layers))
         ax.legend(loc="upper right", fontsize=8)
         fig.tight_layout()
-        fig.savefig(path)
-        plt.close(fig)
+        return fig
+
+    def plot(self, path: str | Path) -> Path:
+        """Save `figure()` to `path` (PNG, or any format matplotlib infers from the suffix)."""
+        path = Path(path)
+        self.figure().savefig(path)
         return path
+
+
+def stage_of(name: str) -> str:
+    """The stage a layer name belongs to: the container before its block index ("layer2" of
+    "layer2.0.conv1"; "stages.1" of "stages.1.0.conv1", where stages are numbered too); "" for
+    layers outside numbered blocks (stem, head)."""
+    parts = name.split(".")
+    first = next((i for i, p in enumerate(parts) if p.isdigit()), None)
+    if first is None:
+        return ""
+    nested = first + 1 < len(parts) and parts[first + 1].isdigit()
+    return ".".join(parts[: first + 1 if nested else first])
+
+
+def stage_starts(names: list[str]) -> list[int]:
+    """Positions where a new stage begins (the first layer is always one)."""
+    return [i for i, name in enumerate(names) if i == 0 or stage_of(name) != stage_of(names[i - 1])]
 
 
 def layer_rows(original: nn.Module, widened: nn.Module, lwdna: nn.Module) -> list[LayerRow]:

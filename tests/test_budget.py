@@ -1,6 +1,4 @@
-"""The budget: targets, floors, rounding, and the speed of the search."""
-
-import time
+"""The budget: targets, floors, rounding, rankings."""
 
 import pytest
 import timm
@@ -38,13 +36,12 @@ def _widened_graph(name):
     return lw.GroupGraph(wide, X)
 
 
-def test_search_is_fast_and_respects_floors():
+def test_search_respects_floors():
+    # How long the search takes is measured in benchmarks/cost.py, not asserted here.
     graph = _widened_graph("resnet50")
     scores = lw.score_channels(graph, "l1")
     model = lw.FlopModel(graph, X)
-    start = time.perf_counter()
     plan = lw.plan_widths(graph, scores, model, 0.25 * model.total, lw.Floors(rho=0.3))
-    assert time.perf_counter() - start < 1.0
     assert plan.predicted_flops <= 0.25 * model.total
     assert plan.predicted_flops >= 0.999 * 0.25 * model.total
     lowest = dict(zip(model.keys, lw.floor_widths(graph, scores, model, lw.Floors(rho=0.3)), strict=True))

@@ -8,6 +8,7 @@ import torch
 
 import lwdna_plugin as lw
 from conftest import IMG
+from lwdna_plugin.widen import step_of
 
 X = torch.zeros(1, 3, IMG, IMG)
 
@@ -20,7 +21,13 @@ def test_widen_scales_flops_by_width_squared(name, width):
     ratio = lw.count_flops(wide, X) / lw.count_flops(model, X)
     # The stem keeps its 3 input channels and the classifier its 10 outputs: slightly under width^2.
     assert 0.9 * width**2 <= ratio <= width**2
-    assert all(v > 0 for v in sizes.values())
+    # Every prunable group is scaled by `width`, to the nearest multiple of its step (group convs).
+    original = [g for g in lw.GroupGraph(model, X).groups if g.prunable]
+    assert set(sizes) == {g.key for g in original}
+    for g in original:
+        step = step_of(g)
+        assert sizes[g.key] % step == 0 and abs(sizes[g.key] - width * g.size) <= step / 2, g.key
+    assert {g.key: g.size for g in lw.GroupGraph(wide, X).groups if g.prunable} == sizes
     assert wide(torch.randn(2, 3, IMG, IMG)).shape == (2, 10)
 
 

@@ -1,0 +1,23 @@
+"""The report: markdown table and the per-layer width plot with stage boundaries."""
+
+from lwdna_plugin.report import stage_of, stage_starts
+
+
+def test_stages_from_layer_names():
+    assert stage_of("layer2.0.conv1") == "layer2"
+    assert stage_of("stages.1.0.conv1") == "stages.1"
+    assert stage_of("blocks.3.2.conv_pw") == "blocks.3"
+    assert stage_of("conv_stem") == stage_of("fc") == ""
+    names = ["conv1", "layer1.0.conv1", "layer1.1.conv1", "layer2.0.conv1", "layer2.0.downsample.0", "fc"]
+    assert stage_starts(names) == [0, 1, 3, 5]
+
+
+def test_plot_has_integer_ticks_and_stage_lines(resnet18_result, tmp_path):
+    resnet18_result.report.plot(tmp_path / "channels.png")
+    assert (tmp_path / "channels.png").stat().st_size > 0
+    (ax,) = resnet18_result.report.figure().axes
+    ticks = [t for t in ax.get_xticks() if 0 <= t < len(resnet18_result.report.layers)]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    lines = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    starts = stage_starts([r.name for r in resnet18_result.report.layers])
+    assert len(starts) > 2 and len(lines) == len(starts) - 1
