@@ -191,6 +191,12 @@ def is_mmengine_model(model: nn.Module) -> bool:
 def batch_shape(model: nn.Module, batch: Any) -> tuple[int, ...]:
     """The (N, C, H, W) shape of a batch's inputs as the model's forward receives them."""
     if not is_mmengine_model(model):
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2 or not isinstance(batch[0], torch.Tensor):
+            kind = type(batch).__name__ + (f" of shape {tuple(batch.shape)}" if isinstance(batch, torch.Tensor) else "")
+            raise ValueError(
+                f"each batch of `data` must be an (images, targets) pair of tensors, got a {kind}: pass a list of "
+                "(images, targets) tuples or a DataLoader that yields them"
+            )
         return tuple(batch[0].shape)
     inputs = model.data_preprocessor(batch, False)["inputs"]
     if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, torch.Tensor) for t in inputs):

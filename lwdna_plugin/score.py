@@ -237,6 +237,7 @@ def _gate_pass(
     try:
         for batch in batches:
             loss = loss_fn(model, batch)
+            _check_loss(loss)
             if not torch.isfinite(loss).all():
                 raise ValueError(
                     f"the loss on scoring batch {seen} is {loss.detach().float().item()}: check the batch for "
@@ -260,6 +261,22 @@ def _gate_pass(
     if seen == 0:
         raise ValueError("the data yielded no batches: gate scores need at least one (images, targets) batch")
     return grads
+
+
+def _check_loss(loss: object) -> None:
+    """Gate scores need one scalar loss with a graph back to the model."""
+    if isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.requires_grad:
+        return
+    if not isinstance(loss, torch.Tensor):
+        got = type(loss).__name__
+    elif loss.numel() != 1:
+        got = f"a tensor of shape {tuple(loss.shape)}"
+    else:
+        got = "a tensor with no grad"
+    raise ValueError(
+        f"loss_fn returned {got}: gate scores need one scalar loss computed from the model's output "
+        "(reduce it with .mean())"
+    )
 
 
 def _is_affine_norm(module: nn.Module) -> bool:

@@ -281,3 +281,23 @@ def test_load_batches_checks_its_numbers(argument):
 def test_device_that_torch_cannot_use(batches, device):
     with pytest.raises(ValueError, match=f"device='{device}'"):
         lw.dissimilate("resnet18", data=batches, model_kwargs=TEN, device=device)
+
+
+def test_batches_that_are_not_pairs(batches):
+    with pytest.raises(
+        ValueError, match=r"\(images, targets\) pair of tensors, got a Tensor of shape \(8, 3, 64, 64\)"
+    ):
+        lw.dissimilate("resnet18", data=[batches[0][0]], model_kwargs=TEN)
+
+
+@pytest.mark.parametrize(
+    ("loss", "message"),
+    [
+        (lambda model, batch: model(batch[0]).sum(1), r"a tensor of shape \(8,\)"),
+        (lambda model, batch: 1.0, "returned float"),
+        (lambda model, batch: torch.tensor(1.0), "with no grad"),
+    ],
+)
+def test_loss_fn_must_give_one_scalar_with_a_graph(batches, loss, message):
+    with pytest.raises(ValueError, match=message + ".*one scalar loss"):
+        lw.dissimilate("resnet18", data=batches, model_kwargs=TEN, loss_fn=loss)
