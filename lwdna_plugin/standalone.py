@@ -19,6 +19,7 @@ None of the 12 core models needs one with timm 1.0.
 from __future__ import annotations
 
 import builtins
+import copy
 import inspect
 import json
 import keyword
@@ -81,11 +82,16 @@ def export_python(
 def python_source(spec_or_result: Any, *, class_name: str | None = None) -> Standalone:
     """The standalone module `export_python` writes, as source text with its timm imports."""
     model, spec = _resolve(spec_or_result)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    if dtype != torch.float32:
+        # Layers are written as PyTorch constructs them, in float32; the loaded state dict is
+        # cast on loading, and the header says which dtype the LW-DNA model was in.
+        model = copy.deepcopy(model).float()
     base = (spec or {}).get("base") or {}
     class_name = class_name or _class_name(base.get("name") or type(model).__name__)
     if not class_name.isidentifier() or keyword.iskeyword(class_name):
         raise ValueError(f"class_name {class_name!r} is not a Python identifier")
-    return _Writer(model, spec, class_name).write()
+    return _Writer(model, spec, class_name, dtype).write()
 
 
 def _resolve(obj: Any) -> tuple[nn.Module, dict[str, Any] | None]:
@@ -201,8 +207,11 @@ def _is_leaf(module: nn.Module) -> bool:
 
 
 class _Writer:
-    def __init__(self, model: nn.Module, spec: dict[str, Any] | None, class_name: str) -> None:
+    def __init__(
+        self, model: nn.Module, spec: dict[str, Any] | None, class_name: str, dtype: torch.dtype = torch.float32
+    ) -> None:
         self.model = model
+        self.dtype = dtype
         self.spec = spec
         self.class_name = class_name
         self.modules = dict(model.named_modules(remove_duplicate=False))
@@ -572,6 +581,11 @@ class _Writer:
             "start from the LW-DNA model's value where it is constant, else trunc_normal(std=0.02).",
             "Load trained weights or initialise the model yourself.",
         ]
+        if self.dtype != torch.float32:
+            lines += [
+                f"The LW-DNA model was in {str(self.dtype).removeprefix('torch.')}; this class builds float32 layers:",
+                f"    model = {self.class_name}().to({self.dtype})",
+            ]
         return "\n".join(lines) + "\n"
 
     def _import_block(self, code: str) -> str:

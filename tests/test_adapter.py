@@ -59,3 +59,19 @@ def test_low_precision_model_is_identified_in_float32_and_returned_in_its_dtype(
     assert set(result.spec["groups"]) == set(reference.spec["groups"])
     out = result.model.eval()(batches[0][0][:2].to(dtype))
     assert out.dtype == dtype and out.shape == (2, 10)
+
+
+def test_low_precision_model_exports_to_python(batches, tmp_path):
+    import importlib.util
+
+    model = timm.create_model("resnet18", num_classes=10).to(torch.bfloat16)
+    result = lw.dissimilate(model, data=batches)
+    path = lw.export_python(result, tmp_path / "lwdna_bf16.py")
+    assert "The LW-DNA model was in bfloat16" in path.read_text()
+    spec = importlib.util.spec_from_file_location("lwdna_bf16", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    standalone = module.MODEL().to(torch.bfloat16)
+    standalone.load_state_dict(result.model.state_dict(), strict=True)
+    x = batches[0][0][:2].to(torch.bfloat16)
+    assert torch.equal(standalone.eval()(x), result.model.eval()(x))
