@@ -343,12 +343,7 @@ def plot_gain(summary: dict, arms: list[str], path: Path) -> None:
     ax.set_xlabel("training images (log scale)")
     ax.set_ylabel("test top-1 minus baseline (points, paired)")
     ax.set_title("Paired gain over the baseline, 95% t-intervals")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, ax, path, legend_size=8)
 
 
 def plot_widths(runs: list[dict], arms: list[str], path: Path) -> None:
@@ -369,8 +364,13 @@ def plot_widths(runs: list[dict], arms: list[str], path: Path) -> None:
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, rotation=90, fontsize=6)
     ax.set_ylabel("kept / original channels")
+    _save(fig, ax, path, legend_size=7)
+
+
+def _save(fig, ax, path: Path, legend_size: int) -> None:
+    """Legend (when anything is drawn), grid, tight layout; write and close."""
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=legend_size)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
