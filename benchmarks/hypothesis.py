@@ -190,6 +190,10 @@ _DATA: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
 
 def run_one(args: argparse.Namespace, size: int, arm: str, seed: int, protocol: dict, path: Path) -> dict:
     """Identify (LW-DNA arms) and train one arm for one seed at one size; write its JSON atomically."""
+    twin = record_twin(path, args.model, size, seed, protocol) if arm == "lwdna" else None
+    if twin is not None:
+        print(f"n={size:<6} seed {seed} {arm:16s} same as {twin['same_as']}: recorded, not trained", flush=True)
+        return twin
     torch.set_num_threads(args.threads)
     key = (size, args.test_size)
     if key not in _DATA:
@@ -432,12 +436,16 @@ def protocol_of(args: argparse.Namespace, index: int) -> dict:
     return {"epochs": args.epochs[index], **{k: getattr(args, k) for k in keys}}
 
 
-def _twin(folder: Path, model: str, size: int, seed: int, protocol: dict) -> dict | None:
-    """A finished variant run at this size and seed made with exactly dissimilate's defaults."""
-    for path in sorted(folder.glob(f"{model}_n{size}_lwdna-*_s{seed}.json")):
-        run = json.loads(path.read_text())
+def record_twin(path: Path, model: str, size: int, seed: int, protocol: dict) -> dict | None:
+    """Record a finished variant run made with exactly dissimilate's defaults as the `lwdna` run
+    at `path`: the same dissimilate call with the same seed makes the same model and the same
+    training run (seen here: seed 3 at 1,000 images trained twice, test top-1 equal to the digit)."""
+    for twin in sorted(path.parent.glob(f"{model}_n{size}_lwdna-*_s{seed}.json")):
+        run = json.loads(twin.read_text())
         if run["settings"] == DISSIMILATE_DEFAULTS and run["protocol"] == protocol:
-            return run
+            record = {**run, "arm": "lwdna", "same_as": run["arm"]}
+            path.write_text(json.dumps(record, indent=1))
+            return record
     return None
 
 
@@ -458,11 +466,8 @@ def main(argv: list[str] | None = None) -> dict:
         for seed in range(args.seeds[index]):
             for arm in args.arms:
                 path = folder / f"{args.model}_n{size}_{arm}_s{seed}.json"
-                twin = _twin(folder, args.model, size, seed, protocol) if arm == "lwdna" else None
-                if twin is not None and not path.is_file():
-                    # The same dissimilate call with the same seed makes the same model and the same
-                    # training run: record it under `lwdna` instead of training it twice.
-                    path.write_text(json.dumps({**twin, "arm": "lwdna", "same_as": twin["arm"]}, indent=1))
+                if arm == "lwdna" and not path.is_file():
+                    record_twin(path, args.model, size, seed, protocol)
                 if path.is_file():
                     finished = json.loads(path.read_text())
                     if arm == "lwdna" and finished["settings"] != DISSIMILATE_DEFAULTS:
@@ -477,6 +482,9 @@ def main(argv: list[str] | None = None) -> dict:
                     done += 1
                     continue
                 jobs.append((size, arm, seed, protocol, path))
+    # The `lwdna` runs of a size go after its other arms, so a variant with dissimilate's
+    # defaults has usually finished and is recorded instead of trained again (see `run_one`).
+    jobs.sort(key=lambda job: (args.sizes.index(job[0]), job[1] == "lwdna"))
     estimate = sum(size * protocol["epochs"] for size, *_, protocol, _ in jobs) * SECONDS_PER_IMAGE
     print(
         f"{done} runs finished, {len(jobs)} to run: about {estimate / 3600 / args.workers:.1f} h on {args.workers} "
