@@ -38,6 +38,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .adapter import model_dtype
+
 # Tensors on containers with at most this many elements and no place in the state dict (a
 # non-persistent buffer, a constant fx lifted out of a forward) are written out as literals.
 _MAX_LITERAL = 4096
@@ -82,7 +84,7 @@ def export_python(
 def python_source(spec_or_result: Any, *, class_name: str | None = None) -> Standalone:
     """The standalone module `export_python` writes, as source text with its timm imports."""
     model, spec = _resolve(spec_or_result)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    dtype = model_dtype(model)
     if dtype != torch.float32:
         # Layers are written as PyTorch constructs them, in float32; the loaded state dict is
         # cast on loading, and the header says which dtype the LW-DNA model was in.
