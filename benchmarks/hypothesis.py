@@ -62,13 +62,16 @@ VARIANTS: dict[str, dict] = {
     "lwdna-flops": {"criterion": "gate", "aggregate": "sum", "ranking": "flops"},
     "lwdna-flops-mean": {"criterion": "gate", "aggregate": "mean", "ranking": "flops"},
     "lwdna-inits": {"criterion": "gate", "aggregate": "sum", "ranking": "flops", "inits": 4, "batches": 4},
+    # Scores after a warm-up of the widened net costing up to 3% of the baseline's training
+    # (in image passes of the original model; see `warmup_steps`).
+    "lwdna-warmup": {"criterion": "gate", "aggregate": "sum", "ranking": "flops", "warmup_share": 0.03},
 }
 ARMS = ("baseline", *VARIANTS)
 # What the `lwdna` arm measures; a finished `lwdna` run made under other defaults is run again.
 DISSIMILATE_DEFAULTS = {
     k: v.default
     for k, v in inspect.signature(lw.dissimilate).parameters.items()
-    if k in ("criterion", "aggregate", "ranking", "inits", "batches")
+    if k in ("criterion", "aggregate", "ranking", "inits", "batches", "warmup")
 }
 DEFAULT_ARMS = "baseline,random,lwdna,lwdna-sum"
 QUICK = {"sizes": "500", "epochs": "2", "seeds": "2", "test_size": 1000, "evals": 1, "arms": "baseline,lwdna,random"}
@@ -158,7 +161,19 @@ def train(model: nn.Module, data: dict[str, torch.Tensor], protocol: dict, seed:
     return history
 
 
-def make_arm(arm: str, data: dict[str, torch.Tensor], args: argparse.Namespace, seed: int):
+def same_settings(settings: dict) -> bool:
+    """Whether a run's dissimilate settings are dissimilate's defaults (runs from before a setting
+    was recorded had that setting at its default)."""
+    return all(settings.get(k, v if k == "warmup" else None) == v for k, v in DISSIMILATE_DEFAULTS.items())
+
+
+def warmup_steps(share: float, protocol: dict, size: int, width: float, batch_size: int) -> int:
+    """Warm-up steps whose compute is at most `share` of the baseline's training: one widened
+    image pass costs at most width**2 original ones (every group widened by `width`)."""
+    return max(1, int(share * protocol["epochs"] * size / (width**2 * batch_size)))
+
+
+def make_arm(arm: str, data: dict[str, torch.Tensor], args: argparse.Namespace, seed: int, protocol: dict):
     """The arm's freshly initialised model and its `dissimilate` result (None for the baseline)."""
     kwargs = {"num_classes": 10, "in_chans": 1}
     if arm == "baseline":
@@ -170,6 +185,17 @@ def make_arm(arm: str, data: dict[str, torch.Tensor], args: argparse.Namespace, 
     size = args.score_batch_size
     picks = [shuffle[(i * size) % len(shuffle) :][:size] for i in range(count)]
     batches = [(data["train_x"][p], data["train_y"][p]) for p in picks]
+    share = options.pop("warmup_share", None)
+    if share:
+        # The warm-up's batches follow the scoring ones in `data`, drawn epoch by epoch without replacement.
+        steps = warmup_steps(share, protocol, len(data["train_y"]), args.width, args.warmup_batch_size)
+        passes = 1 + steps * args.warmup_batch_size // len(shuffle)
+        draws = [
+            torch.randperm(len(shuffle), generator=torch.Generator().manual_seed(seed + 1 + e)) for e in range(passes)
+        ]
+        chunks = torch.cat(draws)[: steps * args.warmup_batch_size].split(args.warmup_batch_size)
+        batches += [(data["train_x"][c], data["train_y"][c]) for c in chunks]
+        options["warmup"] = lw.Warmup(steps, lr=protocol["lr"], weight_decay=protocol["weight_decay"])
     result = lw.dissimilate(
         args.model,
         width=args.width,
@@ -200,7 +226,7 @@ def run_one(args: argparse.Namespace, size: int, arm: str, seed: int, protocol: 
         _DATA[key] = load_data(*key)
     data = _DATA[key]
     start = time.perf_counter()
-    model, result = make_arm(arm, data, args, seed)
+    model, result = make_arm(arm, data, args, seed, protocol)
     identify_s = time.perf_counter() - start if result is not None else 0.0
     model = model.to(memory_format=torch.channels_last)
     example = data["train_x"][:1]
@@ -220,6 +246,10 @@ def run_one(args: argparse.Namespace, size: int, arm: str, seed: int, protocol: 
         "original_widths": {k: g["original"] for k, g in groups.items()},
         "train_s": round(history["train_s"], 2),
         "identify_s": round(identify_s, 3),
+        # Warm-up compute as a share of the baseline's training, both in original-model image passes.
+        "warmup_pct": round(100 * result.spec["warmup"]["spent"]["original_images"] / (protocol["epochs"] * size), 3)
+        if result is not None and "warmup" in result.spec
+        else 0.0,
         "settings": {k: result.spec.get(k) for k in DISSIMILATE_DEFAULTS} if result is not None else {},
         "history": history,
         "protocol": protocol,
@@ -408,6 +438,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--floor", type=float, default=0.4, help="rho: min fraction of each widened group")
     p.add_argument("--round-to", type=int, default=1)
     p.add_argument("--score-batch-size", type=int, default=128)
+    p.add_argument("--warmup-batch-size", type=int, default=32, help="batch size of warm-up arms' SGD steps")
     p.add_argument("--quick", action="store_true", help="smoke test: 500 images, 2 epochs, 2 seeds")
     p.add_argument("--estimate", action="store_true", help="print the compute budget of what is left, run nothing")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="training processes (default: cores)")
@@ -433,7 +464,12 @@ def protocol_of(args: argparse.Namespace, index: int) -> dict:
     """Everything that must be equal for two runs at a size to be compared (and for a rerun to skip)."""
     keys = ("model", "test_size", "evals", "batch_size", "lr", "weight_decay", "augment", "width", "flops", "floor",
             "round_to", "score_batch_size")  # fmt: skip
-    return {"epochs": args.epochs[index], **{k: getattr(args, k) for k in keys}}
+    protocol = {"epochs": args.epochs[index], **{k: getattr(args, k) for k in keys}}
+    # Added after the first runs: only warm-up arms read it, so it joins the protocol only when not
+    # at its default, and earlier runs keep comparing equal.
+    if args.warmup_batch_size != 32:
+        protocol["warmup_batch_size"] = args.warmup_batch_size
+    return protocol
 
 
 def record_twin(path: Path, model: str, size: int, seed: int, protocol: dict) -> dict | None:
@@ -442,7 +478,7 @@ def record_twin(path: Path, model: str, size: int, seed: int, protocol: dict) ->
     training run (seen here: seed 3 at 1,000 images trained twice, test top-1 equal to the digit)."""
     for twin in sorted(path.parent.glob(f"{model}_n{size}_lwdna-*_s{seed}.json")):
         run = json.loads(twin.read_text())
-        if run["settings"] == DISSIMILATE_DEFAULTS and run["protocol"] == protocol:
+        if same_settings(run["settings"]) and run["protocol"] == protocol:
             record = {**run, "arm": "lwdna", "same_as": run["arm"]}
             path.write_text(json.dumps(record, indent=1))
             return record
@@ -470,7 +506,7 @@ def main(argv: list[str] | None = None) -> dict:
                     record_twin(path, args.model, size, seed, protocol)
                 if path.is_file():
                     finished = json.loads(path.read_text())
-                    if arm == "lwdna" and finished["settings"] != DISSIMILATE_DEFAULTS:
+                    if arm == "lwdna" and not same_settings(finished["settings"]):
                         print(f"{path.name}: made under other defaults {finished['settings']}, run again")
                         jobs.append((size, arm, seed, protocol, path))
                         continue

@@ -7,10 +7,10 @@ __version__ = "0.1.0.dev0"
 
 from . import cifar_resnet
 from .adapter import ZOOS, Recipe
-from .api import Result, dissimilate, parse_flops
-from .budget import RANKINGS, Floors, floor_widths, plan_widths
+from .api import dissimilate
+from .budget import RANKINGS, Floors, floor_widths, parse_flops, plan_widths
 from .data import load_batches, load_fashion_mnist
-from .export import build, load_spec, register_timm
+from .export import Result, build, load_spec, register_timm
 from .flops import FLOP_CONVENTION, FlopModel, count_flops, count_params
 from .graph import ChannelGroup, GroupGraph
 from .grow import GROWERS, BaseGrowFunc
@@ -19,6 +19,7 @@ from .report import Report
 from .resize import resize
 from .score import CRITERIA, score_channels
 from .standalone import export_python
+from .warmup import Warmup
 from .widen import widen
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "Recipe",
     "Report",
     "Result",
+    "Warmup",
     "build",
     "count_flops",
     "count_params",

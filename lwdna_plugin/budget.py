@@ -46,6 +46,7 @@ class Floors:
 
 
 RANKINGS = ("saliency", "flops")
+_SI = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 
 
 @dataclass
@@ -58,6 +59,25 @@ class Plan:
     max_flops: float
     cost_strength: float = 0.0
     ranking: str = "saliency"
+
+
+def parse_flops(flops: float | str, original: int) -> int:
+    """A FLOP target: a fraction of the original (`0.9`) or an absolute count (`"350M"`, `3.5e8`)."""
+    if isinstance(flops, bool) or not isinstance(flops, (str, int, float)):
+        raise ValueError(f"flops={flops!r}: give a fraction such as 0.9 or a count such as '350M'")
+    if isinstance(flops, str):
+        text = flops.strip().upper()
+        scale = _SI.get(text[-1:], 1.0)
+        try:
+            value = float(text[:-1] if text[-1:] in _SI else text)
+        except ValueError:
+            raise ValueError(f"flops={flops!r}: give a fraction such as 0.9 or a count such as '350M'") from None
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"flops={flops!r}: must be positive")
+        return int(value * scale)
+    if not math.isfinite(flops) or flops <= 0:
+        raise ValueError(f"flops={flops}: must be positive")
+    return int(flops * original) if flops <= 10 else int(flops)
 
 
 def plan_widths(

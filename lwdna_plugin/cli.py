@@ -14,6 +14,7 @@ from .data import load_batches, num_classes
 from .latency import LatencyBudget
 from .score import AGGREGATIONS, CRITERIA
 from .standalone import export_python
+from .warmup import Warmup
 
 # The command line's defaults are the Python API's.
 _DEFAULTS = {k: p.default for k, p in inspect.signature(dissimilate).parameters.items()}
@@ -63,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
         default=_DEFAULTS["inits"],
         help="initialisations of the widened model to score and average rank by rank",
     )
+    d.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        help="SGD steps to train the widened model on further batches of --data before scoring (default 0: none)",
+    )
+    d.add_argument("--warmup-lr", type=float, default=Warmup.lr, help=f"the warm-up's learning rate ({Warmup.lr})")
     d.add_argument("--floor", type=float, default=0.4, help="min fraction of each widened group kept (rho)")
     d.add_argument("--classifier-floor", type=float, default=0.45, help="min fraction for the classifier input (tau)")
     d.add_argument("--min-channels", type=int, default=4)
@@ -110,7 +118,8 @@ def _timm_job(args: argparse.Namespace) -> tuple[str, list | None, dict]:
     if args.data == "none":
         return args.model, None, {"num_classes": args.num_classes} if args.num_classes else {}
     classes = args.num_classes or num_classes(args.data)
-    data = load_batches(args.data, args.batches, args.batch_size, args.img_size, seed=args.seed)
+    count = args.batches + max(args.warmup, 0)  # the warm-up trains on the batches after the scored ones
+    data = load_batches(args.data, count, args.batch_size, args.img_size, seed=args.seed)
     return args.model, data, {"num_classes": classes} if classes else {}
 
 
@@ -167,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             aggregate=args.aggregate,
             ranking=args.ranking,
             inits=args.inits,
+            warmup=Warmup(args.warmup, lr=args.warmup_lr) if args.warmup else None,
             floors=Floors(args.floor, args.classifier_floor, args.min_channels),
             round_to=args.round_to,
             seed=args.seed,

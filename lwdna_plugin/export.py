@@ -1,4 +1,4 @@
-"""Export: the LW-DNA spec as JSON, and the zoo-side rebuild from it (`build`, `register_timm`).
+"""Export: the result and its JSON spec, and the zoo-side rebuild from it (`build`, `register_timm`).
 
 A spec names the base model's recipe and each channel group's width, keyed by the group's
 root layer. `build` creates the base model from its zoo, resizes every group and initialises
@@ -14,6 +14,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,68 @@ import torch
 import torch.nn as nn
 
 from .adapter import REPLACED_TIMM, Recipe, check_input, mmengine_recipe, model_device
+from .flops import FLOP_CONVENTION
 from .graph import GroupGraph
 from .initialise import initialise
+from .report import Report
 from .resize import resize
 
 SCHEMA = "lwdna-spec/1"
 READS = (SCHEMA,)  # the spec schemas `build` reads
+
+
+@dataclass
+class Result:
+    """What `dissimilate` returns: the LW-DNA model, its JSON spec and a report."""
+
+    model: nn.Module
+    spec: dict[str, Any]
+    report: Report
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write spec.json, report.md and channels.png into `directory`, each file atomically."""
+        directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise FileExistsError(f"{directory} is a file: give `save` a folder to write spec.json and the report into")
+        directory.mkdir(parents=True, exist_ok=True)
+        dump_spec(self.spec, directory / "spec.json")
+        markdown = self.report.to_markdown()
+        atomic_write(directory / "report.md", lambda p: p.write_text(markdown))
+        atomic_write(directory / "channels.png", self.report.plot)
+        return directory
+
+
+def assemble_spec(
+    recipe: Recipe | None,
+    shape: tuple[int, ...],
+    target: dict[str, Any],
+    report: Report,
+    settings: dict[str, Any],
+    groups: dict[str, dict[str, int]],
+    lw: nn.Module,
+) -> dict[str, Any]:
+    """The JSON spec of a result: the base recipe, the target and what was achieved, the
+    settings, every group's original / widened / kept width, and every tensor's shape."""
+    return {
+        "schema": SCHEMA,
+        "base": recipe.to_dict() if recipe else None,
+        "input_size": list(shape),
+        "target": target,
+        "achieved": {
+            "flops": report.flops["lwdna"],
+            "params": report.params["lwdna"],
+            "flops_ratio": round(report.flops["lwdna"] / report.flops["original"], 6),
+            "params_ratio": round(report.params["lwdna"] / report.params["original"], 6),
+        },
+        "original": {"flops": report.flops["original"], "params": report.params["original"]},
+        "flop_counter": FLOP_CONVENTION,
+        **settings,
+        "versions": versions(),
+        "groups": groups,
+        "fixed_groups": report.fixed_groups,
+        "shapes": tensor_shapes(lw),
+    }
 
 
 def versions() -> dict[str, str]:
@@ -126,9 +183,9 @@ def check_spec(data: Any, source: str = "the spec") -> None:
     for key, entry in groups.items():
         if not isinstance(entry, Mapping):
             raise bad(f"groups.{key}", "must be an object {original, kept}", entry)
-        for field in ("original", "kept"):
-            if not _count(entry.get(field)):
-                raise bad(f"groups.{key}.{field}", "must be a positive integer", entry.get(field))
+        for name in ("original", "kept"):
+            if not _count(entry.get(name)):
+                raise bad(f"groups.{key}.{name}", "must be a positive integer", entry.get(name))
         # A width far above what dissimilation can reach is an edited spec, not one to allocate.
         if entry["kept"] > _MAX_GROWTH * entry["original"]:
             raise bad(f"groups.{key}.kept", f"must be at most {_MAX_GROWTH} x its original width", entry["kept"])

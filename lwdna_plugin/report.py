@@ -8,6 +8,8 @@ from pathlib import Path
 import torch.nn as nn
 from torch_pruning import ops
 
+from .budget import Plan
+
 
 @dataclass
 class LayerRow:
@@ -130,3 +132,21 @@ def _out_width(module: nn.Module) -> int | None:
     if isinstance(module, ops.TORCH_LINEAR):
         return module.out_features
     return None
+
+
+def identification_notes(
+    plan: Plan, target: int, achieved: int, criterion: object, aggregate: str, batches: int, inits: int
+) -> list[str]:
+    """The report's lines on how the widths were found: criterion, data, ranking, FLOP accuracy."""
+    name = criterion if isinstance(criterion, str) else getattr(criterion, "__name__", type(criterion).__name__)
+    source = f"on {batches} batch(es)" if batches else "data-free: no data was used"
+    scored = f", {inits} initialisations averaged rank by rank" if inits > 1 else ""
+    notes = [
+        f"criterion: {name} (aggregate={aggregate}) {source}{scored}; channels ranked by {plan.ranking}"
+        + (" per FLOP" if plan.ranking == "flops" else ""),
+        f"achieved / target FLOPs: {achieved / target:.4f}; the search's analytic model predicted "
+        f"{plan.predicted_flops / achieved:.4f}x the fvcore count",
+    ]
+    if plan.max_flops < target:
+        notes.append("the widened model is below the target: every channel was kept (raise `width` to use the budget)")
+    return notes

@@ -93,30 +93,6 @@ def _scores(graph, criterion, batches, loss_fn, aggregate, progress, example) ->
     return scores
 
 
-def average_inits(per_init: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """One score per channel from the scores of several initialisations of the same network.
-
-    Channels of a freshly initialised layer are exchangeable, so channel i of one initialisation
-    has nothing to do with channel i of another: what carries over is each group's score profile
-    (its scores sorted). Each initialisation is first scaled to a unit total, so no one draw's
-    gradient scale dominates; the sorted profiles are then averaged rank by rank and handed back
-    to the first initialisation's channels in its own order.
-    """
-    if len(per_init) == 1:
-        return per_init[0]
-    scaled = []
-    for scores in per_init:
-        total = sum(float(s.double().sum()) for s in scores.values()) or 1.0
-        scaled.append({k: s.double() / total for k, s in scores.items()})
-    averaged = {}
-    for key, first in scaled[0].items():
-        profile = torch.stack([s[key].sort(descending=True).values for s in scaled]).mean(0)
-        score = torch.empty_like(first)
-        score[first.argsort(descending=True, stable=True)] = profile
-        averaged[key] = score.float()
-    return averaged
-
-
 def gate_saliency(
     graph: GroupGraph,
     groups: list[ChannelGroup],
@@ -237,7 +213,7 @@ def _gate_pass(
     try:
         for batch in batches:
             loss = loss_fn(model, batch)
-            _check_loss(loss)
+            check_loss(loss)
             if not torch.isfinite(loss).all():
                 raise ValueError(
                     f"the loss on scoring batch {seen} is {loss.detach().float().item()}: check the batch for "
@@ -263,7 +239,7 @@ def _gate_pass(
     return grads
 
 
-def _check_loss(loss: object) -> None:
+def check_loss(loss: object) -> None:
     """Gate scores need one scalar loss with a graph back to the model."""
     if isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.requires_grad:
         return

@@ -31,14 +31,18 @@ def test_cli_dissimilate_writes_outputs(tmp_path, capsys):
     assert "FLOPs" in capsys.readouterr().out
 
 
-def test_cli_ranking_and_inits_reach_the_spec(tmp_path):
+def test_cli_ranking_inits_and_warmup_reach_the_spec(tmp_path):
     import json
 
     args = ["dissimilate", "resnet18", "--data", "mnist5k", "--batches", "1", "--batch-size", "8"]
-    code = main([*args, "--ranking", "flops", "--inits", "2", "--out", str(tmp_path), "--quiet"])
+    warmup = ["--warmup", "3", "--warmup-lr", "0.05"]
+    code = main([*args, "--ranking", "flops", "--inits", "2", *warmup, "--out", str(tmp_path), "--quiet"])
     assert code == 0
     spec = json.loads((tmp_path / "spec.json").read_text())
     assert (spec["ranking"], spec["inits"]) == ("flops", 2)
+    # Two initialisations, each warmed up 3 steps on the 3 batches after the scored one.
+    warmed = spec["warmup"]
+    assert (warmed["steps"], warmed["lr"], warmed["spent"]["steps"], warmed["spent"]["images"]) == (3, 0.05, 6, 48)
 
 
 def test_cli_missing_data_is_a_clear_error(tmp_path, capsys):

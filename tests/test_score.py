@@ -76,32 +76,3 @@ def test_dissimilate_data_free():
     assert any("data-free: no data was used" in note for note in result.report.notes)
     with pytest.raises(ValueError, match="choose a data-free criterion"):
         lw.dissimilate("resnet18", input_size=(3, IMG, IMG))
-
-
-def test_average_inits_follows_profiles_not_channel_indices():
-    from lwdna_plugin.score import average_inits
-
-    first = {"a": torch.tensor([3.0, 1.0, 2.0]), "b": torch.tensor([4.0, 0.0])}
-    # Another draw of the same network: the same profile on other channels, twice the gradient scale.
-    second = {"a": torch.tensor([2.0, 6.0, 4.0]), "b": torch.tensor([0.0, 8.0])}
-    averaged = average_inits([first, second])
-    for key in first:
-        assert torch.allclose(averaged[key], first[key] / 10.0)
-    # Two draws with different profiles: each rank gets the mean of that rank's scores.
-    third = {"a": torch.tensor([0.0, 0.0, 10.0]), "b": torch.tensor([0.0, 0.0])}
-    mixed = average_inits([first, third])
-    assert torch.allclose(mixed["a"], torch.tensor([0.65, 0.05, 0.1]))
-    assert torch.allclose(mixed["b"], torch.tensor([0.2, 0.0]))
-
-
-def test_dissimilate_scores_several_inits(batches):
-    kwargs = {"num_classes": 10}
-    one = lw.dissimilate("resnet18", data=batches, batches=1, model_kwargs=kwargs)
-    three = lw.dissimilate("resnet18", data=batches, batches=1, inits=3, model_kwargs=kwargs)
-    assert three.spec["inits"] == 3 and one.spec["inits"] == 1
-    assert three.spec["achieved"]["flops"] <= three.spec["target"]["flops"]
-    kept = lambda r: {k: g["kept"] for k, g in r.spec["groups"].items()}  # noqa: E731
-    assert kept(one) != kept(three)
-    assert any("3 initialisations averaged" in note for note in three.report.notes)
-    with pytest.raises(ValueError, match="inits=0"):
-        lw.dissimilate("resnet18", data=batches, inits=0, model_kwargs=kwargs)
