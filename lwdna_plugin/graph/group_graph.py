@@ -63,6 +63,7 @@ class GroupGraph:
                     g.fixed = f"shares layers with {near}, whose channel coupling torch-pruning could not resolve"
 
     def group(self, key: str) -> ChannelGroup:
+        """The channel group rooted at layer `key` (KeyError naming a few known roots if none)."""
         for g in self.groups:
             if g.key == key:
                 return g
