@@ -78,7 +78,7 @@ def _resolve_pieces(dg: tp.DependencyGraph) -> dict[tp.dependency.Node, tuple[li
         else:
             resolved[node] = (sizes, equal, pieces)
     blocked = {out for node in unresolved for out in node.outputs}
-    return {node: found for node, found in resolved.items() if not blocked.intersection(node.outputs)}
+    return {node: pieces for node, pieces in resolved.items() if not blocked.intersection(node.outputs)}
 
 
 def map_splits(dg: tp.DependencyGraph) -> dict[tp.dependency.Node, bool]:
@@ -95,8 +95,8 @@ def map_splits(dg: tp.DependencyGraph) -> dict[tp.dependency.Node, bool]:
         op.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
         node.enable_index_mapping = False  # keeps torch-pruning from re-deriving its own mapping
         for out, piece in zip(node.outputs, pieces, strict=True):
-            into = SegmentMapping(op, "split_sizes", piece, to_whole=False)
-            wire(node, out, 0, into, SegmentMapping(op, "split_sizes", piece, to_whole=True))
+            to_piece, from_piece = (SegmentMapping(op, "split_sizes", piece, to_whole) for to_whole in (False, True))
+            wire(node, out, 0, to_piece, from_piece)
         mapped[node] = equal
     return mapped
 
@@ -128,8 +128,8 @@ def map_concat_inputs(dg: tp.DependencyGraph, node: tp.dependency.Node, splits: 
     op.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
     node.enable_index_mapping = False  # keeps torch-pruning from re-deriving its own mapping
     for position, source in enumerate(sources):
-        into = SegmentMapping(op, "concat_sizes", position, to_whole=True)
-        wire(source, node, 1, into, SegmentMapping(op, "concat_sizes", position, to_whole=False))
+        to_concat, from_concat = (SegmentMapping(op, "concat_sizes", position, to_whole) for to_whole in (True, False))
+        wire(source, node, 1, to_concat, from_concat)
         for dep in between(node, source):
             # torch-pruning applies slot 0 first, where the split's piece mapping sits: the
             # concatenation's offset must come off before the piece's offset goes on.
