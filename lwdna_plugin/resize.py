@@ -55,7 +55,9 @@ def resize(
             removed = set(range(group.size)) - set(kept)
             tp_removal = graph.tp_group(key, sorted(removed))
             grouped = [item for item in tp_removal if _grouped_conv_input(graph, item)]
-            tp_removal._group = [item for item in tp_removal if not any(item is g for g in grouped)]
+            # `Group.items` is torch-pruning's own list of the group's items: removing the grouped
+            # convs' inputs there leaves `prune` everything else (bare parameters included).
+            tp_removal.items[:] = [item for item in tp_removal if not any(item is g for g in grouped)]
             tp_removal.prune(record_history=False)
             for item in grouped:
                 _prune_grouped_conv_input(item.dep.target.module, item.idxs)
@@ -185,13 +187,5 @@ def _grow(graph: GroupGraph, tp_group, size: int, n: int) -> None:
 
 
 def _grow_parameter(graph: GroupGraph, node, at: int, count: int) -> None:
-    """Replace a bare parameter on its owner and in torch-pruning's maps, as `Group.prune` does."""
-    dg, old = graph.dg, node.module
-    name = dg._param_to_name.pop(old)
-    new = ParameterGrower(node.pruning_dim).grow_out_channels(old, at, count)
-    owner_name, _, attr = name.rpartition(".")
-    owner: nn.Module = graph.model.get_submodule(owner_name)
-    setattr(owner, attr, new)
-    dg._param_to_name[new] = name
-    dg.module2node[new] = dg.module2node.pop(old)
-    node.module = new
+    """Grow a bare parameter: a new parameter replaces it, as `Group.prune` does when it prunes one."""
+    graph.replace_parameter(node, ParameterGrower(node.pruning_dim).grow_out_channels(node.module, at, count))

@@ -1,0 +1,144 @@
+"""Integer attributes of a block that cache a width the graph changes, found once and kept in step.
+
+A block may keep in Python the width of a concatenation or split inside it (GhostNet's
+`out[:, :self.out_chs]`, CSPNet's `x.split(self.expand_chs // 2)`, Res2Net's
+`torch.split(x, self.width)`) or its attention heads' dimension (timm's `head_dim`, `attn_dim`,
+`scale`). After a resize these must hold the new widths, or the next forward pass breaks.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch.nn as nn
+import torch_pruning as tp
+from torch_pruning import ops
+from torch_pruning.dependency import shape_infer
+
+from .constants import INPUT_SUFFIX
+from .splits import MappedSplits
+
+
+class CachedWidth(NamedTuple):
+    """`module.attr` holds the concatenation `node`'s 'width', or the split `node`'s 'total' or equal 'piece'."""
+
+    module: nn.Module
+    attr: str
+    node: tp.dependency.Node
+    kind: str
+
+
+def _named_neighbour(node: tp.dependency.Node, names: dict, direction: str) -> str | None:
+    """The nearest named layer from `node` (itself included), walking `direction` ('inputs' or
+    'outputs') through unnamed ops such as activations."""
+    stack, seen = [node], set()
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if names.get(n.module):
+            return names[n.module]
+        stack.extend(getattr(n, direction))
+    return None
+
+
+def _common_parent(names: list[str]) -> str:
+    parts = [n.split(".")[:-1] for n in names]
+    common = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) > 1:
+            break
+        common.append(level[0])
+    return ".".join(common)
+
+
+def _concat_width(dg: tp.DependencyGraph, node: tp.dependency.Node) -> int | None:
+    """A concatenation's width: its input sizes as torch-pruning keeps them, else inferred."""
+    if node.module.concat_sizes is not None and None not in node.module.concat_sizes:
+        return sum(node.module.concat_sizes)
+    return shape_infer.infer_out_channels_recursively(dg, node, [0])
+
+
+def find_cached_widths(
+    dg: tp.DependencyGraph, model: nn.Module, block_widths: list[tuple[nn.Module, int]], splits: MappedSplits
+) -> list[CachedWidth]:
+    """Integer attributes of a block that hold the width of a concatenation or split inside it.
+
+    A concatenation is found by where its inputs come from, every input produced inside the
+    block, and its attribute by the block's output width (`block_widths`); a split by where its
+    pieces go, the block that holds every consumer, and its attribute by the pieces' sizes.
+    """
+    names = dg._module2name
+    concat_owner: dict[str, tp.dependency.Node] = {}
+    found = []
+    for node in dg.module2node.values():
+        if node.type == ops.OPTYPE.CONCAT:
+            producers = [_named_neighbour(n, names, "inputs") for n in node.inputs]
+            if all(producers):
+                concat_owner.setdefault(_common_parent(producers), node)
+        elif node.type == ops.OPTYPE.SPLIT and splits.get(node.module, False):
+            consumers = [_named_neighbour(n, names, "outputs") for n in node.outputs]
+            if not all(consumers):
+                continue
+            owner = model.get_submodule(_common_parent(consumers))
+            sizes = node.module.split_sizes
+            for attr, value in vars(owner).items():
+                if type(value) is int and value > 1 and value in (sizes[0], sum(sizes)):
+                    found.append(CachedWidth(owner, attr, node, "piece" if value == sizes[0] else "total"))
+    for module, channels in block_widths:
+        node = concat_owner.get(names.get(module, ""))
+        if node is None or _concat_width(dg, node) != channels:
+            continue
+        for attr, value in vars(module).items():
+            # An attribute that sizes a split is the split's: the concatenation may differ.
+            claimed = any(c.module is module and c.attr == attr for c in found)
+            if type(value) is int and value == channels and value > 1 and not claimed:
+                found.append(CachedWidth(module, attr, node, "width"))
+    return found
+
+
+def sync_cached_widths(dg: tp.DependencyGraph, cached: list[CachedWidth]) -> list[str]:
+    """Set each cached width attribute to its concatenation's or split's current width; name those changed."""
+    changed = []
+    for module, attr, node, kind in cached:
+        if kind == "width":
+            width = _concat_width(dg, node)
+        else:
+            width = node.module.split_sizes[0] if kind == "piece" else sum(node.module.split_sizes)
+        if width is not None and width != getattr(module, attr):
+            setattr(module, attr, width)
+            changed.append(f"{dg._module2name.get(module, type(module).__name__)}.{attr}")
+    return changed
+
+
+def head_owner(model: nn.Module, key: str) -> nn.Module | None:
+    """The attention block whose heads a group rooted at an output projection's input spans.
+
+    timm's attention blocks keep `num_heads` and `head_dim` (and often `attn_dim` and
+    `scale`); the group keeps the head count and resizes every head's dimension.
+    """
+    if not key.endswith(INPUT_SUFFIX):
+        return None
+    owner = model.get_submodule(key[: -len(INPUT_SUFFIX)].rpartition(".")[0])
+    heads, dim = getattr(owner, "num_heads", None), getattr(owner, "head_dim", None)
+    if type(heads) is int and type(dim) is int:
+        return owner
+    return None
+
+
+def sync_head_dims(dg: tp.DependencyGraph, model: nn.Module, roots: dict[str, tuple[nn.Module, bool]]) -> list[str]:
+    """Set each attention block's head dimension (and `attn_dim`, `scale`) to its projection's input width."""
+    changed = []
+    for key, (root, as_input) in roots.items():
+        owner = head_owner(model, key) if as_input else None
+        width = dg.get_pruner_of_module(root).get_in_channels(root) if owner is not None else None
+        if owner is None or width == owner.num_heads * owner.head_dim:
+            continue
+        old_dim, owner.head_dim = owner.head_dim, width // owner.num_heads
+        if getattr(owner, "attn_dim", None) == old_dim * owner.num_heads:
+            owner.attn_dim = width
+        if isinstance(getattr(owner, "scale", None), float):
+            owner.scale = owner.head_dim**-0.5
+        changed.append(f"{dg._module2name.get(owner)}.head_dim")
+    return changed

@@ -1,0 +1,239 @@
+"""The group graph: torch-pruning's dependency graph of a model plus its channel groups.
+
+Groups are found from every conv and linear layer's output channels, as torch-pruning's
+`get_all_groups` does, then adjusted where torch-pruning's grouping does not fit resizing: an
+irregular group is re-rooted at a narrower layer, the pieces of an equal-piece split get a
+group each (tied to one width), and groups next to a search that did not settle are fixed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from torch_pruning import ops
+
+from .cached_widths import find_cached_widths, head_owner, sync_cached_widths, sync_head_dims
+from .constants import INPUT_SUFFIX
+from .groups import ChannelGroup, describe
+from .pieces import split_root, tie_pieces
+from .search import BoundedSearch, Overflow, SearchStalled
+from .tracing import trace
+
+_Found = tuple[tp.dependency.Group, Overflow]
+
+
+class GroupGraph:
+    """torch-pruning's `DependencyGraph` of a model plus its channel groups, keyed by root layer name."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: torch.Tensor,
+        ignored: Iterable[str] = (),
+    ) -> None:
+        self.model = model
+        traced = trace(model, example_inputs)
+        self.dg = traced.dg
+        self._splits = traced.splits
+        self._search = BoundedSearch(self.dg)
+        self.cached_widths = find_cached_widths(self.dg, model, traced.block_widths, self._splits)
+        nodes = {node.grad_fn: node for node in self.dg.module2node.values() if node.grad_fn is not None}
+        # Layers torch-pruning does not know (a blur filter applied with F.conv2d) show up as
+        # element-wise ops; their per-channel tensors and width attributes follow the group.
+        self.opaque: dict[object, nn.Module] = {
+            nodes[grad_fn]: module for module, grad_fn, _ in traced.leaves if grad_fn in nodes
+        }
+        self.ignored = set(ignored)
+        # Root layer of each group and whether the group is its input (rather than output) channels.
+        self._roots: dict[str, tuple[nn.Module, bool]] = {}
+        # Key of a group rooted at one piece of a split -> (split op, piece).
+        self._pieces: dict[str, tuple[nn.Module, int]] = {}
+        self.groups: list[ChannelGroup] = []
+        stalled = self._add_layer_groups()
+        self._split_into_pieces()
+        tie_pieces(self.groups)
+        for g in self.groups:
+            if g.prunable:
+                near = next((stalled[m] for m in self._member_modules(g) if m in stalled), None)
+                if near is not None:
+                    g.fixed = f"shares layers with {near}, whose channel coupling torch-pruning could not resolve"
+
+    def group(self, key: str) -> ChannelGroup:
+        """The channel group rooted at layer `key` (KeyError naming a few known roots if none)."""
+        for g in self.groups:
+            if g.key == key:
+                return g
+        raise KeyError(f"no channel group rooted at layer {key!r}; known roots: {[g.key for g in self.groups][:8]}...")
+
+    def tp_group(self, key: str, idxs: Sequence[int] | None = None) -> tp.dependency.Group:
+        """The torch-pruning group of `key` for `idxs` (all current channels by default)."""
+        return self._find(key, idxs)[0]
+
+    def refresh(self, key: str) -> tuple[ChannelGroup, tp.dependency.Group]:
+        """Re-describe one group after layers changed size (positions shift in concatenations)."""
+        found = self._find(key)
+        fresh = self._describe(key, found)
+        i = [g.key for g in self.groups].index(key)
+        old = self.groups[i]
+        fresh.tie, fresh.divisor = old.tie, math.lcm(fresh.divisor, old.divisor)
+        if fresh.fixed is None:
+            fresh.fixed = old.fixed
+        self.groups[i] = fresh
+        return fresh, found[0]
+
+    def sync_cached_widths(self) -> list[str]:
+        """After a resize, set each cached width attribute to its block's new output width."""
+        return sync_head_dims(self.dg, self.model, self._roots) + sync_cached_widths(self.dg, self.cached_widths)
+
+    def replace_parameter(self, node: tp.dependency.Node, new: nn.Parameter) -> None:
+        """Put `new` in place of the bare parameter `node` holds, on its owner and in the graph.
+
+        torch-pruning offers no public way to swap a parameter: its own `Group.prune` updates its
+        private `_param_to_name` and `module2node` when it prunes one, so growing one must too.
+        """
+        dg, old = self.dg, node.module
+        name = dg._param_to_name.pop(old)
+        owner_name, _, attr = name.rpartition(".")
+        setattr(self.model.get_submodule(owner_name), attr, new)
+        dg._param_to_name[new] = name
+        dg.module2node[new] = dg.module2node.pop(old)
+        node.module = new
+
+    def _find(self, key: str, idxs: Sequence[int] | None = None) -> _Found:
+        """The torch-pruning group of `key` for `idxs`, and where its mappings pointed past a layer."""
+        root, as_input = self._roots[key]
+        pruner = self.dg.get_pruner_of_module(root)
+        fn = pruner.prune_in_channels if as_input else pruner.prune_out_channels
+        if key in self._pieces:
+            # A piece's channels sit at its offset in the root; root indices stay 0-based.
+            op, piece = self._pieces[key]
+            start = sum(op.split_sizes[:piece])
+            idxs = range(op.split_sizes[piece]) if idxs is None else idxs
+            group, overflow = self._search.run(root, fn, [start + i for i in idxs])
+            for item in group:
+                item.root_idxs = [r - start for r in item.root_idxs]
+            return group, overflow
+        if idxs is None:
+            idxs = range(pruner.get_in_channels(root) if as_input else pruner.get_out_channels(root))
+        return self._search.run(root, fn, list(idxs))
+
+    def _describe(self, key: str, found: _Found) -> ChannelGroup:
+        tp_group, overflow = found
+        heads = head_owner(self.model, key)
+        return describe(self.dg, key, tp_group, overflow, ignored=self.ignored, splits=self._splits, heads=heads)
+
+    def _member_modules(self, group: ChannelGroup) -> list[nn.Module]:
+        by_name = {name: module for module, name in self.dg._module2name.items()}
+        return [by_name[m.name] for m in group.members if m.name in by_name]
+
+    def _layer_groups(self) -> Iterator[tuple[nn.Module, _Found | SearchStalled]]:
+        """torch-pruning's `get_all_groups` (every conv and linear layer's output channels, each
+        channel once), yielding (root, found) or (root, `SearchStalled`) for a search that did not settle."""
+        visited: set = set()
+        for module in list(self.dg.module2node):
+            if not isinstance(module, (ops.TORCH_CONV, ops.TORCH_LINEAR)) or module in visited:
+                continue
+            pruner = self.dg.get_pruner_of_module(module)
+            if pruner is None or pruner.get_out_channels(module) is None:
+                continue
+            try:
+                found = self._search.run(
+                    module, pruner.prune_out_channels, list(range(pruner.get_out_channels(module)))
+                )
+            except SearchStalled as stall:
+                visited.update(stall.reached)
+                yield module, stall
+                continue
+            visited.update(
+                item.dep.target.module for item in found[0] if self.dg.is_out_channel_pruning_fn(item.dep.handler)
+            )
+            yield module, found
+
+    def _add_layer_groups(self) -> dict[nn.Module, str]:
+        """Add a group per layer group torch-pruning finds; return the layers a stalled search reached
+        (-> the stalled group's key)."""
+        stalled: dict[nn.Module, str] = {}
+        for root, found in self._layer_groups():
+            key = self.dg._module2name[root]
+            if isinstance(found, SearchStalled):
+                self.groups.append(ChannelGroup(key, self.dg.get_out_channels(root), fixed=str(found)))
+                self._roots[key] = (root, False)
+                stalled.update({m: key for m in found.reached})
+                continue
+            group = self._describe(key, found)
+            as_input = False
+            if group.fixed and group.fixed.startswith("irregular"):
+                root, as_input, group = self._reroot(found[0], root, group)
+            self._roots[group.key] = (root, as_input)
+            self.groups.append(group)
+        return stalled
+
+    def _reroot(
+        self, tp_group: tp.dependency.Group, root: nn.Module, group: ChannelGroup
+    ) -> tuple[nn.Module, bool, ChannelGroup]:
+        """Root an irregular group at its narrowest layer instead, if that makes it regular.
+
+        A root wider than another layer of the same channels maps several of its channels onto
+        one of the narrower layer's: GhostNet's squeeze-excite expands to a concatenation of a
+        tensor and its depthwise copy, an attention `qkv` projection feeds `proj` through three
+        chunks. Rooted at the narrower layer (its output, or an attention projection's input),
+        the mapping is cyclic.
+        """
+        candidates = []
+        for item in tp_group:
+            module = item.dep.target.module
+            if module is root or not isinstance(module, (ops.TORCH_CONV, ops.TORCH_LINEAR)):
+                continue
+            as_input = not self.dg.is_out_channel_pruning_fn(item.dep.handler)
+            pruner = self.dg.get_pruner_of_module(module)
+            width = pruner.get_in_channels(module) if as_input else pruner.get_out_channels(module)
+            if width < group.size:
+                candidates.append((as_input, width, self.dg._module2name[module], module))
+        for as_input, width, name, module in sorted(candidates, key=lambda c: c[:3]):
+            pruner = self.dg.get_pruner_of_module(module)
+            fn: Callable = pruner.prune_in_channels if as_input else pruner.prune_out_channels
+            key = f"{name}{INPUT_SUFFIX}" if as_input else name
+            if as_input and head_owner(self.model, key) is None:
+                # Only attention heads are known to split a layer's input evenly; elsewhere a
+                # split's sizes may be fixed in Python (Res2Net's `torch.split(x, self.width)`).
+                continue
+            candidate = self._describe(key, self._search.run(module, fn, list(range(width))))
+            if candidate.prunable:
+                return module, as_input, candidate
+        return root, False, group
+
+    def _split_into_pieces(self) -> None:
+        """One group per piece of a split whose pieces must stay equal (`x.split(n)`, `x.chunk(k)`).
+
+        torch-pruning marks a layer visited once any of its channels is in a group, so a layer
+        whose output is split may have one piece in a group (CSPNet: the half that feeds the
+        residual blocks) and the other in none, or all pieces in one group that cannot grow
+        (each consumer sees a part of the root). Such pieces get a group of their own, rooted at
+        the layer that produces the split's input.
+        """
+        for node in list(self.dg.module2node.values()):
+            op = node.module
+            root = split_root(node) if node.type == ops.OPTYPE.SPLIT and self._splits.get(op, False) else None
+            if root is None or self.dg.get_pruner_of_module(root).get_out_channels(root) != sum(op.split_sizes):
+                continue
+            name = self.dg._module2name[root]
+            touched = {k for g in self.groups for o, pieces in g.splits if o is op for k in pieces}
+            whole = [g for g in self.groups if self._roots[g.key][0] is root and g.key not in self._pieces]
+            for g in [g for g in whole if g.fixed and g.fixed.startswith("irregular")]:
+                self.groups.remove(g)
+                del self._roots[g.key]
+                touched -= {k for o, pieces in g.splits if o is op for k in pieces}
+            for piece in range(len(op.split_sizes)):
+                key = f"{name}#{piece}"
+                if piece in touched or key in self._roots:
+                    continue
+                self._roots[key] = (root, False)
+                self._pieces[key] = (op, piece)
+                group = self._describe(key, self._find(key))
+                if group.splits != [(op, (piece,))] and not group.fixed:
+                    group.fixed = f"piece {piece} of a split reaches other pieces"
+                self.groups.append(group)

@@ -1,0 +1,165 @@
+"""Channel groups: a torch-pruning group described as the unit LW-DNA widens, scores and shrinks.
+
+A channel group is everything that must keep the same channel count: a conv's outputs and the
+norm, depthwise conv, residual sum, concatenation slice and consumer inputs coupled to them.
+`describe` records where every member holds the group's channels and why a group must keep its
+width (the model's output, irregular index mappings, layers with no grow function).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch.nn as nn
+import torch_pruning as tp
+from torch_pruning import ops
+
+from ..grow import GROWERS
+from .constants import PASS_THROUGH
+from .layout import member_layout
+
+
+@dataclass
+class Member:
+    """Where one layer holds a group's channels: `dim` is 'out', 'in' or 'tied' (norms, depthwise)."""
+
+    name: str
+    dim: str
+    optype: str
+    positions: list[int]
+    root_idxs: list[int]
+    repeat: int
+
+
+@dataclass
+class ChannelGroup:
+    """A set of coupled channels that LW-DNA widens, scores and shrinks as one."""
+
+    key: str
+    size: int
+    members: list[Member] = field(default_factory=list)
+    divisor: int = 1
+    fixed: str | None = None
+    classifier_input: bool = False
+    # A grouped conv sees its channels in `balance` contiguous blocks: each keeps an equal share.
+    balance: int = 1
+    # Groups with the same `tie` keep one width: the pieces of a split sized by one number in Python.
+    tie: str | None = None
+    # (split op, pieces) for every equal-piece split the group passes through.
+    splits: list[tuple[nn.Module, tuple[int, ...]]] = field(default_factory=list, repr=False)
+
+    @property
+    def prunable(self) -> bool:
+        return self.fixed is None
+
+
+def describe(
+    dg: tp.DependencyGraph,
+    key: str,
+    tp_group: tp.dependency.Group,
+    overflow: Sequence[tuple[tp.dependency.Node, int]],
+    *,
+    ignored: set[str],
+    splits: Mapping[nn.Module, bool],
+    heads: nn.Module | None,
+) -> ChannelGroup:
+    """The channel group of torch-pruning's `tp_group`, keyed `key`.
+
+    `overflow` lists where the search's index mappings pointed past a layer's channels, `splits`
+    the split ops whose pieces one number sizes, `heads` the attention block the group spans.
+    The first reason found is the one a fixed group reports.
+    """
+    size = len(tp_group[0].idxs)
+    group = ChannelGroup(key=key, size=size)
+    divisors = [1]
+    reasons = [
+        f"channel mapping at {dg._module2name.get(node.module) or node.name.splitlines()[0]} "
+        f"points past its {width} channels"
+        for node, width in overflow
+    ]
+    for item in tp_group:
+        node = item.dep.target
+        if node.type == ops.OPTYPE.OUTPUT:
+            reasons.append("feeds the model output")
+            continue
+        if node.type in PASS_THROUGH:
+            continue
+        if node.type == ops.OPTYPE.SPLIT and splits.get(node.module, False):
+            group.splits.append((node.module, _pieces(node.module.split_sizes, item.idxs)))
+        member, found = _member(dg, item, size)
+        reasons += found
+        if member.name in ignored:
+            reasons.append(f"layer {member.name} is ignored")
+        if member.name is None:
+            continue
+        if isinstance(node.module, ops.TORCH_LINEAR) and member.dim == "in" and _is_classifier(node):
+            group.classifier_input = True
+        if node.type == ops.OPTYPE.CONV:
+            divisors.append(node.module.groups)
+            if node.module.groups > 1:
+                group.balance = math.lcm(group.balance, node.module.groups)
+        elif node.type == ops.OPTYPE.GN:
+            divisors.append(node.module.num_groups)
+        group.members.append(member)
+    if heads is not None:
+        divisors.append(heads.num_heads)
+    group.divisor = math.lcm(*divisors)
+    if size % group.divisor:
+        reasons.append(f"{size} channels are not divisible by the layer groups ({group.divisor})")
+    group.fixed = reasons[0] if reasons else None
+    return group
+
+
+def _member(dg: tp.DependencyGraph, item: object, size: int) -> tuple[Member, list[str]]:
+    """One group item as a member (its name None for a layer the model does not name), and what
+    keeps it from growing in place."""
+    node, handler = item.dep.target, item.dep.handler
+    optype, module = node.type, node.module
+    names = dg._param_to_name if optype == ops.OPTYPE.PARAMETER else dg._module2name
+    name = names.get(module)
+    where = name or node.name
+    pruner = dg.get_pruner_of_module(module)
+    tied = pruner.prune_in_channels == pruner.prune_out_channels
+    dim = "tied" if tied else ("out" if dg.is_out_channel_pruning_fn(handler) else "in")
+    reasons = []
+    if dim != "in" and not node.outputs and optype != ops.OPTYPE.PARAMETER:
+        reasons.append(f"{name} produces the model output")
+    repeat, reason = member_layout(list(item.idxs), list(item.root_idxs), size)
+    if reason:
+        reasons.append(f"irregular channel mapping at {where}: {reason}")
+    if optype == ops.OPTYPE.PARAMETER:
+        width = module.shape[node.pruning_dim]
+    else:
+        width = pruner.get_in_channels(module) if dim == "in" else pruner.get_out_channels(module)
+    if width is not None and max(item.idxs, default=0) >= width:
+        reasons.append(f"channel mapping at {where} points past its {width} channels")
+    if optype not in GROWERS:
+        reasons.append(f"no grow function for {type(module).__name__} ({where})")
+    member = Member(name, dim, optype.name.lower(), list(item.idxs), list(item.root_idxs), repeat)
+    return member, reasons
+
+
+def _pieces(split_sizes: list[int], idxs: Sequence[int]) -> tuple[int, ...]:
+    """Which pieces of a split the indices `idxs` of its input fall in."""
+    offsets = [sum(split_sizes[:i]) for i in range(len(split_sizes) + 1)]
+    return tuple(sorted({bisect.bisect_right(offsets, i) - 1 for i in idxs}))
+
+
+def _is_classifier(node: tp.dependency.Node) -> bool:
+    """True if this linear layer's output reaches the model output through shape-preserving ops only."""
+    stack, seen = list(node.outputs), set()
+    if not stack:
+        return True
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.type == ops.OPTYPE.OUTPUT:
+            return True
+        if n.type in PASS_THROUGH:
+            stack.extend(n.outputs)
+    return False

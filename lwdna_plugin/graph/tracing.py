@@ -1,0 +1,121 @@
+"""Tracing a model into torch-pruning's dependency graph, with the index mappings it lacks.
+
+Forward hooks record what the graph alone does not keep: each block's output width (for the
+cached widths of `cached_widths`) and the outputs of leaf layers torch-pruning does not know (a
+blur filter applied with F.conv2d), whose per-channel state must follow their group.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from torch_pruning import ops
+from torch_pruning.dependency import shape_infer
+
+from .rearrange import map_rearrangement
+from .splits import MappedSplits, map_concat_inputs, map_splits
+
+
+@dataclass
+class Trace:
+    """torch-pruning's graph of a model, with what the hooks recorded during its forward pass."""
+
+    dg: tp.DependencyGraph
+    # (block, its output width) for every module with children.
+    block_widths: list[tuple[nn.Module, int]]
+    # (leaf layer unknown to torch-pruning, its output's grad_fn, its output width).
+    leaves: list[tuple[nn.Module, object, int]]
+    splits: MappedSplits
+
+
+class _DependencyGraph(tp.DependencyGraph):
+    """torch-pruning's graph, with concatenation sizes it cannot infer read off autograd.
+
+    torch-pruning sizes each input of a concatenation by walking the graph; through a slice of
+    a tensor (DPN's `x[:, :self.num_1x1_c]`) it finds none and fails summing the sizes. Autograd
+    records the shape of every tensor it passed, so those sizes are taken from there.
+    """
+
+    def _build_dependency(self, module2node: dict) -> None:
+        super()._build_dependency(module2node)
+        for node in module2node.values():
+            if node.type != ops.OPTYPE.CONCAT or node.module.concat_sizes is not None or node.grad_fn is None:
+                continue
+            try:
+                if None not in [shape_infer.infer_channels_between(self, n, node) for n in node.inputs]:
+                    continue  # torch-pruning's own inference works
+            except (TypeError, IndexError):
+                continue  # it needs split sizes, set later: leave the concatenation to torch-pruning
+            sizes = _autograd_concat_sizes(node)
+            if sizes is not None:
+                node.module.concat_sizes = sizes
+
+
+def _autograd_concat_sizes(node: tp.dependency.Node) -> list[int] | None:
+    """The sizes of a concatenation's inputs along its dimension, as autograd recorded them."""
+    dim = getattr(node.grad_fn, "_saved_dim", 1)
+    sizes = []
+    for fn, nr in node.grad_fn.next_functions:
+        source = next((n for n in node.inputs if n.grad_fn is fn), None)
+        if source is None or fn is None:
+            break
+        shape = fn._input_metadata[nr].shape
+        if not -len(shape) <= dim < len(shape):
+            break
+        sizes.append(int(shape[dim]))
+    if len(sizes) == len(node.inputs) == len(node.grad_fn.next_functions):
+        return sizes
+    return None
+
+
+def _per_channel_state(module: nn.Module) -> bool:
+    return any(t.dim() > 0 for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)])
+
+
+def _record_leaf(records: list, module: nn.Module, inputs: object, output: object) -> None:
+    if isinstance(output, torch.Tensor) and output.grad_fn is not None and output.dim() in (3, 4):
+        records.append((module, output.grad_fn, output.shape[1] if output.dim() == 4 else output.shape[-1]))
+
+
+def _record_output(records: list, module: nn.Module, inputs: object, output: object) -> None:
+    if isinstance(output, torch.Tensor) and output.dim() in (3, 4):
+        records.append((module, output.shape[1] if output.dim() == 4 else output.shape[-1]))
+
+
+def trace(model: nn.Module, example_inputs: torch.Tensor) -> Trace:
+    """Build torch-pruning's graph of `model` and install the index mappings it lacks."""
+    was_training = model.training
+    outputs: list[tuple[nn.Module, int]] = []
+    leaves: list[tuple[nn.Module, object, int]] = []
+    known = tuple(ops.type2class(t) for t in tp.DependencyGraph().REGISTERED_PRUNERS if ops.type2class(t))
+    hooks = []
+    for m in model.modules():
+        if m is not model and next(m.children(), None) is not None:
+            hooks.append(m.register_forward_hook(partial(_record_output, outputs)))
+        elif next(m.children(), None) is None and not isinstance(m, known) and _per_channel_state(m):
+            hooks.append(m.register_forward_hook(partial(_record_leaf, leaves)))
+    try:
+        with warnings.catch_warnings():
+            # torch-pruning warns about every parameter outside a known layer; we report those groups ourselves.
+            warnings.simplefilter("ignore")
+            dg = _DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    model.train(was_training)
+    seen: set = set()
+    for node in list(dg.module2node.values()):
+        if node.type == ops.OPTYPE.RESHAPE and node not in seen:
+            map_rearrangement(dg, node, seen)
+    mapped = map_splits(dg)
+    splits = {node.module: equal for node, equal in mapped.items()}
+    for node in mapped:
+        for out in node.outputs:
+            if out.type == ops.OPTYPE.CONCAT:
+                map_concat_inputs(dg, out, splits)
+    return Trace(dg, outputs, leaves, splits)
