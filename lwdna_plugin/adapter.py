@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import Batch
+from .modes import in_mode
 
 # timm's wrappers of a backbone made with `features_only=True`.
 FEATURE_WRAPPERS = tuple(
@@ -292,10 +293,8 @@ def check_input(model: nn.Module, example: torch.Tensor, batch_shape: tuple[int,
             f"({batch_shape[1]} channels): build the model for them (model_kwargs={{'in_chans': {batch_shape[1]}}}) "
             f"or load the data with {expected} channels (load_batches(..., in_chans={expected}))"
         )
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), in_mode(model, training=False):
             model(example)
     except (RuntimeError, ValueError, AssertionError) as err:
         reason = str(err).splitlines()[0].rstrip(".") if str(err) else type(err).__name__
@@ -304,5 +303,3 @@ def check_input(model: nn.Module, example: torch.Tensor, batch_shape: tuple[int,
             f"width): {reason}. Give images of the size the model was built for (timm models take "
             "model_kwargs={'img_size': ...} where they support it)"
         ) from err
-    finally:
-        model.train(was_training)

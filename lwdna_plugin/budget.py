@@ -24,7 +24,7 @@ import torch
 
 from .flops import FlopModel
 from .graph import GroupGraph
-from .widen import step_of
+from .resize import top_channels
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def plan_widths(
         raise ValueError("strengths=(): give at least one cost strength, (0.0,) for the plain global threshold")
     groups = [graph.group(k) for k in flop_model.keys]
     scored = [i for i, g in enumerate(groups) if g.key in scores]
-    steps = np.array([step_of(g, round_to) for g in groups])
+    steps = np.array([g.step(round_to) for g in groups])
     sizes = flop_model.sizes.copy()
     lows = floor_widths(graph, scores, flop_model, floors, round_to)
     ordered = {i: np.sort(scores[groups[i].key].double().numpy())[::-1] for i in scored}
@@ -208,7 +208,7 @@ def plan_widths(
     flops = flop_model(widths)
     keys = flop_model.keys
     plan_widths = {keys[i]: int(widths[i]) for i in scored}
-    keep = {k: _top(scores[k], w, graph.group(k).balance) for k, w in plan_widths.items()}
+    keep = {k: top_channels(scores[k], w, graph.group(k).balance) for k, w in plan_widths.items()}
     return Plan(plan_widths, keep, flops, threshold, floor_flops, max_flops, strength, ranking)
 
 
@@ -229,7 +229,7 @@ def floor_widths(
         g = graph.group(key)
         if key not in scores:
             continue
-        step = step_of(g, round_to)
+        step = g.step(round_to)
         fraction = floors.tau if g.classifier_input else floors.rho
         low = max(math.ceil(fraction * g.size), floors.min_channels)
         lows[i] = min(g.size, math.ceil(low / step) * step)
@@ -283,18 +283,3 @@ def _uniform_widths(flop_model: FlopModel, lows: np.ndarray, target: float) -> n
 
 def _next_score(ordered: np.ndarray, width: float) -> float:
     return float(ordered[int(width)]) if int(width) < len(ordered) else -math.inf
-
-
-def _top(score: torch.Tensor, k: int, blocks: int = 1) -> list[int]:
-    """Indices of the k best channels; ties go to the lower index so plans are reproducible.
-
-    With `blocks` > 1 (a grouped conv reads the channels in that many contiguous blocks) each
-    block keeps its k / blocks best, so every conv group keeps the same number of channels.
-    """
-    n = len(score)
-    if blocks > 1 and n % blocks == 0 and k % blocks == 0:
-        size = n // blocks
-        picks = (_top(score[b * size : (b + 1) * size], k // blocks) for b in range(blocks))
-        return sorted(b * size + j for b, block in enumerate(picks) for j in block)
-    order = sorted(range(n), key=lambda i: (-float(score[i]), i))
-    return sorted(order[:k])

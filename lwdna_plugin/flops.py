@@ -15,6 +15,7 @@ import torch.nn as nn
 from fvcore.nn import FlopCountAnalysis
 
 from .graph import GroupGraph
+from .modes import in_mode
 
 FLOP_CONVENTION = "fvcore FlopCountAnalysis total; one flop = one multiply-accumulate (conv, linear)"
 
@@ -22,12 +23,10 @@ FLOP_CONVENTION = "fvcore FlopCountAnalysis total; one flop = one multiply-accum
 def _analysis(model: nn.Module, inputs: torch.Tensor) -> FlopCountAnalysis:
     # fvcore logs every op it has no formula for (activations, sums); they carry no MACs.
     logging.getLogger("fvcore.nn.jit_analysis").setLevel(logging.ERROR)
-    was_training = model.training
-    model.eval()
-    analysis = FlopCountAnalysis(model, inputs)
-    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-    analysis.total()
-    model.train(was_training)
+    with in_mode(model, training=False):
+        analysis = FlopCountAnalysis(model, inputs)
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+        analysis.total()
     return analysis
 
 

@@ -23,15 +23,15 @@ def insert_along(tensor: torch.Tensor, dim: int, at: int, n: int, fill: float = 
     return torch.cat([head, new, tail], dim=dim)
 
 
+def like(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """`new` as the kind of tensor `old` is: a Parameter with its `requires_grad`, or a plain tensor."""
+    return nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
+
+
 def _grow_param(layer: nn.Module, attr: str, dim: int, at: int, n: int, fill: float = 0.0) -> None:
     value = getattr(layer, attr, None)
-    if value is None:
-        return
-    grown = insert_along(value.data, dim, at, n, fill)
-    if isinstance(value, nn.Parameter):
-        setattr(layer, attr, nn.Parameter(grown, requires_grad=value.requires_grad))
-    else:
-        setattr(layer, attr, grown)
+    if value is not None:
+        setattr(layer, attr, like(value, insert_along(value.data, dim, at, n, fill)))
 
 
 class BaseGrowFunc:
@@ -138,7 +138,7 @@ class ParameterGrower(BaseGrowFunc):
         self.dim = dim
 
     def grow_out_channels(self, layer: nn.Parameter, at: int, n: int) -> nn.Parameter:
-        return nn.Parameter(insert_along(layer.data, self.dim, at, n), requires_grad=layer.requires_grad)
+        return like(layer, insert_along(layer.data, self.dim, at, n))
 
     grow_in_channels = grow_out_channels
 

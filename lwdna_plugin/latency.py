@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from .adapter import model_device
 from .flops import FlopModel
+from .modes import in_mode
 
 
 @dataclass(frozen=True)
@@ -154,12 +155,10 @@ def time_layers(
 
         return hook
 
-    was_training = model.training
-    model.eval()
-    model(inputs)
     totals, per_layer = [], {n: [] for n in names}
     handles = []
-    try:
+    with in_mode(model, training=False):
+        model(inputs)
         for _ in range(repeats):
             _synchronise(device)
             start = time.perf_counter()
@@ -170,15 +169,15 @@ def time_layers(
             module = model.get_submodule(name)
             handles.append(module.register_forward_pre_hook(before(name)))
             handles.append(module.register_forward_hook(after(name)))
-        for _ in range(repeats):
-            spent.clear()
-            model(inputs)
-            for name in names:
-                per_layer[name].append(spent.get(name, 0.0))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+        try:
+            for _ in range(repeats):
+                spent.clear()
+                model(inputs)
+                for name in names:
+                    per_layer[name].append(spent.get(name, 0.0))
+        finally:
+            for h in handles:
+                h.remove()
     inclusive = {n: float(np.median(t)) for n, t in per_layer.items()}
     return Timing(widths, float(np.median(totals)), _exclusive(inclusive), sizes)
 

@@ -9,7 +9,7 @@ import torch.nn as nn
 from torch_pruning import ops
 
 from .graph import GroupGraph, growth_slots
-from .grow import GROWERS, ParameterGrower, insert_along
+from .grow import GROWERS, ParameterGrower, insert_along, like
 
 # Tensors the layer functions of torch-pruning and `grow` already resize.
 _LAYER_TENSORS = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
@@ -49,7 +49,8 @@ def resize(
             )
         extras = _extra_tensors(graph, tp_group)
         if target < group.size:
-            kept = sorted(keep.get(key, _leading(group.size, target, group.balance)))
+            # Without a keep list: the leading channels (of each block), as all scores tie.
+            kept = sorted(keep[key]) if key in keep else top_channels(torch.zeros(group.size), target, group.balance)
             if len(kept) != target:
                 raise ValueError(f"channel group {key!r}: keep lists {len(kept)} channels, width is {target}")
             removed = set(range(group.size)) - set(kept)
@@ -75,12 +76,20 @@ def resize(
     graph.sync_cached_widths()
 
 
-def _leading(size: int, target: int, blocks: int) -> list[int]:
-    """The default channels to keep: the first ones, the same number from each of `blocks` blocks."""
-    if blocks > 1 and size % blocks == 0 and target % blocks == 0:
-        per, k = size // blocks, target // blocks
-        return [b * per + j for b in range(blocks) for j in range(k)]
-    return list(range(target))
+def top_channels(score: torch.Tensor, k: int, blocks: int = 1) -> list[int]:
+    """Indices of the k best channels; ties go to the lower index so plans are reproducible.
+
+    With `blocks` > 1 (a grouped conv reads the channels in that many contiguous blocks) each
+    block keeps its k / blocks best, so every conv group keeps the same number of channels.
+    """
+    n = len(score)
+    if blocks > 1 and n % blocks == 0 and k % blocks == 0:
+        size = n // blocks
+        picks = (top_channels(score[b * size : (b + 1) * size], k // blocks) for b in range(blocks))
+        return sorted(b * size + j for b, block in enumerate(picks) for j in block)
+    values = score.tolist()
+    order = sorted(range(n), key=lambda i: (-values[i], i))
+    return sorted(order[:k])
 
 
 def _grouped_conv_input(graph: GroupGraph, item) -> bool:
@@ -109,7 +118,7 @@ def _prune_grouped_conv_input(layer: nn.Conv2d, idxs) -> None:
     out_per = layer.out_channels // layer.groups
     weight = layer.weight.data
     new = torch.cat([weight[g * out_per : (g + 1) * out_per][:, k] for g, k in enumerate(keep)])
-    layer.weight = nn.Parameter(new, requires_grad=layer.weight.requires_grad)
+    layer.weight = like(layer.weight, new)
     layer.in_channels -= len(gone)
 
 
@@ -165,11 +174,7 @@ def _replace(module: nn.Module, attr: str, delta: int, change) -> None:
         width = max(tensor)
         setattr(module, attr, tuple(v + delta if v == width else v for v in tensor))
         return
-    new = change(tensor.data)
-    if isinstance(tensor, nn.Parameter):
-        setattr(module, attr, nn.Parameter(new, requires_grad=tensor.requires_grad))
-    else:
-        setattr(module, attr, new)
+    setattr(module, attr, like(tensor, change(tensor.data)))
 
 
 def _grow(graph: GroupGraph, tp_group, size: int, n: int) -> None:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .data import Batch
 from .graph import ChannelGroup, GroupGraph
+from .modes import in_mode
 
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 Criterion = str | Callable[[tp.dependency.Group], torch.Tensor]
@@ -41,7 +42,7 @@ DATA_FREE = ("synflow", *_IMPORTANCES)
 _NORMS = (ops.TORCH_BATCHNORM, ops.TORCH_LAYERNORM, ops.TORCH_GROUPNORM, ops.TORCH_INSTANCENORM)
 
 # Layers whose channel axis is the last one of their output (linear layers on tokens or NHWC maps).
-_CHANNELS_LAST = (ops.TORCH_LINEAR, ops.TORCH_EMBED)
+_FEATURES_LAST = (ops.TORCH_LINEAR, ops.TORCH_EMBED)
 
 
 def score_channels(
@@ -197,7 +198,6 @@ def _gate_pass(
                 norms[m.name] = module
                 continue
             hooks.append(module.register_forward_hook(partial(_apply_gate, gates, m.name)))
-    was_training = model.training
     # Only the gates need gradients: skipping weight gradients saves about a third of backward.
     # An affine norm's output y = w * x_hat + b needs no gate: sum(dL/dy * y) per channel is
     # w * dL/dw + b * dL/db, from gradients its backward computes anyway, with no extra pass.
@@ -208,19 +208,19 @@ def _gate_pass(
     for p in affine:
         p.grad = None
         p.requires_grad_(True)
-    model.train(train)
     seen = 0
     try:
-        for batch in batches:
-            loss = loss_fn(model, batch)
-            check_loss(loss)
-            if not torch.isfinite(loss).all():
-                raise ValueError(
-                    f"the loss on scoring batch {seen} is {loss.detach().float().item()}: check the batch for "
-                    "non-finite images or targets (NaN, inf) before dissimilating"
-                )
-            loss.backward()
-            seen += 1
+        with in_mode(model, training=train):
+            for batch in batches:
+                loss = loss_fn(model, batch)
+                check_loss(loss)
+                if not torch.isfinite(loss).all():
+                    raise ValueError(
+                        f"the loss on scoring batch {seen} is {loss.detach().float().item()}: check the batch for "
+                        "non-finite images or targets (NaN, inf) before dissimilating"
+                    )
+                loss.backward()
+                seen += 1
         grads = {name: gate.grad for name, gate in gates.items() if gate.grad is not None}
         for name, module in norms.items():
             grad = _norm_gate_gradient(module)
@@ -233,7 +233,6 @@ def _gate_pass(
             p.grad = None
         for p, flag in requires.items():
             p.requires_grad_(flag)
-        model.train(was_training)
     if seen == 0:
         raise ValueError("the data yielded no batches: gate scores need at least one (images, targets) batch")
     return grads
@@ -288,7 +287,7 @@ def _feeds_batchnorm_only(graph: GroupGraph, module: nn.Module) -> bool:
 def _apply_gate(gates: dict[str, torch.Tensor], name: str, module: nn.Module, inputs, output):
     if not isinstance(output, torch.Tensor):
         return None
-    dim = _channel_dim(module, output)
+    dim = _output_channel_dim(module, output)
     if dim is None:
         return None
     gate = gates.get(name)
@@ -300,7 +299,7 @@ def _apply_gate(gates: dict[str, torch.Tensor], name: str, module: nn.Module, in
     return output * gate.view(shape)
 
 
-def _channel_dim(module: nn.Module, output: torch.Tensor) -> int | None:
+def _output_channel_dim(module: nn.Module, output: torch.Tensor) -> int | None:
     """The output axis that holds the module's channels (NCHW axis 1 or the last axis)."""
     width = _width(module)
     if width is None or output.dim() < 2:
@@ -309,7 +308,7 @@ def _channel_dim(module: nn.Module, output: torch.Tensor) -> int | None:
     if len(matches) < 2:
         return matches[0] if matches else None
     # Both axes fit: linear layers and token/NHWC layer norms act on the last axis.
-    channels_last = isinstance(module, _CHANNELS_LAST) or (
+    channels_last = isinstance(module, _FEATURES_LAST) or (
         isinstance(module, ops.TORCH_LAYERNORM) and not type(module).__name__.endswith("2d")
     )
     return matches[-1] if channels_last else matches[0]

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from .data import Batch
+from .modes import in_mode
 from .score import check_loss
 
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -79,25 +80,23 @@ def warm_up(
         weight_decay=warmup.weight_decay,
         nesterov=warmup.momentum > 0,
     )
-    was_training = model.training
-    model.train()
     images = 0
-    try:
-        for step, batch in enumerate(itertools.islice(itertools.cycle(batches), warmup.steps)):
-            loss = loss_fn(model, batch)
-            check_loss(loss)
-            if not torch.isfinite(loss).all():
-                raise ValueError(
-                    f"the warm-up's loss is {loss.detach().float().item()} at step {step}: lower Warmup(lr=...) "
-                    f"(it is {warmup.lr}) or check the batches for NaN/inf"
-                )
+    with in_mode(model, training=True):
+        try:
+            for step, batch in enumerate(itertools.islice(itertools.cycle(batches), warmup.steps)):
+                loss = loss_fn(model, batch)
+                check_loss(loss)
+                if not torch.isfinite(loss).all():
+                    raise ValueError(
+                        f"the warm-up's loss is {loss.detach().float().item()} at step {step}: lower "
+                        f"Warmup(lr=...) (it is {warmup.lr}) or check the batches for NaN/inf"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                images += _count(batch)
+        finally:
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            images += _count(batch)
-    finally:
-        optimizer.zero_grad(set_to_none=True)
-        model.train(was_training)
     return WarmupCost(warmup.steps, images, images * cost_ratio)
 
 

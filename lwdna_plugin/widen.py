@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -14,13 +13,8 @@ from .initialise import initialise
 from .resize import resize
 
 
-def step_of(group: ChannelGroup, round_to: int = 1) -> int:
-    """The channel granularity of a group: `round_to` and its grouped layers' group count."""
-    return math.lcm(max(1, round_to), group.divisor)
-
-
 def widened_size(group: ChannelGroup, width: float, round_to: int = 1) -> int:
-    step = step_of(group, round_to)
+    step = group.step(round_to)
     return max(step, int(round(group.size * width / step)) * step)
 
 

@@ -8,7 +8,6 @@ import torch
 
 import lwdna_plugin as lw
 from conftest import IMG
-from lwdna_plugin.widen import step_of
 
 X = torch.zeros(1, 3, IMG, IMG)
 
@@ -25,7 +24,7 @@ def test_widen_scales_flops_by_width_squared(name, width):
     original = [g for g in lw.GroupGraph(model, X).groups if g.prunable]
     assert set(sizes) == {g.key for g in original}
     for g in original:
-        step = step_of(g)
+        step = g.step()
         assert sizes[g.key] % step == 0 and abs(sizes[g.key] - width * g.size) <= step / 2, g.key
     assert {g.key: g.size for g in lw.GroupGraph(wide, X).groups if g.prunable} == sizes
     assert wide(torch.randn(2, 3, IMG, IMG)).shape == (2, 10)

@@ -55,6 +55,10 @@ class ChannelGroup:
     def prunable(self) -> bool:
         return self.fixed is None
 
+    def step(self, round_to: int = 1) -> int:
+        """The channel granularity of the group: `round_to` and its grouped layers' group count."""
+        return math.lcm(max(1, round_to), self.divisor)
+
 
 def describe(
     dg: tp.DependencyGraph,

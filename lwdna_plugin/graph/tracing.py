@@ -17,6 +17,7 @@ import torch_pruning as tp
 from torch_pruning import ops
 from torch_pruning.dependency import shape_infer
 
+from ..modes import in_mode
 from .rearrange import map_rearrangement
 from .splits import MappedSplits, map_concat_inputs, map_splits
 
@@ -89,7 +90,6 @@ def _record_output(records: list, module: nn.Module, inputs: object, output: obj
 
 def trace(model: nn.Module, example_inputs: torch.Tensor) -> Trace:
     """Build torch-pruning's graph of `model` and install the index mappings it lacks."""
-    was_training = model.training
     outputs: list[tuple[nn.Module, int]] = []
     leaves: list[tuple[nn.Module, object, int]] = []
     known = tuple(ops.type2class(t) for t in tp.DependencyGraph().REGISTERED_PRUNERS if ops.type2class(t))
@@ -100,14 +100,14 @@ def trace(model: nn.Module, example_inputs: torch.Tensor) -> Trace:
         elif next(m.children(), None) is None and not isinstance(m, known) and _per_channel_state(m):
             hooks.append(m.register_forward_hook(partial(_record_leaf, leaves)))
     try:
-        with warnings.catch_warnings():
+        # torch-pruning runs the model in whatever mode it finds; `in_mode` gives every module its own back.
+        with warnings.catch_warnings(), in_mode(model):
             # torch-pruning warns about every parameter outside a known layer; we report those groups ourselves.
             warnings.simplefilter("ignore")
             dg = _DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
     finally:
         for h in hooks:
             h.remove()
-    model.train(was_training)
     seen: set = set()
     for node in list(dg.module2node.values()):
         if node.type == ops.OPTYPE.RESHAPE and node not in seen:

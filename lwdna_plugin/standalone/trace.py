@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch.fx as fx
 import torch.nn as nn
 
+from ..modes import in_mode
+
 
 class Tracer(fx.Tracer):
     """Traces through everything but `torch.nn` layers and `leaves`; timm's notrace functions stay calls."""
@@ -67,16 +69,13 @@ class Traces:
 
 def trace(model: nn.Module, training: bool, leaves: frozenset[int] = frozenset()) -> fx.GraphModule:
     """`model` traced in train (`training=True`) or eval mode; its own mode is left as it was."""
-    mode = model.training
-    model.train(training)
     try:
-        graph = Tracer(leaves).trace(model)
+        with in_mode(model, training=training):
+            graph = Tracer(leaves).trace(model)
     except Exception as error:
         raise RuntimeError(
             f"torch.fx could not trace {type(model).__name__} in {'train' if training else 'eval'} mode: {error}"
         ) from error
-    finally:
-        model.train(mode)
     gm = fx.GraphModule(model, graph, class_name=type(model).__name__)
     _drop_dead_reads(gm.graph)
     _read_training_flag(gm.graph, training)
