@@ -46,6 +46,8 @@ class Floors:
 
 
 RANKINGS = ("saliency", "flops")
+# A further cost the plan must respect: (cost model of the widths, its maximum).
+Limit = tuple[Callable[[np.ndarray], float], float]
 _SI = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 
 
@@ -88,7 +90,7 @@ def plan_widths(
     floors: Floors | None = None,
     round_to: int = 1,
     tolerance: float = 1e-3,
-    limits: Sequence[tuple[Callable[[np.ndarray], float], float]] = (),
+    limits: Sequence[Limit] = (),
     strengths: Sequence[float] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0),
     ranking: str = "saliency",
 ) -> Plan:
@@ -103,96 +105,18 @@ def plan_widths(
     """
     if ranking not in RANKINGS:
         raise ValueError(f"ranking={ranking!r}: choose one of {RANKINGS}")
-    floors = floors or Floors()
     if not strengths:
         raise ValueError("strengths=(): give at least one cost strength, (0.0,) for the plain global threshold")
-    groups = [graph.group(k) for k in flop_model.keys]
-    scored = [i for i, g in enumerate(groups) if g.key in scores]
-    steps = np.array([g.step(round_to) for g in groups])
-    sizes = flop_model.sizes.copy()
-    lows = floor_widths(graph, scores, flop_model, floors, round_to)
-    ordered = {i: np.sort(scores[groups[i].key].double().numpy())[::-1] for i in scored}
-    # Tied groups (equal pieces of one split) take the width of the first of them, the leader,
-    # planned on the mean of their ranked scores.
-    leader_of: dict[str, int] = {}
-    followers: dict[int, list[int]] = {}
-    for i in scored:
-        tie = groups[i].tie
-        if tie is None or tie not in leader_of:
-            leader_of[tie or groups[i].key] = i
-            followers[i] = []
-        else:
-            followers[leader_of[tie]].append(i)
-    free = list(followers)
-    for i, tied in followers.items():
-        if tied:
-            ordered[i] = np.mean([ordered[j] for j in [i, *tied]], axis=0)
-
-    def follow(w: np.ndarray) -> np.ndarray:
-        for i, tied in followers.items():
-            w[tied] = w[i]
-        return w
-
-    def fits(w: np.ndarray, limits: Sequence[tuple[Callable[[np.ndarray], float], float]]) -> bool:
-        return flop_model(w) <= target and all(cost(w) <= limit for cost, limit in limits)
-
-    floor_flops, max_flops = flop_model(lows), flop_model(sizes)
-    floor_settings = f"rho={floors.rho}, tau={floors.tau}, min_channels={floors.min_channels}"
-    if floor_flops > target:
-        raise ValueError(
-            f"the FLOP target {target:,.0f} is below what the floors allow ({floor_flops:,.0f} FLOPs with "
-            f"{floor_settings}); raise `flops` or lower the floors"
-        )
-    for cost, limit in limits:
-        if cost(lows) > limit:
-            raise ValueError(
-                f"{cost}: the limit {limit:.4g} is below what the floors allow ({cost(lows):.4g} with "
-                f"{floor_settings}); relax the limit or lower the floors"
-            )
-
-    def search(ranked: dict[int, np.ndarray], limits: Sequence) -> tuple[np.ndarray, float]:
-        """The lowest global threshold on `ranked` that fits, then a greedy fill up to the target."""
-
-        def widths_at(threshold: float) -> np.ndarray:
-            w = sizes.copy()
-            for i in free:
-                count = int(np.searchsorted(-ranked[i], -threshold, side="right"))
-                w[i] = min(sizes[i], max(lows[i], math.ceil(count / steps[i]) * steps[i]))
-            return follow(w)
-
-        candidates = np.unique(np.concatenate([ranked[i] for i in free])) if free else np.array([0.0])
-        lo, hi = 0, len(candidates)  # invariant: candidates[hi] (or +inf) fits, candidates[lo - 1] does not
-        if fits(sizes, limits):
-            hi = 0
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if fits(widths_at(candidates[mid]), limits):
-                hi = mid
-            else:
-                lo = mid + 1
-        threshold = float(candidates[hi]) if hi < len(candidates) else math.inf
-        widths = widths_at(threshold)
-        while target - flop_model(widths) > tolerance * target:
-            for i in sorted(free, key=lambda j: -_next_score(ranked[j], widths[j])):
-                if widths[i] + steps[i] > sizes[i]:
-                    continue
-                trial = widths.copy()
-                trial[i] += steps[i]
-                trial = follow(trial)
-                if fits(trial, limits):
-                    widths = trial
-                    break
-            else:
-                break
-        return widths, threshold
-
+    floors = floors or Floors()
+    space = _Space(graph, scores, flop_model, floors, round_to, target, tolerance)
+    space.check_reachable(limits, floors)
+    ordered = space.ordered
     if ranking == "flops":
         # Costs are taken at the uniformly scaled widths that meet the target: a channel's FLOPs
         # depend on its neighbours' widths, and that is where a plan at this target sits.
-        reference = _uniform_widths(flop_model, lows, target)
-        costs = _step_costs(reference, free, steps, follow, flop_model)
-        ordered = {i: ordered[i] / max(costs[i], 1e-12) for i in free}
-    widths, threshold = search(ordered, ())
+        costs = space.step_costs(_uniform_widths(flop_model, space.lows, target), flop_model)
+        ordered = {i: ordered[i] / max(costs[i], 1e-12) for i in space.free}
+    widths, threshold = space.search(ordered, ())
     strength = 0.0
     binding = [(cost, limit) for cost, limit in limits if cost(widths) > limit]
     if binding:
@@ -202,14 +126,141 @@ def plan_widths(
         # budget wins, being the closest to the plan the paper's method would make. (The most
         # summed score would not do: a global threshold already keeps the top channels by count,
         # so it wins that even when a limit has cut its FLOPs in half.)
-        relative = _relative_cost(widths, free, steps, follow, flop_model, binding)
-        found = [(s, *search({i: ordered[i] / relative[i] ** s for i in free}, limits)) for s in strengths]
+        relative = space.relative_cost(widths, binding)
+        found = [(s, *space.search({i: ordered[i] / relative[i] ** s for i in space.free}, limits)) for s in strengths]
         strength, widths, threshold = max(found, key=lambda f: (flop_model(f[1]), -f[0]))
-    flops = flop_model(widths)
-    keys = flop_model.keys
-    plan_widths = {keys[i]: int(widths[i]) for i in scored}
-    keep = {k: top_channels(scores[k], w, graph.group(k).balance) for k, w in plan_widths.items()}
-    return Plan(plan_widths, keep, flops, threshold, floor_flops, max_flops, strength, ranking)
+    plan = {flop_model.keys[i]: int(widths[i]) for i in space.scored}
+    keep = {k: top_channels(scores[k], w, graph.group(k).balance) for k, w in plan.items()}
+    floor_flops, max_flops = flop_model(space.lows), flop_model(space.sizes)
+    return Plan(plan, keep, flop_model(widths), threshold, floor_flops, max_flops, strength, ranking)
+
+
+class _Space:
+    """The widths a plan can take: per group (in the FLOP model's order) its size, floor and
+    rounding step, its scores sorted best first, and which groups are planned freely (the
+    leaders) and which follow a leader's width (the other pieces of one split)."""
+
+    def __init__(
+        self,
+        graph: GroupGraph,
+        scores: dict[str, torch.Tensor],
+        flop_model: FlopModel,
+        floors: Floors,
+        round_to: int,
+        target: float,
+        tolerance: float,
+    ) -> None:
+        self.flop_model, self.target, self.tolerance = flop_model, target, tolerance
+        groups = [graph.group(k) for k in flop_model.keys]
+        self.scored = [i for i, g in enumerate(groups) if g.key in scores]
+        self.steps = np.array([g.step(round_to) for g in groups])
+        self.sizes = flop_model.sizes.copy()
+        self.lows = floor_widths(graph, scores, flop_model, floors, round_to)
+        self.ordered = {i: np.sort(scores[groups[i].key].double().numpy())[::-1] for i in self.scored}
+        # Tied groups (equal pieces of one split) take the width of the first of them, the leader,
+        # planned on the mean of their ranked scores.
+        leader_of: dict[str, int] = {}
+        self.followers: dict[int, list[int]] = {}
+        for i in self.scored:
+            tie = groups[i].tie
+            if tie is None or tie not in leader_of:
+                leader_of[tie or groups[i].key] = i
+                self.followers[i] = []
+            else:
+                self.followers[leader_of[tie]].append(i)
+        self.free = list(self.followers)
+        for i, tied in self.followers.items():
+            if tied:
+                self.ordered[i] = np.mean([self.ordered[j] for j in [i, *tied]], axis=0)
+
+    def check_reachable(self, limits: Sequence[Limit], floors: Floors) -> None:
+        """A clear error when even the floors' widths break the target or a limit."""
+        settings = f"rho={floors.rho}, tau={floors.tau}, min_channels={floors.min_channels}"
+        floor_flops = self.flop_model(self.lows)
+        if floor_flops > self.target:
+            raise ValueError(
+                f"the FLOP target {self.target:,.0f} is below what the floors allow ({floor_flops:,.0f} FLOPs with "
+                f"{settings}); raise `flops` or lower the floors"
+            )
+        for cost, limit in limits:
+            if cost(self.lows) > limit:
+                raise ValueError(
+                    f"{cost}: the limit {limit:.4g} is below what the floors allow ({cost(self.lows):.4g} with "
+                    f"{settings}); relax the limit or lower the floors"
+                )
+
+    def follow(self, widths: np.ndarray) -> np.ndarray:
+        """`widths` with every follower at its leader's width."""
+        for i, tied in self.followers.items():
+            widths[tied] = widths[i]
+        return widths
+
+    def fits(self, widths: np.ndarray, limits: Sequence[Limit]) -> bool:
+        return self.flop_model(widths) <= self.target and all(cost(widths) <= limit for cost, limit in limits)
+
+    def at_threshold(self, ranked: dict[int, np.ndarray], threshold: float) -> np.ndarray:
+        """Each free group keeps its channels ranked at or above `threshold`, within its floor and step."""
+        widths = self.sizes.copy()
+        for i in self.free:
+            count = int(np.searchsorted(-ranked[i], -threshold, side="right"))
+            widths[i] = min(self.sizes[i], max(self.lows[i], math.ceil(count / self.steps[i]) * self.steps[i]))
+        return self.follow(widths)
+
+    def search(self, ranked: dict[int, np.ndarray], limits: Sequence[Limit]) -> tuple[np.ndarray, float]:
+        """The lowest global threshold on `ranked` that fits, then a greedy fill up to the target."""
+        candidates = np.unique(np.concatenate([ranked[i] for i in self.free])) if self.free else np.array([0.0])
+        lo, hi = 0, len(candidates)  # invariant: candidates[hi] (or +inf) fits, candidates[lo - 1] does not
+        if self.fits(self.sizes, limits):
+            hi = 0
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.fits(self.at_threshold(ranked, candidates[mid]), limits):
+                hi = mid
+            else:
+                lo = mid + 1
+        threshold = float(candidates[hi]) if hi < len(candidates) else math.inf
+        return self.fill(self.at_threshold(ranked, threshold), ranked, limits), threshold
+
+    def fill(self, widths: np.ndarray, ranked: dict[int, np.ndarray], limits: Sequence[Limit]) -> np.ndarray:
+        """Add a step to the group whose next channel ranks best, while that still fits, until
+        the plan is within `tolerance` of the target: rounding makes the threshold coarse."""
+        while self.target - self.flop_model(widths) > self.tolerance * self.target:
+            for i in sorted(self.free, key=lambda j: -_next_score(ranked[j], widths[j])):
+                if widths[i] + self.steps[i] > self.sizes[i]:
+                    continue
+                trial = widths.copy()
+                trial[i] += self.steps[i]
+                trial = self.follow(trial)
+                if self.fits(trial, limits):
+                    widths = trial
+                    break
+            else:
+                return widths
+        return widths
+
+    def step_costs(self, widths: np.ndarray, cost: Callable[[np.ndarray], float]) -> dict[int, float]:
+        """Per free group, the share of `cost(widths)` that one channel of it costs at `widths`
+        (one rounding step removed, tied groups with it, divided by the step)."""
+        total = cost(widths)
+        shares = {}
+        for i in self.free:
+            less = widths.copy()
+            less[i] = max(widths[i] - self.steps[i], 1)
+            shares[i] = (total - cost(self.follow(less))) / total / max(widths[i] - less[i], 1)
+        return shares
+
+    def relative_cost(self, widths: np.ndarray, limits: Sequence[Limit]) -> dict[int, float]:
+        """Per free group, the share of the binding limits one channel of it costs over the share
+        of FLOPs it costs, at `widths` (1: the group costs latency in proportion to its FLOPs).
+        Clipped to [1/8, 8] so one noisy layer timing cannot decide a group alone."""
+        flop_share = self.step_costs(widths, self.flop_model)
+        limit_shares = [self.step_costs(widths, cost) for cost, _ in limits]
+        return {
+            i: float(np.clip(np.mean([s[i] for s in limit_shares]) / flop_share[i], 0.125, 8.0))
+            if flop_share[i] > 0
+            else 1.0
+            for i in self.free
+        }
 
 
 def floor_widths(
@@ -240,32 +291,6 @@ def floor_widths(
         if key in scores and tie is not None:
             lows[i] = highest[tie]
     return lows
-
-
-def _step_costs(widths, free, steps, follow, cost: Callable[[np.ndarray], float]) -> dict[int, float]:
-    """Per free group, the share of `cost(widths)` that one channel of it costs at `widths`
-    (one rounding step removed, tied groups with it, divided by the step)."""
-    total = cost(widths)
-    shares = {}
-    for i in free:
-        less = widths.copy()
-        less[i] = max(widths[i] - steps[i], 1)
-        shares[i] = (total - cost(follow(less))) / total / max(widths[i] - less[i], 1)
-    return shares
-
-
-def _relative_cost(widths, free, steps, follow, flop_model, limits) -> dict[int, float]:
-    """Per free group, the share of the binding limits one channel of it costs over the share of
-    FLOPs it costs, at `widths` (1: the group costs latency in proportion to its FLOPs).
-    Clipped to [1/8, 8] so one noisy layer timing cannot decide a group alone."""
-    flop_share = _step_costs(widths, free, steps, follow, flop_model)
-    limit_shares = [_step_costs(widths, free, steps, follow, cost) for cost, _ in limits]
-    return {
-        i: float(np.clip(np.mean([s[i] for s in limit_shares]) / flop_share[i], 0.125, 8.0))
-        if flop_share[i] > 0
-        else 1.0
-        for i in free
-    }
 
 
 def _uniform_widths(flop_model: FlopModel, lows: np.ndarray, target: float) -> np.ndarray:

@@ -64,7 +64,7 @@ def test_flop_model_matches_fvcore_after_resize():
 def test_flops_ranking_cuts_expensive_channels_first():
     """With every channel scored alike, the raw threshold cannot tell groups apart; ranking per
     FLOP keeps a larger share of the cheapest channels than of the most expensive ones."""
-    from lwdna_plugin.budget import _step_costs
+    from lwdna_plugin.budget import _Space
 
     graph = _widened_graph("resnet18")
     model = lw.FlopModel(graph, X)
@@ -74,7 +74,9 @@ def test_flops_ranking_cuts_expensive_channels_first():
     assert plan.ranking == "flops" and target * 0.999 <= plan.predicted_flops <= target
     index = {k: i for i, k in enumerate(model.keys)}
     free = [index[k] for k in plan.widths]
-    costs = _step_costs(model.sizes.copy(), free, [1] * len(model.keys), lambda w: w, model)
+    space = _Space(graph, scores, model, lw.Floors(rho=0.1), 1, target, 1e-3)
+    assert sorted(space.free) == sorted(free)
+    costs = space.step_costs(model.sizes.copy(), model)
     cheap, dear = min(free, key=costs.get), max(free, key=costs.get)
     share = {i: plan.widths[model.keys[i]] / model.sizes[i] for i in free}
     assert share[cheap] > share[dear]
