@@ -1,5 +1,7 @@
 """Regression tests for architecture families that needed more than torch-pruning's defaults."""
 
+from functools import partial
+
 import pytest
 import timm
 import torch
@@ -29,17 +31,41 @@ def test_scaled_std_conv_gain_follows_its_layer(batches, tmp_path):
 
 def test_ghost_modules_resize_their_slice_bound():
     """GhostNet slices its concatenation to `out_chs`; squeeze-excite groups are re-rooted."""
+    from timm.models.ghostnet import GhostModule
+
     model = timm.create_model("ghostnet_100", pretrained=False, num_classes=10)
     graph = lw.GroupGraph(model, X)
     assert graph.cached_widths, "GhostModule.out_chs was not found"
     assert not [g for g in graph.groups if g.fixed and "se." in g.key]
+    ghosts = {name: m for name, m in model.named_modules() if isinstance(m, GhostModule)}
+    before = {name: m.out_chs for name, m in ghosts.items()}
     lw.resize(graph, {g.key: 2 * g.size for g in graph.groups if g.prunable})
+    widths = {}
+
+    def record(name, module, inputs, output):
+        widths[name] = output.shape[1]
+
+    hooks = [m.register_forward_hook(partial(record, name)) for name, m in ghosts.items()]
     assert model(X).shape == (1, 10)
+    for h in hooks:
+        h.remove()
+    # Every slice bound follows its module's widened output, and the module's output is wider.
+    assert widths == {name: m.out_chs for name, m in ghosts.items()}
+    assert all(widths[name] > before[name] for name in ghosts if before[name] > 8)
 
 
 def test_split_and_concat_families(batches, tmp_path):
-    """Res2Net splits a tensor into scales and concatenates them back."""
-    _roundtrip("res2net50_26w_4s", batches, tmp_path)
+    """Res2Net splits a tensor into `scale` pieces of `width` and concatenates them back: after
+    dissimilation every block's split width, its 3x3 convs and its conv1 still agree."""
+    from timm.models.res2net import Bottle2neck
+
+    result = _roundtrip("res2net50_26w_4s", batches, tmp_path)
+    blocks = [m for m in result.model.modules() if isinstance(m, Bottle2neck)]
+    assert blocks
+    for block in blocks:
+        assert block.conv1.out_channels == block.width * block.scale
+        assert all(conv.in_channels == conv.out_channels == block.width for conv in block.convs)
+    assert {block.width for block in blocks} != {26, 52, 104, 208}  # the widths changed
 
 
 def test_attention_heads_keep_their_count_and_resize_their_dimension(batches):
@@ -81,7 +107,11 @@ def test_metaformer_scale_shape_follows_its_group():
 
 def test_scalar_affine_blocks_are_left_alone(batches, tmp_path):
     """HGNetV2's LearnableAffineBlock holds one scale and one bias, not one per channel."""
-    _roundtrip("hgnetv2_b0", batches, tmp_path)
+    from timm.models.hgnet import LearnableAffineBlock
+
+    result = _roundtrip("hgnetv2_b0", batches, tmp_path)
+    affine = [m for m in result.model.modules() if isinstance(m, LearnableAffineBlock)]
+    assert affine and all(m.scale.shape == m.bias.shape == (1,) for m in affine)
 
 
 def test_equal_split_pieces_get_a_group_each_tied_to_one_width():
