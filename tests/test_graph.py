@@ -248,3 +248,27 @@ def test_attention_heads_are_rooted_at_the_projection_input():
     assert (attn.num_heads, attn.head_dim, attn.qkv.out_features) == (3, 40, 360)
     assert attn.scale == 40**-0.5
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_tracing_runs_the_model_on_the_batch_as_given():
+    """torch-pruning tries `model(*inputs)` first: for a batch of one that is a single unbatched
+    image, which a model without batch norm accepts, so it would be traced with channels on the
+    wrong axis. Every forward during tracing must see the batch."""
+    seen = []
+
+    class Plain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU())
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            seen.append(x.dim())
+            return self.fc(self.block(x).mean((-2, -1)))
+
+    model = Plain()
+    assert model(torch.zeros(3, 8, 8)).shape == (10,)  # it does take an unbatched image
+    seen.clear()
+    graph = lw.GroupGraph(model, torch.zeros(1, 3, 8, 8))
+    assert seen and set(seen) == {4}
+    assert graph.group("block.0").size == 16

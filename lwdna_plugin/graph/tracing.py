@@ -88,6 +88,10 @@ def _record_output(records: list, module: nn.Module, inputs: object, output: obj
         records.append((module, output.shape[1] if output.dim() == 4 else output.shape[-1]))
 
 
+def _call(model: nn.Module, example_inputs: torch.Tensor) -> object:
+    return model(example_inputs)
+
+
 def trace(model: nn.Module, example_inputs: torch.Tensor) -> Trace:
     """Build torch-pruning's graph of `model` and install the index mappings it lacks."""
     outputs: list[tuple[nn.Module, int]] = []
@@ -104,7 +108,12 @@ def trace(model: nn.Module, example_inputs: torch.Tensor) -> Trace:
         with warnings.catch_warnings(), in_mode(model):
             # torch-pruning warns about every parameter outside a known layer; we report those groups ourselves.
             warnings.simplefilter("ignore")
-            dg = _DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+            # `forward_fn`: torch-pruning otherwise tries `model(*example_inputs)` first, which
+            # for a batch of one is a single unbatched image that a model without batch norm
+            # may accept, tracing channels as the wrong dimension.
+            dg = _DependencyGraph().build_dependency(
+                model, example_inputs=example_inputs, forward_fn=_call, verbose=False
+            )
     finally:
         for h in hooks:
             h.remove()
