@@ -230,6 +230,24 @@ def mmengine_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     return loss
 
 
+def micro_batches(batch: Any, size: int) -> list[tuple[Any, float]]:
+    """`batch` cut into pieces of at most `size` samples, each with its share of the batch.
+
+    An (images, targets, ...) tuple is sliced along its first axis; an mmengine batch dict has
+    each list or tensor holding one entry per sample sliced alike.
+    """
+    if isinstance(batch, dict):
+        count = len(batch["inputs"])
+        per_sample = {k for k, v in batch.items() if isinstance(v, (list, tuple, torch.Tensor)) and len(v) == count}
+        cut = lambda lo, hi: {k: (v[lo:hi] if k in per_sample else v) for k, v in batch.items()}  # noqa: E731
+    else:
+        count = len(batch[0])
+        cut = lambda lo, hi: type(batch)(part[lo:hi] for part in batch)  # noqa: E731
+    if count <= size:
+        return [(batch, 1.0)]
+    return [(cut(lo, min(lo + size, count)), (min(lo + size, count) - lo) / count) for lo in range(0, count, size)]
+
+
 def to_device(batch: Batch, device: torch.device, dtype: torch.dtype | None = None) -> Batch:
     """The batch on `device`; floating-point images also in `dtype` when given."""
     images, targets = batch

@@ -43,6 +43,7 @@ def dissimilate(
     data: Iterable[Batch] | None = None,
     *,
     batches: int = 2,
+    score_batch_size: int | None = None,
     criterion: Criterion = "gate",
     aggregate: str = "sum",
     ranking: str = "saliency",
@@ -70,6 +71,9 @@ def dissimilate(
         data: an iterable of (images, targets) batches, or for an mmengine model its dataloader
             (or the batches it yields); the first `batches` are used for scoring and the input
             size is read from them.
+        score_batch_size: score each batch in micro-batches of at most this many samples,
+            accumulating gradients: the widened model then needs the activation memory of one
+            micro-batch (train-mode batch norm normalises each micro-batch on its own).
         criterion: 'gate' (gradient of a per-channel gate, the paper's), 'synflow' (the same
             gate gradient of SynFlow's data-free objective), 'l1', 'bn', 'random', or a
             torch-pruning `Importance` / callable mapping a torch-pruning group to channel scores.
@@ -107,7 +111,10 @@ def dissimilate(
     timer = StageTimer(stages, progress)
     floors = floors or Floors()
     ignore = tuple(ignore)
-    _check_arguments(width=width, batches=batches, round_to=round_to, inits=inits, seed=seed, ranking=ranking)
+    _check_arguments(
+        width=width, batches=batches, round_to=round_to, inits=inits, seed=seed, ranking=ranking,
+        score_batch_size=score_batch_size,
+    )  # fmt: skip
     device = check_device(device)
     torch.manual_seed(seed)
 
@@ -118,6 +125,7 @@ def dissimilate(
             needs_data=_needs_data(gate, warm), check_loss=gate and loss_fn is None, more=warm.steps if warm else 0,
         )  # fmt: skip
         base, example = inputs.base, inputs.example
+        memory = _PeakMemory(example.device)
         original_flops = count_flops(base, example)
         target = parse_flops(flops, original_flops)
         base_groups = GroupGraph(base, example, ignore).groups
@@ -139,7 +147,7 @@ def dissimilate(
 
         scores = score_initialisations(
             graph, criterion, inputs.batches, loss, aggregate, inits=inits, seed=seed, create=create,
-            progress=progress, example=example, before=warm_wide if warm else None,
+            progress=progress, example=example, before=warm_wide if warm else None, micro_batch=score_batch_size,
         )  # fmt: skip
 
     calibration = None
@@ -184,10 +192,13 @@ def dissimilate(
         )
         notes += calibration.notes(timed) if calibration else []
         notes += [warmup_note(warm, spent, inputs.batch_size)] if warm else []
+        notes += memory.notes()
         report = _report(inputs, wide, lw, candidate, flop_model, base_groups, original_flops, target, notes)
         settings = _settings(inputs, width, criterion, aggregate, ranking, inits, seed, floors, round_to, ignore)
         if calibration:
             settings["latency"] = calibration.settings(candidate.plan)
+        if score_batch_size is not None:
+            settings["score_batch_size"] = score_batch_size
         if warm:
             settings["warmup"] = {**dataclasses.asdict(warm), "spent": WarmupCost.total(spent).to_dict()}
         groups = {
@@ -199,7 +210,27 @@ def dissimilate(
             inputs.recipe, inputs.shape, {"flops": target, "requested": flops}, report, settings, groups, lw
         )
         spec["achieved"].update(timed.achieved() if timed else {})
-    return Result(lw, spec, report, timer.close())
+    return Result(lw, spec, report, timer.close(), memory.peak_mb())
+
+
+class _PeakMemory:
+    """The peak memory allocated on a CUDA device from here on (identification's footprint)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def peak_mb(self) -> float | None:
+        if self.device.type != "cuda":
+            return None
+        return round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+
+    def notes(self) -> list[str]:
+        peak = self.peak_mb()
+        if peak is None:
+            return []
+        return [f"peak memory allocated on {self.device} during identification: {peak:,.0f} MiB"]
 
 
 def _report(
@@ -267,9 +298,11 @@ def _warmup(warmup: Warmup | int | None) -> Warmup | None:
     raise ValueError(f"warmup={warmup!r}: give a number of SGD steps, a `Warmup(steps=...)`, or None for no warm-up")
 
 
-def _check_arguments(*, width, batches, round_to, inits, seed, ranking) -> None:
+def _check_arguments(*, width, batches, round_to, inits, seed, ranking, score_batch_size) -> None:
     """Refuse numeric arguments that would plan nonsense, naming the argument and what it takes."""
     whole = {"batches": batches, "round_to": round_to, "inits": inits}
+    if score_batch_size is not None:
+        whole["score_batch_size"] = score_batch_size
     for name, value in whole.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r}: must be a positive integer")

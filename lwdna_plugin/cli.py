@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"mini-batches scored at initialisation (default {_DEFAULTS['batches']})",
     )
     d.add_argument("--batch-size", type=int, default=64)
+    d.add_argument(
+        "--score-batch-size",
+        type=int,
+        help="score each batch in micro-batches of at most this many images (less memory; default: whole batches)",
+    )
     d.add_argument("--img-size", type=int, default=64, help="input resolution for scoring and FLOPs (default 64)")
     d.add_argument("--num-classes", type=int, help="classifier size (default: from the data)")
     d.add_argument("--criterion", default="gate", choices=CRITERIA)
@@ -171,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             flops=_flops(args.flops),
             data=data,
             batches=args.batches,
+            score_batch_size=args.score_batch_size,
             criterion="synflow" if data is None and args.criterion == "gate" else args.criterion,
             input_size=(3, args.img_size, args.img_size) if data is None else None,
             aggregate=args.aggregate,

@@ -40,6 +40,7 @@ class Result:
     spec: dict[str, Any]
     report: Report
     timings: dict[str, float] = field(default_factory=dict)
+    peak_memory_mb: float | None = None  # allocated on a CUDA device during identification
 
     def save(self, directory: str | Path) -> Path:
         """Write spec.json, report.md and channels.png into `directory`, each file atomically."""

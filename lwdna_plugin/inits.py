@@ -30,10 +30,11 @@ def score_initialisations(
     progress: bool = False,
     example: torch.Tensor | None = None,
     before: Callable[[], object] | None = None,
+    micro_batch: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Score `graph.model` as it is, then `inits - 1` re-initialisations of it (seeds `seed + 1`,
     ...), and average them rank by rank (`average_inits`). `before()` runs on each draw before
-    it is scored (a warm-up)."""
+    it is scored (a warm-up); `micro_batch` as in `score_channels`."""
     per_init = []
     for k in range(inits):
         if k:
@@ -41,7 +42,11 @@ def score_initialisations(
             initialise(graph.model, create)
         if before is not None:
             before()
-        per_init.append(score_channels(graph, criterion, batches, loss_fn, aggregate, progress, example=example))
+        per_init.append(
+            score_channels(
+                graph, criterion, batches, loss_fn, aggregate, progress, example=example, micro_batch=micro_batch
+            )
+        )
     return average_inits(per_init)
 
 

@@ -22,6 +22,7 @@ import torch_pruning as tp
 from torch_pruning import ops
 from tqdm.auto import tqdm
 
+from .adapter import micro_batches
 from .data import Batch
 from .graph import ChannelGroup, GroupGraph
 from .modes import in_mode
@@ -53,10 +54,20 @@ def score_channels(
     aggregate: str = "sum",
     progress: bool = False,
     example: torch.Tensor | None = None,
+    micro_batch: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One score per channel for every prunable group, keyed by group (`example`: an input, for synflow)."""
+    """One score per channel for every prunable group, keyed by group (`example`: an input, for synflow).
+
+    `micro_batch`: run each batch through the model in pieces of at most this many samples,
+    accumulating the gradients (each piece's loss weighted by its share of the batch), so a
+    widened model needs the activation memory of one piece only. Batch norm in train mode then
+    normalises each piece by its own statistics.
+    """
     if aggregate not in AGGREGATIONS:
         raise ValueError(f"aggregate={aggregate!r}: choose one of {AGGREGATIONS}")
+    if micro_batch is not None and loss_fn is not None:
+        batches = [piece for batch in batches for piece in micro_batches(batch, micro_batch)]
+        loss_fn = partial(_weighted, loss_fn)
     scores = _scores(graph, criterion, batches, loss_fn, aggregate, progress, example)
     bad = [key for key, score in scores.items() if not torch.isfinite(score).all()]
     if bad:
@@ -65,6 +76,11 @@ def score_channels(
             "check the data and loss for NaN/inf, or choose another criterion"
         )
     return scores
+
+
+def _weighted(loss_fn: LossFn, model: nn.Module, piece: tuple[Batch, float]) -> torch.Tensor:
+    batch, share = piece
+    return loss_fn(model, batch) * share
 
 
 def _scores(graph, criterion, batches, loss_fn, aggregate, progress, example) -> dict[str, torch.Tensor]:
