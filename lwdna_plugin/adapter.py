@@ -48,9 +48,27 @@ def _create_timm(name: str, kwargs: dict[str, Any]) -> nn.Module:
 def _create_mmengine(name: str, kwargs: dict[str, Any]) -> nn.Module:
     from mmengine.registry import MODELS
 
-    if MODELS.get(name) is None:
-        raise ValueError(f"mmengine's MODELS registry has no type {name!r}: import the module that registers it")
-    return MODELS.build({"type": name, **kwargs})
+    return MODELS.build({"type": mmengine_type(name), **kwargs})
+
+
+def mmengine_type(name: str) -> str:
+    """`name` as mmengine's root MODELS registry finds it from any scope: OpenMMLab codebases
+    (mmpretrain, mmdet, ...) register their types in a child registry of their scope, which the
+    root finds only under the scope's prefix (`mmpretrain.ImageClassifier`)."""
+    from mmengine.registry import MODELS, DefaultScope
+
+    if MODELS.get(name) is not None:
+        return name
+    current = DefaultScope.get_current_instance()
+    if current is not None:
+        with MODELS.switch_scope_and_registry(current.scope_name) as registry:
+            if registry.scope != MODELS.scope and registry.get(name) is not None:
+                return f"{registry.scope}.{name}"
+    scope = f" (default scope {current.scope_name!r})" if current is not None else ""
+    raise ValueError(
+        f"mmengine's MODELS registry has no type {name!r}{scope}: import the module that registers it, "
+        "or set the config's `default_scope` to the codebase that does (e.g. 'mmpretrain')"
+    )
 
 
 ZOOS: dict[str, Callable[[str, dict[str, Any]], nn.Module]] = {"timm": _create_timm, "mmengine": _create_mmengine}
@@ -79,6 +97,8 @@ def mmengine_recipe(cfg: Mapping[str, Any]) -> Recipe | None:
     name = cfg.pop("type", None)
     if not isinstance(name, str):
         return None
+    # Recorded with its scope when a child registry holds it, so `build(spec)` finds it from anywhere.
+    name = mmengine_type(name)
     try:
         # Stored as JSON: keep the JSON form (tuples become lists) so the spec round-trips exactly.
         return Recipe("mmengine", name, json.loads(json.dumps(cfg)))

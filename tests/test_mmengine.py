@@ -142,3 +142,20 @@ def test_cli_mm_config(tmp_path, capsys):
     assert spec["base"]["name"] == "SmallConvNet" and spec["batch_size"] == 32
     assert cli(["dissimilate", "--mm-config", str(tmp_path / "none.py"), "--out", str(tmp_path)]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_types_registered_under_a_child_scope_are_found_and_rebuilt(mnist, tmp_path):
+    """OpenMMLab codebases register their models in a child registry of their scope (mmpretrain's
+    ImageClassifier): the config builds under that default scope, the spec names the scope, and
+    `build` finds it again from anywhere."""
+    from mmengine.registry import DefaultScope, Registry
+
+    child = Registry("model", parent=MODELS, scope="lwdna_child_scope")
+    child.register_module(name="ScopedConvNet", module=classification.SmallConvNet)
+    with pytest.raises(ValueError, match="no type 'ScopedConvNet'.*default_scope"):
+        lw.dissimilate({"type": "ScopedConvNet"}, data=loader(mnist), batches=1)
+    with DefaultScope.overwrite_default_scope("lwdna_child_scope"):
+        result = lw.dissimilate({"type": "ScopedConvNet", "channels": (16, 32, 64)}, data=loader(mnist), batches=1)
+    assert result.spec["base"]["name"] == "lwdna_child_scope.ScopedConvNet"
+    result.save(tmp_path)
+    assert lw.export.tensor_shapes(lw.build(tmp_path / "spec.json")) == result.spec["shapes"]
