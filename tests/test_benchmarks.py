@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import needs_data
 
@@ -82,3 +83,15 @@ def test_latency_smoke(tmp_path):
     assert "LW-DNA latency budget: at or below the baseline's latency in" in table
     assert "A copy of the baseline, timed the same way, read up to" in table
     assert "above it beyond the 95% interval in" in table and "its 95% interval held 1.00 in" in table
+
+
+def test_device_check_runs_here(tmp_path):
+    """benchmarks/gpu_check.py runs on whatever device this machine has (the CPU here)."""
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    only = ["bf16 model", "export_python on the device"]
+    command = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--only", *only, "--out", str(tmp_path)]
+    subprocess.run(command, check=True, env=env, timeout=600)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    payload = json.loads((tmp_path / f"gpu_check_{device}.json").read_text())
+    assert [row["check"] for row in payload["rows"]] == only
+    assert payload["passed"] == 2, payload["rows"]
