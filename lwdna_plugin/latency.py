@@ -135,21 +135,18 @@ def time_layers(
     sub-layers excluded), with forward hooks."""
     device = model_device(model)
     inputs = _inputs(model, shape, batch)
-    started: dict[str, float] = {}
-    spent: dict[str, float] = {}
+    clock = _LayerClock(device)
     sizes: dict[str, int] = {}
 
     def before(name: str) -> Callable:
         def hook(module, args) -> None:
-            _synchronise(device)
-            started[name] = time.perf_counter()
+            clock.start(name)
 
         return hook
 
     def after(name: str) -> Callable:
         def hook(module, args, output) -> None:
-            _synchronise(device)
-            spent[name] = spent.get(name, 0.0) + time.perf_counter() - started[name]
+            clock.stop(name)
             if isinstance(output, torch.Tensor):
                 sizes[name] = output.numel()
 
@@ -171,8 +168,8 @@ def time_layers(
             handles.append(module.register_forward_hook(after(name)))
         try:
             for _ in range(repeats):
-                spent.clear()
                 model(inputs)
+                spent = clock.read()
                 for name in names:
                     per_layer[name].append(spent.get(name, 0.0))
         finally:
@@ -180,6 +177,45 @@ def time_layers(
                 h.remove()
     inclusive = {n: float(np.median(t)) for n, t in per_layer.items()}
     return Timing(widths, float(np.median(totals)), _exclusive(inclusive), sizes)
+
+
+class _LayerClock:
+    """Seconds per named layer over one forward pass. On the CPU, wall time between the hooks;
+    on CUDA, events recorded on the stream and read after one synchronisation at the end, so
+    that no layer's time includes a host-device sync or the launch queue draining."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self._open: dict[str, object] = {}
+        self._spans: list[tuple[str, object, object]] = []
+
+    def start(self, name: str) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self._open[name] = event
+        else:
+            self._open[name] = time.perf_counter()
+
+    def stop(self, name: str) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+        else:
+            end = time.perf_counter()
+        self._spans.append((name, self._open.pop(name), end))
+
+    def read(self) -> dict[str, float]:
+        """Seconds per layer since the last read (a layer called twice counts twice)."""
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        spent: dict[str, float] = {}
+        for name, start, end in self._spans:
+            seconds = start.elapsed_time(end) / 1000 if self.cuda else end - start
+            spent[name] = spent.get(name, 0.0) + seconds
+        self._spans.clear()
+        return spent
 
 
 def _exclusive(inclusive: dict[str, float]) -> dict[str, float]:

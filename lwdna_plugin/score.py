@@ -289,7 +289,13 @@ def _sum_across_ranks(grads: list[torch.Tensor]) -> None:
     if not grads or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
-    torch.distributed.all_reduce(flat)
+    if torch.distributed.get_backend() == "nccl" and flat.device.type != "cuda":
+        # NCCL reduces CUDA tensors only: a model scored on the CPU reduces on this rank's GPU.
+        reduced = flat.to(torch.device("cuda", torch.cuda.current_device()))
+        torch.distributed.all_reduce(reduced)
+        flat = reduced.to(flat.device)
+    else:
+        torch.distributed.all_reduce(flat)
     for grad, chunk in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
         grad.copy_(chunk.view_as(grad))
 
