@@ -29,7 +29,7 @@ from .score import Criterion, LossFn
 from .shrink import Candidate, shrink_to_target
 from .stages import StageTimer
 from .warmup import Warmup, WarmupCost, warm_up, warmup_note
-from .widen import widen
+from .widen import widen_or_fix
 
 __all__ = ["Result", "dissimilate", "parse_flops"]
 
@@ -132,8 +132,11 @@ def dissimilate(
 
     with timer("widen"):
         create = inputs.recipe.create if inputs.recipe is not None else None
-        wide, widened = widen(base, example, width, round_to, create, ignore)
-        graph = GroupGraph(wide, example, ignore)
+        widened = widen_or_fix(base, example, width, round_to, create, ignore)
+        wide = widened.model
+        graph = GroupGraph(wide, example, ignore, widened.unwidenable)
+        if widened.unwidenable:
+            base_groups = GroupGraph(base, example, ignore, widened.unwidenable).groups
 
     with timer("score"):
         loss = loss_fn or default_loss(wide)
@@ -202,7 +205,7 @@ def dissimilate(
         if warm:
             settings["warmup"] = {**dataclasses.asdict(warm), "spent": WarmupCost.total(spent).to_dict()}
         groups = {
-            g.key: {"original": g.size, "widened": widened[g.key], "kept": candidate.plan.widths[g.key]}
+            g.key: {"original": g.size, "widened": widened.sizes[g.key], "kept": candidate.plan.widths[g.key]}
             for g in base_groups
             if g.key in candidate.plan.widths
         }

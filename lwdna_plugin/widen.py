@@ -1,16 +1,28 @@
-"""Widen: grow every prunable channel group by `width`, then initialise as the zoo would."""
+"""Widen: grow every prunable channel group by `width`, then initialise as the zoo would.
+
+Some widths cannot change although the dependency graph lets them: a `reshape` to a size
+computed in Python, a split with sizes fixed at construction, an attention product that
+needs two widths to agree. `widen_or_fix` finds such groups by widening halves of the groups
+until the culprits are single groups, and leaves each at its width with the error as reason.
+"""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from .graph import ChannelGroup, GroupGraph
 from .initialise import initialise
+from .modes import in_mode
 from .resize import resize
+
+# What a model that cannot take a widened group raises, inside the resize or in its forward.
+WIDEN_ERRORS = (RuntimeError, ValueError, IndexError, TypeError, AssertionError, KeyError)
+_ROUNDS = 3
 
 
 def widened_size(group: ChannelGroup, width: float, round_to: int = 1) -> int:
@@ -35,3 +47,98 @@ def widen(
     resize(graph, sizes)
     initialise(wide, create)
     return wide, sizes
+
+
+@dataclass
+class Widened:
+    """A widened, freshly initialised copy of the model, each widened group's size, and the
+    groups left at their width because widening them breaks the model (key -> reason)."""
+
+    model: nn.Module
+    sizes: dict[str, int]
+    unwidenable: dict[str, str]
+
+
+def widen_or_fix(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    width: float = 2.0,
+    round_to: int = 1,
+    create: Callable[[], nn.Module] | None = None,
+    ignored: Iterable[str] = (),
+) -> Widened:
+    """`widen`, checked by one forward pass; groups whose widening breaks the model are found
+    (see the module) and left at their width. Costs one forward pass when nothing breaks."""
+    ignored = tuple(ignored)
+    fixed: dict[str, str] = {}
+    for _ in range(_ROUNDS):
+        wide = copy.deepcopy(model)
+        graph = GroupGraph(wide, example_inputs, ignored, fixed)
+        sizes = {g.key: widened_size(g, width, round_to) for g in graph.groups if g.prunable}
+        try:
+            resize(graph, sizes)
+            with torch.no_grad(), in_mode(wide, training=False):
+                wide(example_inputs)
+        except WIDEN_ERRORS as err:
+            error = _first_line(err)
+            found = _culprits(model, example_inputs, width, round_to, ignored, fixed, error)
+            if not found:
+                raise RuntimeError(f"widening {type(model).__name__} fails ({error}), but no group alone does") from err
+            fixed.update(found)
+            continue
+        initialise(wide, create)
+        return Widened(wide, sizes, fixed)
+    raise RuntimeError(
+        f"widening {type(model).__name__} still fails after leaving {len(fixed)} group(s) at their width"
+    )
+
+
+def _widening_error(
+    model: nn.Module,
+    example: torch.Tensor,
+    width: float,
+    round_to: int,
+    ignored: Sequence[str],
+    fixed: Mapping[str, str],
+    keys: Sequence[str] | None,
+) -> str | None:
+    """The first line of what widening `keys` (None: every prunable group) of a copy raises,
+    in the resize or in an eval-mode forward pass; None when it works."""
+    trial = copy.deepcopy(model)
+    graph = GroupGraph(trial, example, ignored, fixed)
+    chosen = [g for g in graph.groups if g.prunable and (keys is None or g.key in keys)]
+    try:
+        resize(graph, {g.key: widened_size(g, width, round_to) for g in chosen})
+        with torch.no_grad(), in_mode(trial, training=False):
+            trial(example)
+    except WIDEN_ERRORS as err:
+        return _first_line(err)
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).splitlines()[0][:160] if str(err) else ""
+    return f"{type(err).__name__}: {text}"
+
+
+def _culprits(model, example, width, round_to, ignored, fixed, error: str) -> dict[str, str]:
+    """Groups that break widening on their own, by widening halves (about 2 log2(groups) trials
+    per culprit). A failure that needs two groups together fixes the smallest such set found."""
+    keys = [g.key for g in GroupGraph(copy.deepcopy(model), example, ignored, fixed).groups if g.prunable]
+    found: dict[str, str] = {}
+
+    def search(subset: list[str], failure: str) -> None:
+        if len(subset) == 1:
+            found[subset[0]] = f"widening it breaks the model ({failure})"
+            return
+        halves = subset[: len(subset) // 2], subset[len(subset) // 2 :]
+        errors = [_widening_error(model, example, width, round_to, ignored, fixed, half) for half in halves]
+        for half, half_error in zip(halves, errors, strict=True):
+            if half_error is not None:
+                search(list(half), half_error)
+        if all(e is None for e in errors):
+            for key in subset:
+                found[key] = f"widening it together with {len(subset) - 1} other group(s) breaks the model ({failure})"
+
+    search(keys, error)
+    return found

@@ -60,3 +60,35 @@ def test_grouped_conv_widths_stay_divisible():
         if isinstance(m, torch.nn.Conv2d):
             assert m.in_channels % m.groups == 0 and m.out_channels % m.groups == 0
     assert wide(torch.randn(1, 3, IMG, IMG)).shape == (1, 10)
+
+
+class FixedReshape(torch.nn.Module):
+    """A forward that reshapes to a width computed at construction: `mid` cannot widen, `stem` can."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.mid = torch.nn.Conv2d(8, 16, 3, padding=1)
+        self.width = 16
+        self.head = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.adaptive_avg_pool2d(self.mid(torch.relu(self.stem(x))), 2)
+        return self.head(x.reshape(x.shape[0], self.width, 4).mean(-1))
+
+
+def test_groups_that_break_the_model_when_widened_are_left_at_their_width(batches):
+    from lwdna_plugin.widen import widen_or_fix
+
+    wide, _ = lw.widen(FixedReshape(), X, 2.0)
+    with pytest.raises(RuntimeError, match="shape"):
+        wide(X)  # widened blindly, the model breaks in its forward
+    widened = widen_or_fix(FixedReshape(), X, 2.0)
+    assert set(widened.unwidenable) == {"mid"}
+    assert "widening it breaks the model (RuntimeError: shape" in widened.unwidenable["mid"]
+    assert widened.sizes == {"stem": 16}
+    assert widened.model(torch.zeros(2, 3, IMG, IMG)).shape == (2, 10)
+    result = lw.dissimilate(FixedReshape(), data=batches)
+    assert "widening it breaks the model" in result.report.fixed_groups["mid"]
+    assert set(result.spec["groups"]) == {"stem"}
+    assert result.model(torch.zeros(2, 3, IMG, IMG)).shape == (2, 10)

@@ -9,7 +9,7 @@ group each (tied to one width), and groups next to a search that did not settle 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -34,7 +34,10 @@ class GroupGraph:
         model: nn.Module,
         example_inputs: torch.Tensor,
         ignored: Iterable[str] = (),
+        fixed: Mapping[str, str] | None = None,
     ) -> None:
+        """`ignored`: layer names whose groups keep their width; `fixed`: group keys that keep
+        their width, each with the reason the report gives (groups found not to widen)."""
         self.model = model
         traced = trace(model, example_inputs)
         self.dg = traced.dg
@@ -61,6 +64,9 @@ class GroupGraph:
                 near = next((stalled[m] for m in self._member_modules(g) if m in stalled), None)
                 if near is not None:
                     g.fixed = f"shares layers with {near}, whose channel coupling torch-pruning could not resolve"
+        for g in self.groups:
+            if g.prunable and g.key in (fixed or {}):
+                g.fixed = fixed[g.key]
 
     def group(self, key: str) -> ChannelGroup:
         """The channel group rooted at layer `key` (KeyError naming a few known roots if none)."""
