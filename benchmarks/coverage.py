@@ -5,7 +5,16 @@ gate scores on real mnist5k batches), save the spec, rebuild it with `lw.build`,
 pass and check fvcore FLOPs against the target. Side by side, torch-pruning's own 50% global
 magnitude pruning followed by a forward pass, the anchor we compare with.
 
+`--timm-all` sweeps the zoo instead of a list: for every module of `timm.models` that registers
+models, its smallest model by parameter count (counted on the meta device, cached in
+`coverage_timm_selection.json`), skipping modules whose smallest model has over `--max-params`.
+Each model runs in its own process under `--timeout` seconds and an address-space limit; its
+row (ok, the stage that failed, seconds, error, fixed groups, peak memory) is written to
+`coverage_timm_runs/<model>.json`, so a rerun skips finished models; the table goes to
+`coverage_timm.{json,md}`.
+
     OMP_WAIT_POLICY=PASSIVE python benchmarks/coverage.py [--models resnet18 ...] [--timeout 300]
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/coverage.py --timm-all [--rerun]
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -78,6 +88,8 @@ def worker(name: str, batches: int, batch_size: int) -> dict:
         row["error"] = _error(err)
     row["seconds"] = round(time.perf_counter() - start, 1)
     row["ok"] = all(row[s] for s in STEPS)
+    row["stage"] = next((s for s in STEPS if not row[s]), None)
+    row["peak_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
     return row
 
 
@@ -107,16 +119,126 @@ def tp_anchor(name: str) -> dict:
         return {"tp_ok": False, "tp_error": _error(err), "tp_seconds": round(time.perf_counter() - start, 1)}
 
 
-def run_isolated(args: list[str], timeout: float) -> dict:
+def run_isolated(args: list[str], timeout: float, memory_gb: float | None = None) -> dict:
     cmd = [sys.executable, __file__, *args]
+
+    def limit() -> None:
+        # An address-space cap: a model whose identification explodes fails with a MemoryError
+        # in its own process instead of taking the machine (and what else runs on it) down.
+        cap = int(memory_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=limit if memory_gb else None
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if not lines:
         return {"error": f"worker died (exit {out.returncode}): {out.stderr.strip().splitlines()[-1:]}"}
     return json.loads(lines[-1])
+
+
+def count_params(name: str) -> int:
+    """A model's parameter count without allocating it: built on the meta device (on the CPU where
+    a constructor computes with real tensors)."""
+    import timm
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False)
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        model = timm.create_model(name, pretrained=False)
+    return sum(p.numel() for p in model.parameters())
+
+
+def select_timm(max_params: float, cache: Path) -> dict:
+    """Per module of `timm.models` that registers models: its smallest model by parameters, or
+    why the module is skipped. Cached by timm version: counting every model takes minutes."""
+    import timm
+
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached.get("timm") == timm.__version__ and cached.get("max_params") == max_params:
+            return cached
+    selected, skipped = [], []
+    for module in timm.list_modules():
+        names = timm.list_models(module=module)
+        if not names:
+            continue
+        counts = {}
+        for name in names:
+            try:
+                counts[name] = count_params(name)
+            except Exception as err:  # noqa: BLE001 - a model timm cannot build is listed, not fatal
+                skipped.append({"module": module, "model": name, "reason": f"cannot build: {_error(err)}"})
+        if not counts:
+            continue
+        name = min(counts, key=lambda n: (counts[n], n))
+        entry = {"module": module, "model": name, "params": counts[name]}
+        if counts[name] > max_params:
+            skipped.append({**entry, "reason": f"smallest model has {counts[name] / 1e6:.0f} M parameters"})
+        else:
+            selected.append(entry)
+        print(f"{module}: {name} ({counts[name] / 1e6:.2f} M)", flush=True)
+    result = {"timm": timm.__version__, "max_params": max_params, "selected": selected, "skipped": skipped}
+    cache.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def sweep_timm(args: argparse.Namespace) -> None:
+    """Run the smallest model of every timm module, one process each, resumable (see the module)."""
+    selection = select_timm(args.max_params, args.out / "coverage_timm_selection.json")
+    runs = args.out / "coverage_timm_runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    entries = selection["selected"]
+    for i, entry in enumerate(entries, 1):
+        path = runs / f"{entry['model']}.json"
+        if path.is_file() and not args.rerun and not (args.rerun_failed and not json.loads(path.read_text())["ok"]):
+            continue
+        extra = ["--batches", str(args.batches), "--batch-size", str(args.batch_size)]
+        row = {"model": entry["model"], **{s: False for s in STEPS}, "ok": False, "stage": "timeout"}
+        row.update(run_isolated(["--worker", entry["model"], *extra], args.timeout, args.memory_gb))
+        row.update(module=entry["module"], params=entry["params"])
+        row.setdefault("seconds", args.timeout)
+        if "stage" not in row or (not row["ok"] and row["stage"] is None):
+            row["stage"] = "worker"
+        path.write_text(json.dumps(row, indent=1) + "\n")
+        status = "ok" if row["ok"] else f"FAIL at {row['stage']}: {row.get('error', '')}"
+        print(f"[{i}/{len(entries)}] {entry['module']}/{entry['model']}: {status} ({row['seconds']} s)", flush=True)
+    rows = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
+    chosen = {e["model"] for e in entries}
+    rows = [r for r in rows if r["model"] in chosen]
+    write_timm_table(rows, selection, args, time.perf_counter() - started)
+
+
+def write_timm_table(rows: list[dict], selection: dict, args: argparse.Namespace, wall: float) -> None:
+    passed = sum(r["ok"] for r in rows)
+    slow = [r["model"] for r in rows if r.get("seconds", 0) >= args.timeout]
+    heavy = [r["model"] for r in rows if r.get("peak_mb", 0) > 8192]
+    header = ["module", "model", "params (M)", "ok", "failed at", "seconds", "peak MB", "fixed groups", "error"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in sorted(rows, key=lambda r: (r["ok"], r["module"])):
+        cells = [r["module"], r["model"], f"{r['params'] / 1e6:.2f}", "ok" if r["ok"] else "-",
+                 r.get("stage") or "", str(r.get("seconds", "")), str(r.get("peak_mb", "")),
+                 str(r.get("fixed_groups", "")), (r.get("error") or "").replace("|", "/")]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    skipped = [f"- {s['module']}/{s['model']}: {s['reason']}" for s in selection["skipped"] if "params" in s]
+    summary = (
+        f"timm {selection['timm']}: {passed}/{len(rows)} of the swept models pass end to end "
+        f"({len(selection['selected'])} modules selected, {len(skipped)} skipped as too large); "
+        f"{len(slow)} at the {args.timeout:.0f} s timeout, {len(heavy)} over 8 GB peak memory"
+    )
+    command = "python benchmarks/coverage.py " + " ".join(sys.argv[1:])
+    payload = {"command": command, "summary": summary, "wall_s": round(wall, 1), "rows": rows,
+               "skipped": selection["skipped"]}  # fmt: skip
+    (args.out / "coverage_timm.json").write_text(json.dumps(payload, indent=1) + "\n")
+    text = "\n".join([summary, "", *lines, "", "Skipped:", *skipped, "", f"`{command}`", ""])
+    (args.out / "coverage_timm.md").write_text(text)
+    print(text)
 
 
 def main() -> None:
@@ -128,6 +250,11 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--no-anchor", action="store_true", help="skip torch-pruning's own pruning")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--timm-all", action="store_true", help="the smallest model of every timm module")
+    parser.add_argument("--max-params", type=float, default=100e6, help="--timm-all: skip larger modules")
+    parser.add_argument("--memory-gb", type=float, default=16, help="--timm-all: address-space cap per model")
+    parser.add_argument("--rerun", action="store_true", help="--timm-all: rerun finished models too")
+    parser.add_argument("--rerun-failed", action="store_true", help="--timm-all: rerun the models that failed")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--anchor", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -136,6 +263,9 @@ def main() -> None:
         return
     if args.anchor:
         print(json.dumps(tp_anchor(args.anchor)))
+        return
+    if args.timm_all:
+        sweep_timm(args)
         return
 
     names = args.models or read_zoo(args.zoo)

@@ -237,6 +237,24 @@ def test_a_search_past_its_step_limit_stalls(monkeypatch, resnet):
     assert "layer1.0.conv1" not in [g.key for g in graph.groups]
 
 
+def test_a_search_past_its_index_budget_stalls_before_a_flatten_expands(monkeypatch):
+    """A flatten maps each channel to every pixel of its feature map: with a budget of 1,000
+    indices, the search of a conv whose output is flattened into a linear layer stops before
+    building its 16 x 64 indices, and the group is left at its width, saying why."""
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 8 * 8, 10))
+    example = torch.zeros(1, 3, 8, 8)
+    dg = trace(model, example).dg
+    pruner = dg.get_pruner_of_module(model[0])
+    BoundedSearch(dg).run(model[0], pruner.prune_out_channels, list(range(16)))  # within the default budget
+    monkeypatch.setattr(search, "SEARCH_INDICES", 1_000)
+    monkeypatch.setattr(search, "SEARCH_INDICES_PER_CHANNEL", 10)
+    bounded = BoundedSearch(dg)
+    with pytest.raises(SearchStalled, match="from 0 did not settle"):
+        bounded.run(model[0], pruner.prune_out_channels, list(range(16)))
+    assert bounded.indices <= 1_001 + 16  # the flatten's 1,024 indices were never built
+    assert "did not settle" in lw.GroupGraph(model, example).group("0").fixed
+
+
 def test_attention_heads_are_rooted_at_the_projection_input():
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32, depth=1)
     graph = lw.GroupGraph(model, torch.zeros(1, 3, 32, 32))

@@ -4,12 +4,16 @@ torch-pruning's mappings into a split, unbind or concatenation add offsets witho
 where ops that mix channels with other dimensions close a cycle (CoaT's factorised attention),
 indices walk on round it and the group search never ends. Every dependency's mappings are
 followed by a bound that drops indices past the target's width (noting them, so the group is
-reported fixed) and counts the search's steps, ending a search that runs past `SEARCH_STEPS`.
+reported fixed) and counts the search's steps and the indices it carries, ending a search
+that runs past `SEARCH_STEPS` steps or its index budget (a flatten of a large feature
+map maps each channel to every pixel: HaloNet's at 256x256 to 65,536 indices a channel, a
+search of hours and gigabytes).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 
 import torch.nn as nn
 import torch_pruning as tp
@@ -21,6 +25,10 @@ from .constants import PASS_THROUGH
 # Dependency steps one group search may take: DenseNet-121 needs about 500 and ResNet-50 under 100;
 # a search circling through ops that mix channels with other dimensions can run for hours.
 SEARCH_STEPS = 5_000
+# Indices one group search may carry in all, at least, and per channel of its root: timm's CNNs
+# and ViTs carry under 130,000 (convnext_atto at 224 and 384: 120,053, about 375 per channel).
+SEARCH_INDICES = 250_000
+SEARCH_INDICES_PER_CHANNEL = 1_000
 
 # Where an index mapping pointed past a layer's channels: (the layer's node, its width).
 Overflow = list[tuple[tp.dependency.Node, int]]
@@ -31,7 +39,8 @@ class SearchStalled(Exception):
 
     def __init__(self, root: str, reached: set[nn.Module]) -> None:
         super().__init__(
-            f"torch-pruning's channel coupling search from {root} did not settle within {SEARCH_STEPS:,} steps"
+            f"torch-pruning's channel coupling search from {root} did not settle within {SEARCH_STEPS:,} steps "
+            f"and {SEARCH_INDICES_PER_CHANNEL:,} indices a channel"
         )
         self.reached = reached
 
@@ -46,7 +55,8 @@ class BoundedSearch:
     def __init__(self, dg: tp.DependencyGraph) -> None:
         self.dg = dg
         self.active = False
-        self.steps = 0
+        self.steps = self.indices = 0
+        self.budget = SEARCH_INDICES
         self.reached: set[nn.Module] = set()
         self.overflow: Overflow = []
         for node in dg.module2node.values():
@@ -56,15 +66,18 @@ class BoundedSearch:
     def run(self, root: nn.Module, fn: Callable, idxs: list[int]) -> tuple[tp.dependency.Group, Overflow]:
         """torch-pruning's group of `root`'s channels `idxs`, and where a mapping pointed past a layer.
 
-        Raises `SearchStalled` when the search takes more than `SEARCH_STEPS` steps.
+        Raises `SearchStalled` when the search takes more than `SEARCH_STEPS` steps or carries
+        more indices than its budget (`SEARCH_INDICES_PER_CHANNEL` a root channel, at least
+        `SEARCH_INDICES`).
         """
         self.overflow.clear()
-        self.active, self.steps, self.reached = True, 0, set()
+        self.active, self.steps, self.indices, self.reached = True, 0, 0, set()
+        self.budget = max(SEARCH_INDICES, SEARCH_INDICES_PER_CHANNEL * len(idxs))
         try:
             group = self.dg.get_pruning_group(root, fn, idxs)
         finally:
             self.active = False
-        if self.steps > SEARCH_STEPS:
+        if self.steps > SEARCH_STEPS or self.indices > self.budget:
             raise SearchStalled(self.dg._module2name.get(root, "?"), self.reached)
         return group, list(self.overflow)
 
@@ -72,8 +85,9 @@ class BoundedSearch:
         """Count one step of the search into `dep`'s target and drop indices past its width."""
         if self.active:
             self.steps += 1
+            self.indices += len(idxs)
             self.reached.add(dep.target.module)
-            if self.steps > SEARCH_STEPS:
+            if self.steps > SEARCH_STEPS or self.indices > self.budget:
                 return []  # ends the search; `run` reports it stalled
         width = target_width(self.dg, dep)
         if width is None or all(i.idx < width for i in idxs):
@@ -95,8 +109,21 @@ class _BoundedMappings(list):
         self.search, self.dep = search, dep
 
     def __iter__(self) -> Iterator[Callable]:
-        yield from super().__iter__()
+        for mapping in super().__iter__():
+            # A flatten maps each index to `stride` of them: checked before it runs, so one
+            # step cannot build millions of indices. (`_stride` is torch-pruning's own field.)
+            stride = getattr(mapping, "_stride", None)
+            if isinstance(stride, int) and stride > 1 and not getattr(mapping, "reverse", True):
+                yield partial(self._within_budget, mapping, stride)
+            else:
+                yield mapping
         yield self._bound
+
+    def _within_budget(self, mapping: Callable, stride: int, idxs: Sequence[_HybridIndex]) -> Sequence[_HybridIndex]:
+        if self.search.active and self.search.indices + len(idxs) * stride > self.search.budget:
+            self.search.indices = self.search.budget + 1  # over the budget: `run` reports the search stalled
+            return []
+        return mapping(idxs)
 
     def _bound(self, idxs: Sequence[_HybridIndex]) -> Sequence[_HybridIndex]:
         return self.search.bound(self.dep, idxs)
