@@ -128,7 +128,23 @@ def resolve_model(
     if model_kwargs:
         raise ValueError("model_kwargs apply to a model name; the module you passed is already built")
     model = unwrap(model)
-    return copy.deepcopy(model), recipe_of(model)
+    return copy_model(model), recipe_of(model)
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy of `model`. A tensor a forward pass cached on a module with autograd history
+    (EfficientFormer's and EfficientViT's attention-bias caches) cannot be deep-copied: it is
+    copied detached instead, leaving the original model as it was."""
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            items = (
+                value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+            )
+            for item in items:
+                if isinstance(item, torch.Tensor) and not item.is_leaf:
+                    memo[id(item)] = item.detach().clone()
+    return copy.deepcopy(model, memo)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

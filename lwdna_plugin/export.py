@@ -7,7 +7,6 @@ it afresh, then checks every tensor shape against the spec: nothing is unpickled
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import math
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .adapter import REPLACED_TIMM, Recipe, check_input, mmengine_recipe, model_device
+from .adapter import REPLACED_TIMM, Recipe, check_input, copy_model, mmengine_recipe, model_device
 from .flops import FLOP_CONVENTION
 from .graph import GroupGraph
 from .initialise import initialise
@@ -198,6 +197,9 @@ def check_spec(data: Any, source: str = "the spec") -> None:
     ignored = data.get("ignored", [])
     if not isinstance(ignored, list) or not all(isinstance(v, str) for v in ignored):
         raise bad("ignored", "must be a list of layer names", ignored)
+    fixed = data.get("fixed_groups", {})
+    if not isinstance(fixed, Mapping) or not all(isinstance(v, str) for v in fixed.values()):
+        raise bad("fixed_groups", "must be an object of reasons by layer", fixed)
     if not isinstance(data.get("versions", {}), Mapping):
         raise bad("versions", "must be an object of package versions", data.get("versions"))
 
@@ -225,7 +227,7 @@ def build(
         recipe = _base_config_recipe(base, data)
         base = None
     if base is not None:
-        model = copy.deepcopy(base)
+        model = copy_model(base)
     elif recipe is not None:
         try:
             model = recipe.create()
@@ -243,7 +245,8 @@ def build(
         check_input(model, example, tuple(example.shape))
     except ValueError as err:
         raise ValueError(f"field 'input_size' {data['input_size']}: {err}") from None
-    graph = GroupGraph(model, example, data.get("ignored", []))
+    # Groups identification left at their width (found not to widen, among others) stay so here.
+    graph = GroupGraph(model, example, data.get("ignored", []), data.get("fixed_groups") or {})
     unlisted = sorted({g.key for g in graph.groups if g.prunable} - set(data["groups"]))
     if unlisted:
         raise ValueError(

@@ -3,13 +3,13 @@ count of the result is at or under the FLOP target."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from .adapter import copy_model
 from .budget import Plan
 from .flops import count_flops
 from .graph import GroupGraph
@@ -51,7 +51,7 @@ def shrink_to_target(
     """
     planned = target
     for _ in range(_MAX_ROUNDS):
-        lw = copy.deepcopy(wide)
+        lw = copy_model(wide)
         shrink(GroupGraph(lw, example, ignore), plan)
         achieved = count_flops(lw, example)
         if achieved <= target:

@@ -8,13 +8,13 @@ until the culprits are single groups, and leaves each at its width with the erro
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from .adapter import copy_model
 from .graph import ChannelGroup, GroupGraph
 from .initialise import initialise
 from .modes import in_mode
@@ -41,7 +41,7 @@ def widen(
     """A widened, freshly initialised copy of `model` and the widened size of each group."""
     if width <= 0:
         raise ValueError(f"width={width}: must be positive (the paper uses 2.0)")
-    wide = copy.deepcopy(model)
+    wide = copy_model(model)
     graph = GroupGraph(wide, example_inputs, ignored)
     sizes = {g.key: widened_size(g, width, round_to) for g in graph.groups if g.prunable}
     resize(graph, sizes)
@@ -72,7 +72,7 @@ def widen_or_fix(
     ignored = tuple(ignored)
     fixed: dict[str, str] = {}
     for _ in range(_ROUNDS):
-        wide = copy.deepcopy(model)
+        wide = copy_model(model)
         graph = GroupGraph(wide, example_inputs, ignored, fixed)
         sizes = {g.key: widened_size(g, width, round_to) for g in graph.groups if g.prunable}
         try:
@@ -104,7 +104,7 @@ def _widening_error(
 ) -> str | None:
     """The first line of what widening `keys` (None: every prunable group) of a copy raises,
     in the resize or in an eval-mode forward pass; None when it works."""
-    trial = copy.deepcopy(model)
+    trial = copy_model(model)
     graph = GroupGraph(trial, example, ignored, fixed)
     chosen = [g for g in graph.groups if g.prunable and (keys is None or g.key in keys)]
     try:
@@ -124,7 +124,7 @@ def _first_line(err: BaseException) -> str:
 def _culprits(model, example, width, round_to, ignored, fixed, error: str) -> dict[str, str]:
     """Groups that break widening on their own, by widening halves (about 2 log2(groups) trials
     per culprit). A failure that needs two groups together fixes the smallest such set found."""
-    keys = [g.key for g in GroupGraph(copy.deepcopy(model), example, ignored, fixed).groups if g.prunable]
+    keys = [g.key for g in GroupGraph(copy_model(model), example, ignored, fixed).groups if g.prunable]
     found: dict[str, str] = {}
 
     def search(subset: list[str], failure: str) -> None:

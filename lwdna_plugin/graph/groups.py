@@ -84,8 +84,12 @@ def describe(
         f"points past its {width} channels"
         for node, width in overflow
     ]
+    unsized = getattr(dg, "unsized_concats", set())
     for item in tp_group:
         node = item.dep.target
+        if node.module in unsized:
+            reasons.append("passes through a concatenation whose input sizes could not be read")
+            continue
         if node.type == ops.OPTYPE.OUTPUT:
             reasons.append("feeds the model output")
             continue

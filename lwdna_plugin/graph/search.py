@@ -37,11 +37,15 @@ Overflow = list[tuple[tp.dependency.Node, int]]
 class SearchStalled(Exception):
     """torch-pruning's group search from `root` did not settle; `reached` holds what it touched."""
 
-    def __init__(self, root: str, reached: set[nn.Module]) -> None:
-        super().__init__(
-            f"torch-pruning's channel coupling search from {root} did not settle within {SEARCH_STEPS:,} steps "
-            f"and {SEARCH_INDICES_PER_CHANNEL:,} indices a channel"
-        )
+    def __init__(self, root: str, reached: set[nn.Module], failure: str | None = None) -> None:
+        if failure is None:
+            message = (
+                f"torch-pruning's channel coupling search from {root} did not settle within {SEARCH_STEPS:,} "
+                f"steps and {SEARCH_INDICES_PER_CHANNEL:,} indices a channel"
+            )
+        else:
+            message = f"torch-pruning's channel coupling search from {root} failed: {failure}"
+        super().__init__(message)
         self.reached = reached
 
 
@@ -75,6 +79,12 @@ class BoundedSearch:
         self.budget = max(SEARCH_INDICES, SEARCH_INDICES_PER_CHANNEL * len(idxs))
         try:
             group = self.dg.get_pruning_group(root, fn, idxs)
+        except (TypeError, IndexError, KeyError) as err:
+            # An index mapping torch-pruning built from sizes it could not read (a concatenation
+            # offset of None): the coupling is unknown, so the group keeps its width.
+            raise SearchStalled(
+                self.dg._module2name.get(root, "?"), self.reached, f"{type(err).__name__}: {err}"
+            ) from err
         finally:
             self.active = False
         if self.steps > SEARCH_STEPS or self.indices > self.budget:

@@ -44,17 +44,27 @@ class _DependencyGraph(tp.DependencyGraph):
 
     def _build_dependency(self, module2node: dict) -> None:
         super()._build_dependency(module2node)
+        # Concatenations neither torch-pruning nor autograd can size (inputs sliced from the model
+        # input, as a space-to-depth stem does): torch-pruning would fail summing their sizes, so
+        # they are treated as element-wise, and every group through one is left at its width.
+        self.unsized_concats: set[nn.Module] = set()
         for node in module2node.values():
             if node.type != ops.OPTYPE.CONCAT or node.module.concat_sizes is not None or node.grad_fn is None:
                 continue
             try:
                 if None not in [shape_infer.infer_channels_between(self, n, node) for n in node.inputs]:
                     continue  # torch-pruning's own inference works
+                inferable = True
             except (TypeError, IndexError):
-                continue  # it needs split sizes, set later: leave the concatenation to torch-pruning
+                # It needs split sizes that torch-pruning sets later, in the order it meets the
+                # ops: autograd's sizes are the same numbers, read now, where it recorded them.
+                inferable = False
             sizes = _autograd_concat_sizes(node)
             if sizes is not None:
                 node.module.concat_sizes = sizes
+            elif inferable:
+                node.type = ops.OPTYPE.ELEMENTWISE
+                self.unsized_concats.add(node.module)
 
 
 def _autograd_concat_sizes(node: tp.dependency.Node) -> list[int] | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import keyword
 import re
 from collections.abc import Mapping
@@ -12,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..adapter import model_dtype
+from ..adapter import copy_model, model_dtype
 from ..export import Result, build, load_spec
 from .writer import Standalone, write_source
 
@@ -47,7 +46,7 @@ def python_source(spec_or_result: Any, *, class_name: str | None = None) -> Stan
     if dtype != torch.float32:
         # Layers are written as PyTorch constructs them, in float32; the loaded state dict is
         # cast on loading, and the header says which dtype the LW-DNA model was in.
-        model = copy.deepcopy(model).float()
+        model = copy_model(model).float()
     base = (spec or {}).get("base") or {}
     class_name = class_name or _class_name(base.get("name") or type(model).__name__)
     if not class_name.isidentifier() or keyword.iskeyword(class_name):
