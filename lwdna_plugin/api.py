@@ -129,6 +129,14 @@ def dissimilate(
         original_flops = count_flops(base, example)
         target = parse_flops(flops, original_flops)
         base_groups = GroupGraph(base, example, ignore).groups
+        if not any(g.prunable for g in base_groups):
+            reasons = sorted({g.fixed for g in base_groups})
+            warnings.warn(
+                f"no channel group of {type(base).__name__} can change width ({len(base_groups)} groups, all "
+                f"fixed: {'; '.join(reasons[:2])}{'; ...' if len(reasons) > 2 else ''}): the result keeps the "
+                "original architecture (see the report's fixed groups)",
+                stacklevel=2,
+            )
 
     with timer("widen"):
         create = inputs.recipe.create if inputs.recipe is not None else None

@@ -85,6 +85,8 @@ def _weighted(loss_fn: LossFn, model: nn.Module, piece: tuple[Batch, float]) -> 
 
 def _scores(graph, criterion, batches, loss_fn, aggregate, progress, example) -> dict[str, torch.Tensor]:
     groups = [g for g in graph.groups if g.prunable]
+    if not groups:
+        return {}  # nothing can change width: there is nothing to score
     if criterion == "gate":
         if loss_fn is None:
             raise ValueError("criterion 'gate' needs data and a loss; pass `data=` batches or choose 'synflow'")

@@ -301,3 +301,15 @@ def test_batches_that_are_not_pairs(batches):
 def test_loss_fn_must_give_one_scalar_with_a_graph(batches, loss, message):
     with pytest.raises(ValueError, match=message + ".*one scalar loss"):
         lw.dissimilate("resnet18", data=batches, model_kwargs=TEN, loss_fn=loss)
+
+
+def test_a_model_with_no_group_that_can_change_keeps_its_architecture(batches):
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    every_layer = [name for name, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with pytest.warns(
+        UserWarning,
+        match=r"no channel group of ResNet can change width \(13 groups, all fixed: .*layer conv1 is ignored",
+    ):
+        result = lw.dissimilate(model, data=batches, ignore=every_layer)
+    assert result.spec["groups"] == {}
+    assert lw.export.tensor_shapes(result.model) == lw.export.tensor_shapes(model)
