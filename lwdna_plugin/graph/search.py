@@ -34,7 +34,7 @@ SEARCH_INDICES_PER_CHANNEL = 1_000
 Overflow = list[tuple[tp.dependency.Node, int]]
 
 
-class SearchStalled(Exception):
+class SearchStalled(RuntimeError):
     """torch-pruning's group search from `root` did not settle; `reached` holds what it touched."""
 
     def __init__(self, root: str, reached: set[nn.Module], failure: str | None = None) -> None:
