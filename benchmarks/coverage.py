@@ -195,7 +195,7 @@ def sweep_timm(args: argparse.Namespace) -> None:
     runs.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     entries = selection["selected"]
-    for i, entry in enumerate(entries, 1):
+    for i, entry in enumerate([] if args.table_only else entries, 1):
         path = runs / f"{entry['model']}.json"
         if path.is_file() and not args.rerun and not (args.rerun_failed and not json.loads(path.read_text())["ok"]):
             continue
@@ -229,6 +229,7 @@ def write_timm_table(rows: list[dict], selection: dict, args: argparse.Namespace
     skipped = [f"- {s['module']}/{s['model']}: {s['reason']}" for s in selection["skipped"] if "params" in s]
     summary = (
         f"timm {selection['timm']}: {passed}/{len(rows)} of the swept models pass end to end "
+        f"({len(selection['selected']) - len(rows)} not run yet) "
         f"({len(selection['selected'])} modules selected, {len(skipped)} skipped as too large); "
         f"{len(slow)} at the {args.timeout:.0f} s timeout, {len(heavy)} over 8 GB peak memory"
     )
@@ -255,6 +256,7 @@ def main() -> None:
     parser.add_argument("--memory-gb", type=float, default=16, help="--timm-all: address-space cap per model")
     parser.add_argument("--rerun", action="store_true", help="--timm-all: rerun finished models too")
     parser.add_argument("--rerun-failed", action="store_true", help="--timm-all: rerun the models that failed")
+    parser.add_argument("--table-only", action="store_true", help="--timm-all: write the table of finished rows")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--anchor", help=argparse.SUPPRESS)
     args = parser.parse_args()
