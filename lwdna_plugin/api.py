@@ -212,11 +212,7 @@ def dissimilate(
             settings["score_batch_size"] = score_batch_size
         if warm:
             settings["warmup"] = {**dataclasses.asdict(warm), "spent": WarmupCost.total(spent).to_dict()}
-        groups = {
-            g.key: {"original": g.size, "widened": widened.sizes[g.key], "kept": candidate.plan.widths[g.key]}
-            for g in base_groups
-            if g.key in candidate.plan.widths
-        }
+        groups = _group_widths(base_groups, widened.sizes, candidate.plan)
         spec = assemble_spec(
             inputs.recipe, inputs.shape, {"flops": target, "requested": flops}, report, settings, groups, lw
         )
@@ -272,6 +268,15 @@ def _report(
         fixed_groups={g.key: g.fixed for g in base_groups if g.fixed},
         notes=notes,
     )
+
+
+def _group_widths(base_groups: list[ChannelGroup], widened: dict[str, int], plan: Plan) -> dict[str, dict[str, int]]:
+    """Each planned group's original, widened and kept width, for the spec."""
+    return {
+        g.key: {"original": g.size, "widened": widened[g.key], "kept": plan.widths[g.key]}
+        for g in base_groups
+        if g.key in plan.widths
+    }
 
 
 def _settings(
