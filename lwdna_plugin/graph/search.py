@@ -79,9 +79,9 @@ class BoundedSearch:
         self.budget = max(SEARCH_INDICES, SEARCH_INDICES_PER_CHANNEL * len(idxs))
         try:
             group = self.dg.get_pruning_group(root, fn, idxs)
-        except (TypeError, IndexError, KeyError) as err:
+        except (TypeError, IndexError, KeyError, ArithmeticError) as err:
             # An index mapping torch-pruning built from sizes it could not read (a concatenation
-            # offset of None): the coupling is unknown, so the group keeps its width.
+            # offset of None, a head dimension of 0): the coupling is unknown, so the group keeps its width.
             raise SearchStalled(
                 self.dg._module2name.get(root, "?"), self.reached, f"{type(err).__name__}: {err}"
             ) from err
