@@ -339,18 +339,21 @@ def check_logits(logits: Any, targets: torch.Tensor) -> None:
 def check_input(model: nn.Module, example: torch.Tensor, batch_shape: tuple[int, ...]) -> None:
     """One forward pass of `example` (a sample shaped like the data) before anything is traced,
     so that data the model cannot take is named as such, not as a failure deep inside a layer."""
-    first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Linear))), None)
-    expected = getattr(first, "in_channels", None)
-    if isinstance(first, nn.Conv2d) and len(batch_shape) == 4 and batch_shape[1] != expected:
-        raise ValueError(
-            f"{type(model).__name__} takes {expected}-channel images but the batches are {tuple(batch_shape)} "
-            f"({batch_shape[1]} channels): build the model for them (model_kwargs={{'in_chans': {batch_shape[1]}}}) "
-            f"or load the data with {expected} channels (load_batches(..., in_chans={expected}))"
-        )
     try:
         with torch.no_grad(), in_mode(model, training=False):
             model(example)
     except (RuntimeError, ValueError, AssertionError) as err:
+        # The first conv's input width names the likely cause; it is only a guess, so it is
+        # consulted when the forward pass failed (a stem may transform its input first).
+        first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Linear))), None)
+        expected = getattr(first, "in_channels", None)
+        if isinstance(first, nn.Conv2d) and len(batch_shape) == 4 and batch_shape[1] != expected:
+            raise ValueError(
+                f"{type(model).__name__} takes {expected}-channel images but the batches are {tuple(batch_shape)} "
+                f"({batch_shape[1]} channels): build the model for them "
+                f"(model_kwargs={{'in_chans': {batch_shape[1]}}}) or load the data with {expected} channels "
+                f"(load_batches(..., in_chans={expected}))"
+            ) from err
         reason = str(err).splitlines()[0].rstrip(".") if str(err) else type(err).__name__
         raise ValueError(
             f"{type(model).__name__} cannot take inputs of shape {tuple(batch_shape)} (batch, channels, height, "

@@ -313,3 +313,21 @@ def test_a_model_with_no_group_that_can_change_keeps_its_architecture(batches):
         result = lw.dissimilate(model, data=batches, ignore=every_layer)
     assert result.spec["groups"] == {}
     assert lw.export.tensor_shapes(result.model) == lw.export.tensor_shapes(model)
+
+
+def test_a_stem_that_transforms_its_input_is_not_taken_for_a_channel_mismatch():
+    """The first conv reads 12 channels of a space-to-depth view of 3-channel images: the input
+    check runs the model before it guesses at channel counts."""
+
+    class SpaceToDepth(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(12, 16, 3, padding=1)
+            self.fc = torch.nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.fc(self.conv(torch.nn.functional.pixel_unshuffle(x, 2)).mean((-2, -1)))
+
+    batches = lw.load_batches("mnist5k", batches=1, batch_size=8, img_size=16)
+    result = lw.dissimilate(SpaceToDepth(), data=batches)
+    assert result.spec["groups"]["conv"]["original"] == 16
