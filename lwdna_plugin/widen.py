@@ -41,11 +41,27 @@ def widen(
     """A widened, freshly initialised copy of `model` and the widened size of each group."""
     if width <= 0:
         raise ValueError(f"width={width}: must be positive (the paper uses 2.0)")
-    wide = copy_model(model)
-    graph = GroupGraph(wide, example_inputs, ignored)
-    sizes = {g.key: widened_size(g, width, round_to) for g in graph.groups if g.prunable}
-    resize(graph, sizes)
+    wide, sizes = _grown_copy(model, example_inputs, width, round_to, tuple(ignored), {})
     initialise(wide, create)
+    return wide, sizes
+
+
+def _grown_copy(
+    model: nn.Module,
+    example: torch.Tensor,
+    width: float,
+    round_to: int,
+    ignored: Sequence[str],
+    fixed: Mapping[str, str],
+    keys: Sequence[str] | None = None,
+) -> tuple[nn.Module, dict[str, int]]:
+    """A copy of `model` with `keys` (None: every prunable group) grown by `width`, not yet
+    initialised, and the grown sizes."""
+    wide = copy_model(model)
+    graph = GroupGraph(wide, example, ignored, fixed)
+    sizes = {g.key: widened_size(g, width, round_to) for g in graph.groups if g.prunable}
+    sizes = {k: v for k, v in sizes.items() if keys is None or k in keys}
+    resize(graph, sizes)
     return wide, sizes
 
 
@@ -72,11 +88,8 @@ def widen_or_fix(
     ignored = tuple(ignored)
     fixed: dict[str, str] = {}
     for _ in range(_ROUNDS):
-        wide = copy_model(model)
-        graph = GroupGraph(wide, example_inputs, ignored, fixed)
-        sizes = {g.key: widened_size(g, width, round_to) for g in graph.groups if g.prunable}
         try:
-            resize(graph, sizes)
+            wide, sizes = _grown_copy(model, example_inputs, width, round_to, ignored, fixed)
             with torch.no_grad(), in_mode(wide, training=False):
                 wide(example_inputs)
         except WIDEN_ERRORS as err:
@@ -104,11 +117,8 @@ def _widening_error(
 ) -> str | None:
     """The first line of what widening `keys` (None: every prunable group) of a copy raises,
     in the resize or in an eval-mode forward pass; None when it works."""
-    trial = copy_model(model)
-    graph = GroupGraph(trial, example, ignored, fixed)
-    chosen = [g for g in graph.groups if g.prunable and (keys is None or g.key in keys)]
     try:
-        resize(graph, {g.key: widened_size(g, width, round_to) for g in chosen})
+        trial, _ = _grown_copy(model, example, width, round_to, ignored, fixed, keys)
         with torch.no_grad(), in_mode(trial, training=False):
             trial(example)
     except WIDEN_ERRORS as err:
