@@ -15,6 +15,7 @@ from .flops import FLOP_CONVENTION, FlopModel, count_flops, count_params
 from .graph import ChannelGroup, GroupGraph
 from .grow import GROWERS, BaseGrowFunc
 from .latency import LatencyBudget, LatencyModel
+from .memory import MicroBatch
 from .report import Report
 from .resize import resize
 from .score import CRITERIA, score_channels
@@ -36,6 +37,7 @@ __all__ = [
     "GroupGraph",
     "LatencyBudget",
     "LatencyModel",
+    "MicroBatch",
     "Recipe",
     "Report",
     "Result",

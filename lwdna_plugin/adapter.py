@@ -11,6 +11,7 @@ config dict is its own recipe. timm classifiers are scored with cross-entropy on
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -266,8 +267,9 @@ def mmengine_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     return loss
 
 
-def micro_batches(batch: Any, size: int) -> list[tuple[Any, float]]:
-    """`batch` cut into pieces of at most `size` samples, each with its share of the batch.
+def micro_batches(batch: Any, size: int, minimum: int = 1) -> list[tuple[Any, float]]:
+    """`batch` cut into pieces of at most `size` samples, each with its share of the batch; a
+    last piece under `minimum` samples joins the one before it.
 
     An (images, targets, ...) tuple is sliced along its first axis; an mmengine batch dict has
     each list or tensor holding one entry per sample sliced alike.
@@ -281,7 +283,10 @@ def micro_batches(batch: Any, size: int) -> list[tuple[Any, float]]:
         cut = lambda lo, hi: type(batch)(part[lo:hi] for part in batch)  # noqa: E731
     if count <= size:
         return [(batch, 1.0)]
-    return [(cut(lo, min(lo + size, count)), (min(lo + size, count) - lo) / count) for lo in range(0, count, size)]
+    bounds = list(range(0, count, size)) + [count]
+    if len(bounds) > 2 and count - bounds[-2] < minimum:
+        del bounds[-2]
+    return [(cut(lo, hi), (hi - lo) / count) for lo, hi in itertools.pairwise(bounds)]
 
 
 def to_device(batch: Batch, device: torch.device, dtype: torch.dtype | None = None) -> Batch:

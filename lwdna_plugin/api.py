@@ -24,6 +24,7 @@ from .initialise import initialise
 from .inits import score_initialisations
 from .inputs import Inputs, check_device, prepare_inputs
 from .latency import LatencyBudget
+from .memory import AUTO, MicroBatch
 from .report import Report, identification_notes, layer_rows
 from .score import Criterion, LossFn
 from .shrink import Candidate, shrink_to_target
@@ -43,7 +44,7 @@ def dissimilate(
     data: Iterable[Batch] | None = None,
     *,
     batches: int = 2,
-    score_batch_size: int | None = None,
+    score_batch_size: int | str | MicroBatch | None = "auto",
     criterion: Criterion = "gate",
     aggregate: str = "sum",
     ranking: str = "saliency",
@@ -73,7 +74,10 @@ def dissimilate(
             size is read from them.
         score_batch_size: score each batch in micro-batches of at most this many samples,
             accumulating gradients: the widened model then needs the activation memory of one
-            micro-batch (train-mode batch norm normalises each micro-batch on its own).
+            micro-batch (train-mode batch norm normalises each micro-batch on its own). 'auto'
+            (the default) measures the activations a sample saves and cuts batches only when
+            they would not fit half of a GPU's free memory, or on a CPU 2 GiB; a `MicroBatch`
+            sets the budget; None scores whole batches.
         criterion: 'gate' (gradient of a per-channel gate, the paper's), 'synflow' (the same
             gate gradient of SynFlow's data-free objective), 'l1', 'bn', 'random', or a
             torch-pruning `Importance` / callable mapping a torch-pruning group to channel scores.
@@ -150,6 +154,7 @@ def dissimilate(
         loss = loss_fn or default_loss(wide)
         flop_model = FlopModel(graph, example)
         spent: list[WarmupCost] = []
+        pieces = score_batch_size if isinstance(score_batch_size, MicroBatch) else MicroBatch.parse(score_batch_size)
 
         def warm_wide() -> None:
             with timer("warmup"):
@@ -158,7 +163,7 @@ def dissimilate(
 
         scores = score_initialisations(
             graph, criterion, inputs.batches, loss, aggregate, inits=inits, seed=seed, create=create,
-            progress=progress, example=example, before=warm_wide if warm else None, micro_batch=score_batch_size,
+            progress=progress, example=example, before=warm_wide if warm else None, micro_batch=pieces,
         )  # fmt: skip
 
     calibration = None
@@ -203,13 +208,14 @@ def dissimilate(
         )
         notes += calibration.notes(timed) if calibration else []
         notes += [warmup_note(warm, spent, inputs.batch_size)] if warm else []
+        notes += [line for line in [pieces.note(inputs.batch_size)] if line]
         notes += memory.notes()
         report = _report(inputs, wide, lw, candidate, flop_model, base_groups, original_flops, target, notes)
         settings = _settings(inputs, width, criterion, aggregate, ranking, inits, seed, floors, round_to, ignore)
         if calibration:
             settings["latency"] = calibration.settings(candidate.plan)
-        if score_batch_size is not None:
-            settings["score_batch_size"] = score_batch_size
+        if isinstance(score_batch_size, int) or pieces.split(inputs.batch_size):
+            settings["score_batch_size"] = pieces.size
         if warm:
             settings["warmup"] = {**dataclasses.asdict(warm), "spent": WarmupCost.total(spent).to_dict()}
         groups = _group_widths(base_groups, widened.sizes, candidate.plan)
@@ -317,11 +323,12 @@ def _warmup(warmup: Warmup | int | None) -> Warmup | None:
 def _check_arguments(*, width, batches, round_to, inits, seed, ranking, score_batch_size) -> None:
     """Refuse numeric arguments that would plan nonsense, naming the argument and what it takes."""
     whole = {"batches": batches, "round_to": round_to, "inits": inits}
-    if score_batch_size is not None:
+    if not isinstance(score_batch_size, MicroBatch) and score_batch_size not in (None, AUTO):
         whole["score_batch_size"] = score_batch_size
     for name, value in whole.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r}: must be a positive integer")
+            also = f", {AUTO!r} or None" if name == "score_batch_size" else ""
+            raise ValueError(f"{name}={value!r}: must be a positive integer{also}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed={seed!r}: must be an integer")
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) or width < 1:

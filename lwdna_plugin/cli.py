@@ -12,6 +12,7 @@ from .api import dissimilate
 from .budget import RANKINGS, Floors
 from .data import load_batches, num_classes
 from .latency import LatencyBudget
+from .memory import AUTO
 from .score import AGGREGATIONS, CRITERIA
 from .standalone import export_python
 from .warmup import Warmup
@@ -48,8 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--batch-size", type=int, default=64)
     d.add_argument(
         "--score-batch-size",
-        type=int,
-        help="score each batch in micro-batches of at most this many images (less memory; default: whole batches)",
+        type=_micro_batch,
+        default="auto",
+        help="score each batch in micro-batches of at most this many images (less memory); 'auto' (default) cuts "
+        "batches only when their activations would not fit the device's memory budget",
     )
     d.add_argument("--img-size", type=int, default=64, help="input resolution for scoring and FLOPs (default 64)")
     d.add_argument("--num-classes", type=int, help="classifier size (default: from the data)")
@@ -117,6 +120,15 @@ def _flops(text: str) -> float | str:
         return float(text)
     except ValueError:
         return text
+
+
+def _micro_batch(text: str) -> int | str:
+    if text == AUTO:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of images or {AUTO!r}") from None
 
 
 def _timm_job(args: argparse.Namespace) -> tuple[str, list | None, dict]:

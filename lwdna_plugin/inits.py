@@ -14,6 +14,7 @@ import torch.nn as nn
 from .data import Batch
 from .graph import GroupGraph
 from .initialise import initialise
+from .memory import MicroBatch
 from .score import Criterion, LossFn, score_channels
 
 
@@ -30,7 +31,7 @@ def score_initialisations(
     progress: bool = False,
     example: torch.Tensor | None = None,
     before: Callable[[], object] | None = None,
-    micro_batch: int | None = None,
+    micro_batch: MicroBatch | int | str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Score `graph.model` as it is, then `inits - 1` re-initialisations of it (seeds `seed + 1`,
     ...), and average them rank by rank (`average_inits`). `before()` runs on each draw before

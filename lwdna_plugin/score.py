@@ -22,9 +22,10 @@ import torch_pruning as tp
 from torch_pruning import ops
 from tqdm.auto import tqdm
 
-from .adapter import micro_batches
+from .adapter import model_device
 from .data import Batch
 from .graph import ChannelGroup, GroupGraph
+from .memory import MicroBatch
 from .modes import in_mode
 
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -54,21 +55,20 @@ def score_channels(
     aggregate: str = "sum",
     progress: bool = False,
     example: torch.Tensor | None = None,
-    micro_batch: int | None = None,
+    micro_batch: MicroBatch | int | str | None = None,
 ) -> dict[str, torch.Tensor]:
     """One score per channel for every prunable group, keyed by group (`example`: an input, for synflow).
 
-    `micro_batch`: run each batch through the model in pieces of at most this many samples,
-    accumulating the gradients (each piece's loss weighted by its share of the batch), so a
-    widened model needs the activation memory of one piece only. Batch norm in train mode then
-    normalises each piece by its own statistics.
+    `micro_batch`: run each batch through the model in pieces of at most this many samples, or
+    'auto' (a `MicroBatch`) for pieces that fit the device's memory (see `memory`), accumulating
+    the gradients (each piece's loss weighted by its share of the batch), so a widened model
+    needs the activation memory of one piece only. Batch norm in train mode then normalises
+    each piece by its own statistics.
     """
     if aggregate not in AGGREGATIONS:
         raise ValueError(f"aggregate={aggregate!r}: choose one of {AGGREGATIONS}")
-    if micro_batch is not None and loss_fn is not None:
-        batches = [piece for batch in batches for piece in micro_batches(batch, micro_batch)]
-        loss_fn = partial(_weighted, loss_fn)
-    scores = _scores(graph, criterion, batches, loss_fn, aggregate, progress, example)
+    pieces = micro_batch if isinstance(micro_batch, MicroBatch) else MicroBatch.parse(micro_batch)
+    scores = _scores(graph, criterion, batches, loss_fn, aggregate, progress, example, pieces)
     bad = [key for key, score in scores.items() if not torch.isfinite(score).all()]
     if bad:
         raise ValueError(
@@ -78,12 +78,7 @@ def score_channels(
     return scores
 
 
-def _weighted(loss_fn: LossFn, model: nn.Module, piece: tuple[Batch, float]) -> torch.Tensor:
-    batch, share = piece
-    return loss_fn(model, batch) * share
-
-
-def _scores(graph, criterion, batches, loss_fn, aggregate, progress, example) -> dict[str, torch.Tensor]:
+def _scores(graph, criterion, batches, loss_fn, aggregate, progress, example, pieces) -> dict[str, torch.Tensor]:
     groups = [g for g in graph.groups if g.prunable]
     if not groups:
         return {}  # nothing can change width: there is nothing to score
@@ -91,7 +86,7 @@ def _scores(graph, criterion, batches, loss_fn, aggregate, progress, example) ->
         if loss_fn is None:
             raise ValueError("criterion 'gate' needs data and a loss; pass `data=` batches or choose 'synflow'")
         batches = tqdm(batches, desc="scoring batches", disable=not progress, leave=False)
-        return gate_saliency(graph, groups, batches, loss_fn, aggregate)
+        return gate_saliency(graph, groups, batches, loss_fn, aggregate, pieces)
     if criterion == "synflow":
         if example is None:
             raise ValueError("criterion 'synflow' needs the input shape: pass `input_size=(C, H, W)`")
@@ -118,9 +113,11 @@ def gate_saliency(
     batches: Iterable[Batch],
     loss_fn: LossFn,
     aggregate: str = "sum",
+    pieces: MicroBatch | None = None,
 ) -> dict[str, torch.Tensor]:
-    """|dL/dg| for a multiplier g = 1 on each channel of each layer that outputs a group's channels."""
-    grads = _gate_gradients(graph, groups, batches, loss_fn, train=True)
+    """|dL/dg| for a multiplier g = 1 on each channel of each layer that outputs a group's channels
+    (each batch cut as `pieces` says; whole by default)."""
+    grads = _gate_gradients(graph, groups, batches, loss_fn, train=True, pieces=pieces or MicroBatch())
     _sum_across_ranks(list(grads.values()))
     return {g.key: _aggregate(g, grads, aggregate) for g in groups}
 
@@ -149,7 +146,7 @@ def synflow_saliency(
     model.double()
     ones = torch.ones(1, *example.shape[1:], dtype=torch.float64, device=example.device)
     try:
-        by_layer = _gate_gradients(graph, groups, [ones], _summed_output, train=False)
+        by_layer = _gate_gradients(graph, groups, [ones], _summed_output, train=False, pieces=MicroBatch())
     finally:
         model.to(dtype)
         model.load_state_dict(saved)
@@ -169,7 +166,7 @@ def _summed_output(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
 
 
 def _gate_gradients(
-    graph: GroupGraph, groups: list[ChannelGroup], batches: Iterable, loss_fn: LossFn, train: bool
+    graph: GroupGraph, groups: list[ChannelGroup], batches: Iterable, loss_fn: LossFn, train: bool, pieces: MicroBatch
 ) -> dict[str, torch.Tensor]:
     """The loss gradient of a gate on every layer that outputs a group's channels, summed over
     batches, by layer name.
@@ -182,13 +179,13 @@ def _gate_gradients(
     if _prefers_channels_last(model):
         try:
             model.to(memory_format=torch.channels_last)
-            return _gate_pass(graph, groups, batches, loss_fn, train)
+            return _gate_pass(graph, groups, batches, loss_fn, train, pieces)
         except RuntimeError:
             # A layout error; any other failure repeats below and is raised from there.
             pass
         finally:
             model.to(memory_format=torch.contiguous_format)
-    return _gate_pass(graph, groups, batches, loss_fn, train)
+    return _gate_pass(graph, groups, batches, loss_fn, train, pieces)
 
 
 def _prefers_channels_last(model: nn.Module) -> bool:
@@ -197,9 +194,10 @@ def _prefers_channels_last(model: nn.Module) -> bool:
 
 
 def _gate_pass(
-    graph: GroupGraph, groups: list[ChannelGroup], batches: Iterable, loss_fn: LossFn, train: bool
+    graph: GroupGraph, groups: list[ChannelGroup], batches: Iterable, loss_fn: LossFn, train: bool, pieces: MicroBatch
 ) -> dict[str, torch.Tensor]:
     model = graph.model
+    device = model_device(model)
     gates: dict[str, torch.Tensor] = {}
     norms: dict[str, nn.Module] = {}
     hooks = []
@@ -230,14 +228,15 @@ def _gate_pass(
     try:
         with in_mode(model, training=train):
             for batch in batches:
-                loss = loss_fn(model, batch)
-                check_loss(loss)
-                if not torch.isfinite(loss).all():
-                    raise ValueError(
-                        f"the loss on scoring batch {seen} is {loss.detach().float().item()}: check the batch for "
-                        "non-finite images or targets (NaN, inf) before dissimilating"
-                    )
-                loss.backward()
+                for piece, share in pieces.cut(batch, partial(loss_fn, model), device):
+                    loss = loss_fn(model, piece)
+                    check_loss(loss)
+                    if not torch.isfinite(loss).all():
+                        raise ValueError(
+                            f"the loss on scoring batch {seen} is {loss.detach().float().item()}: check the batch "
+                            "for non-finite images or targets (NaN, inf) before dissimilating"
+                        )
+                    (loss * share if share != 1.0 else loss).backward()
                 seen += 1
         grads = {name: gate.grad for name, gate in gates.items() if gate.grad is not None}
         for name, module in norms.items():

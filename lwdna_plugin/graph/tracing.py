@@ -102,6 +102,14 @@ def _call(model: nn.Module, example_inputs: torch.Tensor) -> object:
     return model(example_inputs)
 
 
+def _drop(tensor: torch.Tensor) -> None:
+    return None
+
+
+def _dropped(packed: None) -> torch.Tensor:
+    raise RuntimeError("a channel-coupling trace cannot be back-propagated: its saved activations were dropped")
+
+
 def trace(model: nn.Module, example_inputs: torch.Tensor) -> Trace:
     """Build torch-pruning's graph of `model` and install the index mappings it lacks."""
     outputs: list[tuple[nn.Module, int]] = []
@@ -115,7 +123,9 @@ def trace(model: nn.Module, example_inputs: torch.Tensor) -> Trace:
             hooks.append(m.register_forward_hook(partial(_record_leaf, leaves)))
     try:
         # torch-pruning runs the model in whatever mode it finds; `in_mode` gives every module its own back.
-        with warnings.catch_warnings(), in_mode(model):
+        # The graph is walked, never back-propagated: dropping what autograd saves for backward
+        # keeps the trace from holding a sample's activations (1.2 GB for a widened ConvMixer).
+        with warnings.catch_warnings(), in_mode(model), torch.autograd.graph.saved_tensors_hooks(_drop, _dropped):
             # torch-pruning warns about every parameter outside a known layer; we report those groups ourselves.
             warnings.simplefilter("ignore")
             # `forward_fn`: torch-pruning otherwise tries `model(*example_inputs)` first, which
