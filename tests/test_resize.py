@@ -231,3 +231,16 @@ def test_top_channels_in_blocks_keeps_an_equal_share_of_each_block():
     # Blocks that do not divide the channels or the count fall back to the overall best.
     assert top_channels(score, 3, blocks=2) == [0, 1, 2]
     assert top_channels(score[:6], 2, blocks=4) == [0, 1]
+
+
+@pytest.mark.parametrize("norm", [nn.GroupNorm(1, 8), nn.BatchNorm2d(8), nn.InstanceNorm2d(8, affine=True)])
+def test_affine_norm_without_bias_is_pruned(norm):
+    # timm's MetaFormer norms (GroupNorm1NoBias) are affine with no bias, which torch-pruning's
+    # norm functions assume is there.
+    norm.register_parameter("bias", None)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), norm, nn.ReLU(), nn.Conv2d(8, 4, 1))
+    graph = lw.GroupGraph(model, X)
+    (group,) = [g for g in graph.groups if g.prunable]
+    resize(graph, {group.key: 5})
+    assert norm.weight.shape == (5,) and norm.bias is None
+    assert model(X).shape == (2, 4, 8, 8)
