@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -13,6 +14,8 @@ from .grow import GROWERS, ParameterGrower, insert_along, like
 
 # Tensors the layer functions of torch-pruning and `grow` already resize.
 _LAYER_TENSORS = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
+# Norms whose torch-pruning function prunes a bias whenever the norm is affine.
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 
 
 def resize(
@@ -59,7 +62,8 @@ def resize(
             # `Group.items` is torch-pruning's own list of the group's items: removing the grouped
             # convs' inputs there leaves `prune` everything else (bare parameters included).
             tp_removal.items[:] = [item for item in tp_removal if not any(item is g for g in grouped)]
-            tp_removal.prune(record_history=False)
+            with _placeholder_biases(tp_removal):
+                tp_removal.prune(record_history=False)
             for item in grouped:
                 _prune_grouped_conv_input(item.dep.target.module, item.idxs)
             for module, attr, positions, roots in extras:
@@ -74,6 +78,26 @@ def resize(
                 for at, count in growth_slots(positions, roots, group.size, n):
                     _replace(module, attr, count, lambda t, at=at, count=count: insert_along(t, 0, at, count))
     graph.sync_cached_widths()
+
+
+@contextmanager
+def _placeholder_biases(tp_group) -> Iterator[None]:
+    """torch-pruning prunes an affine norm's bias without checking that it has one; timm's
+    MetaFormer norms (`GroupNorm1NoBias`) have none: they get a zero one while it prunes."""
+    bare = [
+        item.dep.target.module
+        for item in tp_group
+        if isinstance(item.dep.target.module, _NORMS)
+        and getattr(item.dep.target.module, "affine", False)
+        and item.dep.target.module.bias is None
+    ]
+    for norm in bare:
+        norm.bias = nn.Parameter(torch.zeros_like(norm.weight))
+    try:
+        yield
+    finally:
+        for norm in bare:
+            norm.bias = None
 
 
 def top_channels(score: torch.Tensor, k: int, blocks: int = 1) -> list[int]:

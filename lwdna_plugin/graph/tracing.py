@@ -18,7 +18,6 @@ from torch_pruning import ops
 from torch_pruning.dependency import shape_infer
 
 from ..modes import in_mode
-from . import pruners
 from .rearrange import map_rearrangement
 from .splits import MappedSplits, map_concat_inputs, map_splits
 
@@ -42,10 +41,6 @@ class _DependencyGraph(tp.DependencyGraph):
     a tensor (DPN's `x[:, :self.num_1x1_c]`) it finds none and fails summing the sizes. Autograd
     records the shape of every tensor it passed, so those sizes are taken from there.
     """
-
-    def __init__(self) -> None:
-        super().__init__()
-        pruners.install(self)
 
     def _build_dependency(self, module2node: dict) -> None:
         super()._build_dependency(module2node)
