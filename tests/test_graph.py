@@ -290,3 +290,38 @@ def test_tracing_runs_the_model_on_the_batch_as_given():
     graph = lw.GroupGraph(model, torch.zeros(1, 3, 8, 8))
     assert seen and set(seen) == {4}
     assert graph.group("block.0").size == 16
+
+
+class _CrossStage(nn.Module):
+    """CSPNeXt's layer: two convs concatenated, squeeze-excited as a whole, then mixed."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.short = nn.Conv2d(8, 4, 1)
+        self.main = nn.Conv2d(8, 4, 1)
+        self.fc = nn.Conv2d(8, 8, 1)
+        self.final = nn.Conv2d(8, 6, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = torch.cat([self.main(x), self.short(x)], dim=1)
+        y = y * torch.sigmoid(self.fc(y.mean((2, 3), keepdim=True)))
+        return self.final(y)
+
+
+def test_a_layer_spanning_a_concatenation_leaves_each_input_its_group():
+    # The squeeze-excite conv reaches both inputs of the concatenation (an irregular group); it is
+    # re-rooted at one input, and the other input's channels get a group of their own.
+    model = _CrossStage()
+    graph = lw.GroupGraph(model, X)
+    owners = {m.name for g in graph.groups if g.prunable for m in g.members if m.dim == "out"}
+    assert {"stem", "short", "main"} <= owners
+    wide, _ = lw.widen(model, X, 2.0)
+    assert (wide.short.out_channels, wide.main.out_channels, wide.fc.in_channels, wide.final.in_channels) == (
+        8,
+        8,
+        16,
+        16,
+    )
+    assert wide(X).shape == (2, 6, 8, 8)

@@ -9,7 +9,7 @@ group each (tied to one width), and groups next to a search that did not settle 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -136,9 +136,16 @@ class GroupGraph:
         by_name = {name: module for module, name in self.dg._module2name.items()}
         return [by_name[m.name] for m in group.members if m.name in by_name]
 
-    def _layer_groups(self) -> Iterator[tuple[nn.Module, _Found | SearchStalled]]:
-        """torch-pruning's `get_all_groups` (every conv and linear layer's output channels, each
-        channel once), yielding (root, found) or (root, `SearchStalled`) for a search that did not settle."""
+    def _add_layer_groups(self) -> dict[nn.Module, str]:
+        """Add a group per layer group torch-pruning finds, as its `get_all_groups` does (every conv
+        and linear layer's output channels, each channel once); return the layers a stalled search
+        reached (-> the stalled group's key).
+
+        A layer counts as grouped once a group holds some of its channels; for a group re-rooted
+        at a narrower layer that is the re-rooted group, so the channels it leaves out (the other
+        input of a concatenation that a squeeze-excite spans) start groups of their own.
+        """
+        stalled: dict[nn.Module, str] = {}
         visited: set = set()
         for module in list(self.dg.module2node):
             if not isinstance(module, (ops.TORCH_CONV, ops.TORCH_LINEAR)) or module in visited:
@@ -146,41 +153,32 @@ class GroupGraph:
             pruner = self.dg.get_pruner_of_module(module)
             if pruner is None or pruner.get_out_channels(module) is None:
                 continue
+            key = self.dg._module2name[module]
             try:
                 found = self._search.run(
                     module, pruner.prune_out_channels, list(range(pruner.get_out_channels(module)))
                 )
             except SearchStalled as stall:
                 visited.update(stall.reached)
-                yield module, stall
+                self.groups.append(ChannelGroup(key, self.dg.get_out_channels(module), fixed=str(stall)))
+                self._roots[key] = (module, False)
+                stalled.update({m: key for m in stall.reached})
                 continue
-            visited.update(
-                item.dep.target.module for item in found[0] if self.dg.is_out_channel_pruning_fn(item.dep.handler)
-            )
-            yield module, found
-
-    def _add_layer_groups(self) -> dict[nn.Module, str]:
-        """Add a group per layer group torch-pruning finds; return the layers a stalled search reached
-        (-> the stalled group's key)."""
-        stalled: dict[nn.Module, str] = {}
-        for root, found in self._layer_groups():
-            key = self.dg._module2name[root]
-            if isinstance(found, SearchStalled):
-                self.groups.append(ChannelGroup(key, self.dg.get_out_channels(root), fixed=str(found)))
-                self._roots[key] = (root, False)
-                stalled.update({m: key for m in found.reached})
-                continue
-            group = self._describe(key, found)
-            as_input = False
+            root, as_input, group = module, False, self._describe(key, found)
             if group.fixed and group.fixed.startswith("irregular"):
-                root, as_input, group = self._reroot(found[0], root, group)
+                root, as_input, group, found = self._reroot(found, module, group)
+            visited.update(
+                item.dep.target.module
+                for item in found[0]
+                if item.idxs and self.dg.is_out_channel_pruning_fn(item.dep.handler)
+            )
             self._roots[group.key] = (root, as_input)
             self.groups.append(group)
         return stalled
 
     def _reroot(
-        self, tp_group: tp.dependency.Group, root: nn.Module, group: ChannelGroup
-    ) -> tuple[nn.Module, bool, ChannelGroup]:
+        self, found: _Found, root: nn.Module, group: ChannelGroup
+    ) -> tuple[nn.Module, bool, ChannelGroup, _Found]:
         """Root an irregular group at its narrowest layer instead, if that makes it regular.
 
         A root wider than another layer of the same channels maps several of its channels onto
@@ -190,7 +188,7 @@ class GroupGraph:
         the mapping is cyclic.
         """
         candidates = []
-        for item in tp_group:
+        for item in found[0]:
             module = item.dep.target.module
             if module is root or not isinstance(module, (ops.TORCH_CONV, ops.TORCH_LINEAR)):
                 continue
@@ -207,10 +205,11 @@ class GroupGraph:
                 # Only attention heads are known to split a layer's input evenly; elsewhere a
                 # split's sizes may be fixed in Python (Res2Net's `torch.split(x, self.width)`).
                 continue
-            candidate = self._describe(key, self._search.run(module, fn, list(range(width))))
+            narrower = self._search.run(module, fn, list(range(width)))
+            candidate = self._describe(key, narrower)
             if candidate.prunable:
-                return module, as_input, candidate
-        return root, False, group
+                return module, as_input, candidate, narrower
+        return root, False, group, found
 
     def _split_into_pieces(self) -> None:
         """One group per piece of a split whose pieces must stay equal (`x.split(n)`, `x.chunk(k)`).
