@@ -325,3 +325,10 @@ def test_a_layer_spanning_a_concatenation_leaves_each_input_its_group():
         16,
     )
     assert wide(X).shape == (2, 6, 8, 8)
+
+
+def test_a_piece_whose_search_stalls_is_left_at_its_width(monkeypatch):
+    monkeypatch.setattr(search, "SEARCH_STEPS", 1)
+    graph = lw.GroupGraph(EqualSplit(), X)
+    assert "did not settle" in graph.group("stem#0").fixed
+    assert "did not settle" in graph.group("stem#1").fixed

@@ -57,7 +57,7 @@ class GroupGraph:
         self._pieces: dict[str, tuple[nn.Module, int]] = {}
         self.groups: list[ChannelGroup] = []
         stalled = self._add_layer_groups()
-        self._split_into_pieces()
+        stalled.update(self._split_into_pieces())
         tie_pieces(self.groups)
         for g in self.groups:
             if g.prunable:
@@ -211,15 +211,17 @@ class GroupGraph:
                 return module, as_input, candidate, narrower
         return root, False, group, found
 
-    def _split_into_pieces(self) -> None:
+    def _split_into_pieces(self) -> dict[nn.Module, str]:
         """One group per piece of a split whose pieces must stay equal (`x.split(n)`, `x.chunk(k)`).
 
         torch-pruning marks a layer visited once any of its channels is in a group, so a layer
         whose output is split may have one piece in a group (CSPNet: the half that feeds the
         residual blocks) and the other in none, or all pieces in one group that cannot grow
         (each consumer sees a part of the root). Such pieces get a group of their own, rooted at
-        the layer that produces the split's input.
+        the layer that produces the split's input. Returns the layers a stalled search reached
+        (-> the stalled piece's key).
         """
+        stalled: dict[nn.Module, str] = {}
         for node in list(self.dg.module2node.values()):
             op = node.module
             root = split_root(node) if node.type == ops.OPTYPE.SPLIT and self._splits.get(op, False) else None
@@ -238,7 +240,13 @@ class GroupGraph:
                     continue
                 self._roots[key] = (root, False)
                 self._pieces[key] = (op, piece)
-                group = self._describe(key, self._find(key))
+                try:
+                    group = self._describe(key, self._find(key))
+                except SearchStalled as stall:
+                    self.groups.append(ChannelGroup(key, op.split_sizes[piece], fixed=str(stall)))
+                    stalled.update({m: key for m in stall.reached})
+                    continue
                 if group.splits != [(op, (piece,))] and not group.fixed:
                     group.fixed = f"piece {piece} of a split reaches other pieces"
                 self.groups.append(group)
+        return stalled
