@@ -1,10 +1,13 @@
 """Device check: the pipeline on whatever device this machine has (CUDA when available, else CPU).
 
 Each check runs the public API the way a user on that device would and records ok / the error /
-seconds: data on the device (the model is built there), a bf16 model (identified in float32,
-returned in bf16), wrapped models (DataParallel, and `torch.compile` where it is available),
-micro-batched scoring (with the peak memory of identification on CUDA), a latency budget timed
-on the device, and `export_python`'s file reloaded on the device. The table goes to stdout and
+seconds: data on the device (the model is built there), a model built by name with `device=`,
+a resnet50 already on the device through `dissimilate`, `build` and `export_python` (outputs
+equal), a bf16 model (identified in float32, returned in bf16), wrapped models (DataParallel, and
+`torch.compile` where it is available), micro-batched scoring (with the peak memory of
+identification on CUDA), a latency budget timed on the device and re-timed independently,
+`export_python`'s file reloaded on the device, and the mmengine example under torchrun with two
+ranks writing one spec. The table goes to stdout and
 `benchmarks/results/gpu_check_<device type>.json`.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/gpu_check.py [--device cuda:0] [--img-size 64]
@@ -16,6 +19,8 @@ import argparse
 import importlib.util
 import json
 import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +30,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import numpy as np  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
@@ -46,6 +52,31 @@ def check_device_follows_data(device: torch.device, img: int) -> dict:
     assert where == {device}, f"the LW-DNA model is on {where}, the data on {device}"
     assert result.spec["achieved"]["flops"] <= result.spec["target"]["flops"]
     return {"peak_memory_mb": result.peak_memory_mb}
+
+
+def check_built_by_name_on_device(device: torch.device, img: int) -> dict:
+    cpu_data = lw.load_batches("mnist5k", batches=2, batch_size=16, img_size=img)
+    result = lw.dissimilate("resnet18", data=cpu_data, device=device, model_kwargs=TEN)
+    where = {p.device for p in result.model.parameters()}
+    assert where == {device}, f"device={device} built the LW-DNA model on {where}"
+    return {}
+
+
+def check_resnet50_build_and_export(device: torch.device, img: int) -> dict:
+    """A resnet50 already on the device: its spec rebuilt by `build` and exported by
+    `export_python`, both with the LW-DNA model's shapes and (with its weights) its outputs."""
+    base = timm.create_model("resnet50", pretrained=False, **TEN).to(device)
+    result = lw.dissimilate(base, data=_batches(device, img), batches=1)
+    built = lw.build(result.spec).to(device)
+    assert lw.export.tensor_shapes(built) == result.spec["shapes"], "build gave other shapes than the spec's"
+    exported = _exported(result, device)
+    built.load_state_dict(result.model.state_dict())
+    x = torch.randn(2, 3, img, img, device=device)
+    with torch.no_grad():
+        reference = result.model.eval()(x)
+        diffs = [(m.eval()(x) - reference).abs().max().item() for m in (built, exported)]
+    assert max(diffs) < 1e-4, f"build / export_python outputs differ by {diffs}"
+    return {"max_abs_diff": max(diffs), "peak_memory_mb": result.peak_memory_mb}
 
 
 def check_bf16_model(device: torch.device, img: int) -> dict:
@@ -84,37 +115,73 @@ def check_micro_batches(device: torch.device, img: int) -> dict:
 
 
 def check_latency_budget(device: torch.device, img: int) -> dict:
+    """The budget's own timing, and an independent re-timing of the result against the original."""
     budget = lw.LatencyBudget(ratio=1.0, batch_sizes=(1, 8), repeats=3, rounds=2, seconds=0.5)
     result = lw.dissimilate("resnet18", data=_batches(device, img), latency=budget, model_kwargs=TEN)
     ratios = result.spec["achieved"]["latency_ratios"]
     assert set(ratios) == {"1", "8"}
-    return {"latency_ratios": ratios}
+    original = timm.create_model("resnet18", pretrained=False, **TEN).to(device)
+    retimed = {}
+    for batch in budget.batch_sizes:
+        samples = lw.latency.time_samples([original, result.model], (3, img, img), batch, repeats=9, seconds=1.0)
+        medians = np.median(samples, axis=0)
+        retimed[str(batch)] = round(float(medians[1] / medians[0]), 4)
+    return {"latency_ratios": ratios, "retimed_ratios": retimed}
+
+
+def _exported(result: lw.Result, device: torch.device) -> nn.Module:
+    """`export_python`'s module of `result`, loaded from its file with the result's weights."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = lw.export_python(result, Path(tmp) / "lwdna_exported.py")
+        spec = importlib.util.spec_from_file_location("lwdna_exported", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    classes = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, nn.Module)]
+    model = classes[-1]().to(device).eval()
+    model.load_state_dict(result.model.state_dict())
+    return model
 
 
 def check_export_python(device: torch.device, img: int) -> dict:
     result = lw.dissimilate("resnet18", data=_batches(device, img), model_kwargs=TEN)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = lw.export_python(result, Path(tmp) / "lwdna_resnet18.py")
-        spec = importlib.util.spec_from_file_location("lwdna_resnet18", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        classes = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, nn.Module)]
-        model = classes[-1]().to(device).eval()
-        model.load_state_dict(result.model.state_dict())
-        x = torch.randn(2, 3, img, img, device=device)
-        with torch.no_grad():
-            diff = (model(x) - result.model.eval()(x)).abs().max().item()
+    model = _exported(result, device)
+    x = torch.randn(2, 3, img, img, device=device)
+    with torch.no_grad():
+        diff = (model(x) - result.model.eval()(x)).abs().max().item()
     assert diff < 1e-4, f"the exported file's output differs by {diff}"
     return {"max_abs_diff": diff}
 
 
+def check_torchrun_mmengine(device: torch.device, img: int) -> dict:
+    """The mmengine example under torchrun, two ranks (gloo with fewer GPUs than ranks): every
+    rank writes the same spec, and both train."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "examples")}
+    if device.type == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541"]
+        script = [str(ROOT / "examples" / "mmengine_classification.py"), "--launcher", "pytorch", "--iters", "4"]
+        run = subprocess.run(
+            [*command, *script, "--work-dir", tmp], capture_output=True, text=True, env=env, timeout=600
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        specs = [(Path(tmp) / "lwdna" / f"spec.rank{r}.json").read_bytes() for r in (0, 1)]
+    assert specs[0] == specs[1], "the two ranks wrote different specs"
+    trained = re.findall(r"rank (\d): LW-DNA model trained 4 iterations", run.stdout)
+    assert sorted(trained) == ["0", "1"], run.stdout[-2000:]
+    return {}
+
+
 CHECKS = {
     "device follows the data": check_device_follows_data,
+    "built by name with device=": check_built_by_name_on_device,
+    "resnet50 build and export_python": check_resnet50_build_and_export,
     "bf16 model": check_bf16_model,
     "wrapped models": check_wrappers,
     "micro-batched scoring": check_micro_batches,
     "latency budget on the device": check_latency_budget,
     "export_python on the device": check_export_python,
+    "torchrun, two ranks, mmengine example": check_torchrun_mmengine,
 }
 
 

@@ -126,8 +126,9 @@ def main(argv: list[str] | None = None) -> Runner:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--launcher", default="none", choices=["none", "pytorch"])
     args = parser.parse_args(argv)
-    if args.launcher == "pytorch" and not torch.cuda.is_available():
-        # mmengine's pytorch launcher selects a CUDA device; on a CPU-only machine start gloo first.
+    if args.launcher == "pytorch" and torch.cuda.device_count() < int(os.environ.get("WORLD_SIZE", "1")):
+        # mmengine's pytorch launcher gives each rank a CUDA device of its own; with fewer GPUs
+        # than ranks (none, or one for two ranks) start gloo first instead.
         torch.distributed.init_process_group("gloo")
     runner = Runner.from_cfg(make_config(args.work_dir, args.iters, args.batch_size, args.launcher))
     runner.train()

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .adapter import default_loss
+from .adapter import default_loss, model_device
 from .budget import RANKINGS, Floors, Plan, parse_flops, plan_widths
 from .calibrate import Calibration, Limits
 from .data import Batch
@@ -25,6 +25,7 @@ from .inits import score_initialisations
 from .inputs import Inputs, check_device, prepare_inputs
 from .latency import LatencyBudget
 from .memory import AUTO, MicroBatch
+from .ranks import rendezvous
 from .report import Report, identification_notes, layer_rows
 from .score import Criterion, LossFn
 from .shrink import Candidate, shrink_to_target
@@ -120,6 +121,7 @@ def dissimilate(
         score_batch_size=score_batch_size,
     )  # fmt: skip
     device = check_device(device)
+    rendezvous("dissimilate")
     torch.manual_seed(seed)
 
     with timer("graph"):
@@ -149,6 +151,9 @@ def dissimilate(
         graph = GroupGraph(wide, example, ignore, widened.unwidenable)
         if widened.unwidenable:
             base_groups = GroupGraph(base, example, ignore, widened.unwidenable).groups
+
+    if budget is None:
+        _off_device(base)  # from here only its layer shapes are read (the report): the widened model needs the room
 
     with timer("score"):
         loss = loss_fn or default_loss(wide)
@@ -199,6 +204,7 @@ def dissimilate(
             candidate = timed.candidate
         lw = candidate.model
         initialise(lw, create)
+        _off_device(wide)
 
     with timer("verify"):
         lw.train(base.training)
@@ -224,6 +230,13 @@ def dissimilate(
         )
         spec["achieved"].update(timed.achieved() if timed else {})
     return Result(lw, spec, report, timer.close(), memory.peak_mb())
+
+
+def _off_device(model: nn.Module) -> None:
+    """Move one of our own copies off a GPU once the next stages only read its shapes."""
+    if model_device(model).type == "cuda":
+        model.cpu()
+        torch.cuda.empty_cache()
 
 
 class _PeakMemory:

@@ -21,6 +21,7 @@ import torch.nn as nn
 from .adapter import model_device
 from .flops import FlopModel
 from .modes import in_mode
+from .ranks import measured_on_rank_zero
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ def _inputs(model: nn.Module, shape: Sequence[int], batch: int) -> torch.Tensor:
     return torch.randn(batch, *shape, device=model_device(model))
 
 
+@measured_on_rank_zero
 @torch.no_grad()
 def time_samples(
     models: Sequence[nn.Module], shape: Sequence[int], batch: int, repeats: int, seconds: float = 0.0
@@ -127,6 +129,7 @@ class Timing:
     sizes: dict[str, int]
 
 
+@measured_on_rank_zero
 @torch.no_grad()
 def time_layers(
     model: nn.Module, widths: np.ndarray, names: Sequence[str], shape: Sequence[int], batch: int, repeats: int

@@ -10,6 +10,7 @@ with the others and builds the same architecture.
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import itertools
 import json
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 try:
@@ -105,11 +107,19 @@ class DissimilateHook(Hook):
             device=model_device(model),
             **self.options,
         )
-        runner.model = runner.wrap_model(runner.cfg.get("model_wrapper_cfg"), result.model.to(model_device(model)))
+        device = model_device(model)
+        # The Runner holds the only other references to the original model (its wrapper and the
+        # optimizer over its parameters), replaced here: drop ours too, so its memory can go.
+        del model, source
+        runner.model = runner.wrap_model(runner.cfg.get("model_wrapper_cfg"), result.model.to(device))
         self._rebuild_optimisation(runner)
         for hook in runner.hooks:
             if isinstance(hook, EMAHook):
                 hook.before_run(runner)
+        self._recompile(runner)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         self._save(runner, result)
         self.result = result
         flops = result.report.flops
@@ -117,6 +127,16 @@ class DissimilateHook(Hook):
             f"DissimilateHook: LW-DNA model with {flops['lwdna']:,} FLOPs ({flops['lwdna'] / flops['original']:.4f} "
             f"of the original) in {sum(result.timings.values()):.1f} s; wrote {Path(runner.work_dir) / self.out_dir}"
         )
+
+    def _recompile(self, runner) -> None:
+        """The Runner compiles `train_step` (config `compile`) before `before_train`: the swapped-in
+        model's is compiled again the same way, or training would silently run uncompiled."""
+        options = runner.cfg.get("compile")
+        if not options:
+            return
+        options = {} if options is True else dict(options)
+        runner.model.train_step = torch.compile(runner.model.train_step, **options)
+        runner.logger.info("DissimilateHook: compiled the LW-DNA model's train_step as the config's `compile` says")
 
     def _rebuild_optimisation(self, runner) -> None:
         optim_cfg = runner.cfg.get("optim_wrapper")

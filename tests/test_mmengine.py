@@ -1,15 +1,18 @@
 """mmengine: BaseModel scoring through its own loss, LWDNAModel, DissimilateHook, torchrun, examples, CLI."""
 
+import gc
 import math
 import os
 import re
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
 from mmengine.registry import MODELS
+from mmengine.runner import Runner
 
 import lwdna_plugin as lw
 from lwdna_plugin.cli import main as cli
@@ -105,8 +108,20 @@ def test_hook_swaps_model_optimizer_and_schedulers(tmp_path):
         assert (tmp_path / "lwdna" / name).is_file()
 
 
+def test_hook_frees_the_original_model_and_keeps_train_step_compiled(tmp_path):
+    cfg = classification.make_config(str(tmp_path), iters=2)
+    cfg.compile = {"backend": "eager"}  # the Runner compiles train_step before the hook runs
+    runner = Runner.from_cfg(cfg)
+    original = weakref.ref(runner.model)
+    runner.train()
+    gc.collect()
+    assert original() is None
+    assert getattr(runner.model.train_step, "_torchdynamo_orig_callable", None) is not None
+
+
 def test_torchrun_two_ranks_build_the_same_spec(tmp_path):
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(EXAMPLES)}
+    # The CPU (gloo) path on any machine: two ranks need two GPUs, which a one-GPU machine lacks.
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(EXAMPLES), "CUDA_VISIBLE_DEVICES": ""}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
     script = [str(EXAMPLES / "mmengine_classification.py"), "--launcher", "pytorch", "--iters", "4"]
     out = subprocess.run(
