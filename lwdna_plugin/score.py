@@ -226,7 +226,8 @@ def _gate_pass(
         p.requires_grad_(True)
     seen = 0
     try:
-        with in_mode(model, training=train):
+        # In float32 whatever autocast the caller runs under: fp16 gate gradients underflow.
+        with in_mode(model, training=train), torch.autocast(device.type, enabled=False):
             for batch in batches:
                 for piece, share in pieces.cut(batch, partial(loss_fn, model), device):
                     loss = loss_fn(model, piece)

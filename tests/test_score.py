@@ -7,6 +7,7 @@ import torch_pruning as tp
 
 import lwdna_plugin as lw
 from conftest import IMG
+from lwdna_plugin.adapter import classification_loss
 
 X = torch.zeros(1, 3, IMG, IMG)
 
@@ -32,7 +33,6 @@ def test_data_free_criteria(graph, criterion):
 
 @pytest.mark.parametrize("aggregate", ["sum", "mean", "norm"])
 def test_gate_saliency(graph, batches, aggregate):
-    from lwdna_plugin.adapter import classification_loss
 
     scores = lw.score_channels(graph, "gate", batches, classification_loss, aggregate)
     _check(scores, graph)
@@ -76,3 +76,11 @@ def test_dissimilate_data_free():
     assert any("data-free: no data was used" in note for note in result.report.notes)
     with pytest.raises(ValueError, match="choose a data-free criterion"):
         lw.dissimilate("resnet18", input_size=(3, IMG, IMG))
+
+
+def test_gate_scores_ignore_the_callers_autocast(graph, batches):
+    plain = lw.score_channels(graph, "gate", batches, classification_loss)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = lw.score_channels(graph, "gate", batches, classification_loss)
+    for key in plain:
+        assert torch.allclose(plain[key], under[key], rtol=1e-4, atol=1e-12), key
