@@ -84,13 +84,8 @@ def resize(
 def _placeholder_biases(tp_group) -> Iterator[None]:
     """torch-pruning prunes an affine norm's bias without checking that it has one; timm's
     MetaFormer norms (`GroupNorm1NoBias`) have none: they get a zero one while it prunes."""
-    bare = [
-        item.dep.target.module
-        for item in tp_group
-        if isinstance(item.dep.target.module, _NORMS)
-        and getattr(item.dep.target.module, "affine", False)
-        and item.dep.target.module.bias is None
-    ]
+    layers = {id(item.dep.target.module): item.dep.target.module for item in tp_group}.values()
+    bare = [m for m in layers if isinstance(m, _NORMS) and getattr(m, "affine", False) and m.bias is None]
     for norm in bare:
         norm.bias = nn.Parameter(torch.zeros_like(norm.weight))
     try:
