@@ -6,6 +6,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch_pruning as tp
 
 import lwdna_plugin as lw
 from conftest import IMG
@@ -332,3 +333,14 @@ def test_a_piece_whose_search_stalls_is_left_at_its_width(monkeypatch):
     graph = lw.GroupGraph(EqualSplit(), X)
     assert "did not settle" in graph.group("stem#0").fixed
     assert "did not settle" in graph.group("stem#1").fixed
+
+
+def test_a_reshape_torch_pruning_sizes_at_zero_is_mapped_by_probing():
+    # SHViT's attention: torch-pruning infers 0 channels past its `bmm`s and divides by them.
+    model = timm.create_model("shvit_s1", pretrained=False, num_classes=10)
+    example = torch.zeros(1, 3, 64, 64)
+    graph = lw.GroupGraph(model, example)
+    assert graph.dg.zero_sized_reshapes
+    assert all(node.type == tp.ops.OPTYPE.RESHAPE for node in graph.dg.zero_sized_reshapes)
+    wide, _ = lw.widen(model, example, 2.0)
+    assert wide.eval()(example).shape == (1, 10)

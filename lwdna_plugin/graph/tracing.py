@@ -65,6 +65,25 @@ class _DependencyGraph(tp.DependencyGraph):
             elif inferable:
                 node.type = ops.OPTYPE.ELEMENTWISE
                 self.unsized_concats.add(node.module)
+        # torch-pruning maps a reshape by dividing the channels it infers on one side by the
+        # other's, and infers 0 where a walk ends in a concatenation it cannot split (SHViT's
+        # attention `bmm`s): the division fails. Such reshapes pass its mapping as element-wise
+        # and are given back their type for `trace` to map by probing, as every rearrangement.
+        shape_infer.init_shape_information(self)
+        self.zero_sized_reshapes = [
+            node for node in module2node.values() if node.type == ops.OPTYPE.RESHAPE and _zero_sized(self, node)
+        ]
+        for node in self.zero_sized_reshapes:
+            node.type = ops.OPTYPE.ELEMENTWISE
+
+
+def _zero_sized(dg: tp.DependencyGraph, node: tp.dependency.Node) -> bool:
+    """Whether torch-pruning infers 0 channels on a side of this reshape (as its mapping does)."""
+    sides = [
+        [shape_infer.infer_in_channels_recursively(dg, n, [0]) for n in node.outputs],
+        [shape_infer.infer_out_channels_recursively(dg, n, [0]) for n in node.inputs],
+    ]
+    return any(next((c for c in side if c is not None), None) == 0 for side in sides)
 
 
 def _autograd_concat_sizes(node: tp.dependency.Node) -> list[int] | None:
@@ -137,6 +156,8 @@ def trace(model: nn.Module, example_inputs: torch.Tensor) -> Trace:
     finally:
         for h in hooks:
             h.remove()
+    for node in dg.zero_sized_reshapes:
+        node.type = ops.OPTYPE.RESHAPE
     seen: set = set()
     for node in list(dg.module2node.values()):
         if node.type == ops.OPTYPE.RESHAPE and node not in seen:
