@@ -106,35 +106,59 @@ def widen_or_fix(
     )
 
 
-def _widening_error(
-    model: nn.Module,
-    example: torch.Tensor,
-    width: float,
-    round_to: int,
-    ignored: Sequence[str],
-    fixed: Mapping[str, str],
-    keys: Sequence[str] | None,
-) -> str | None:
-    """The first line of what widening `keys` (None: every prunable group) of a copy raises,
-    in the resize or in an eval-mode forward pass; None when it works."""
-    try:
-        trial, _ = _grown_copy(model, example, width, round_to, ignored, fixed, keys)
-        with torch.no_grad(), in_mode(trial, training=False):
-            trial(example)
-    except WIDEN_ERRORS as err:
-        return _first_line(err)
-    return None
-
-
 def _first_line(err: BaseException) -> str:
     text = str(err).splitlines()[0][:160] if str(err) else ""
     return f"{type(err).__name__}: {text}"
 
 
+class _Trials:
+    """Widening trials on one copy of the model: grow some groups, run the copy, shrink them back.
+
+    Building a group graph costs more than growing a few groups and running the model, so the
+    copy and its graph are kept across trials; only a trial whose resize itself failed, or that
+    leaves a copy that no longer runs, has them rebuilt.
+    """
+
+    def __init__(self, model, example, width, round_to, ignored, fixed) -> None:
+        self.source, self.example, self.ignored, self.fixed = model, example, ignored, fixed
+        self._rebuild()
+        groups = [g for g in self.graph.groups if g.prunable]
+        self.keys = [g.key for g in groups]
+        self.original = {g.key: g.size for g in groups}
+        self.grown = {g.key: widened_size(g, width, round_to) for g in groups}
+
+    def _rebuild(self) -> None:
+        self.copy = copy_model(self.source)
+        self.graph = GroupGraph(self.copy, self.example, self.ignored, self.fixed)
+
+    def _run(self) -> None:
+        with torch.no_grad(), in_mode(self.copy, training=False):
+            self.copy(self.example)
+
+    def error(self, keys: Sequence[str]) -> str | None:
+        """The first line of what widening `keys` raises, in the resize or the forward pass."""
+        try:
+            resize(self.graph, {k: self.grown[k] for k in keys})
+        except WIDEN_ERRORS as err:
+            self._rebuild()
+            return _first_line(err)
+        try:
+            self._run()
+            failure = None
+        except WIDEN_ERRORS as err:
+            failure = _first_line(err)
+        try:
+            resize(self.graph, {k: self.original[k] for k in keys})
+            self._run()
+        except WIDEN_ERRORS:
+            self._rebuild()
+        return failure
+
+
 def _culprits(model, example, width, round_to, ignored, fixed, error: str) -> dict[str, str]:
     """Groups that break widening on their own, by widening halves (about 2 log2(groups) trials
     per culprit). A failure that needs two groups together fixes the smallest such set found."""
-    keys = [g.key for g in GroupGraph(copy_model(model), example, ignored, fixed).groups if g.prunable]
+    trials = _Trials(model, example, width, round_to, ignored, fixed)
     found: dict[str, str] = {}
 
     def search(subset: list[str], failure: str) -> None:
@@ -142,7 +166,7 @@ def _culprits(model, example, width, round_to, ignored, fixed, error: str) -> di
             found[subset[0]] = f"widening it breaks the model ({failure})"
             return
         halves = subset[: len(subset) // 2], subset[len(subset) // 2 :]
-        errors = [_widening_error(model, example, width, round_to, ignored, fixed, half) for half in halves]
+        errors = [trials.error(half) for half in halves]
         for half, half_error in zip(halves, errors, strict=True):
             if half_error is not None:
                 search(list(half), half_error)
@@ -150,5 +174,5 @@ def _culprits(model, example, width, round_to, ignored, fixed, error: str) -> di
             for key in subset:
                 found[key] = f"widening it together with {len(subset) - 1} other group(s) breaks the model ({failure})"
 
-    search(keys, error)
+    search(trials.keys, error)
     return found
