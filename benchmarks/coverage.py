@@ -216,15 +216,22 @@ def sweep_timm(args: argparse.Namespace) -> None:
 
 
 def write_timm_table(rows: list[dict], selection: dict, args: argparse.Namespace, wall: float) -> None:
+    import timm
+
     passed = sum(r["ok"] for r in rows)
     slow = [r["model"] for r in rows if r.get("seconds", 0) >= args.timeout]
     heavy = [r["model"] for r in rows if r.get("peak_mb", 0) > 8192]
     header = ["module", "model", "params (M)", "ok", "failed at", "seconds", "peak MB", "fixed groups", "error"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in sorted(rows, key=lambda r: (r["ok"], r["module"])):
+        error = r.get("error") or ""
+        if r.get("stage") == "timeout":
+            # What a timeout costs is mostly the input: every stage runs the (widened) model on it.
+            size = timm.get_pretrained_cfg_value(r["model"], "input_size")
+            error += f" at its default input {'x'.join(map(str, size))}" if size else ""
         cells = [r["module"], r["model"], f"{r['params'] / 1e6:.2f}", "ok" if r["ok"] else "-",
                  r.get("stage") or "", str(r.get("seconds", "")), str(r.get("peak_mb", "")),
-                 str(r.get("fixed_groups", "")), (r.get("error") or "").replace("|", "/")]  # fmt: skip
+                 str(r.get("fixed_groups", "")), error.replace("|", "/")]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     skipped = [f"- {s['module']}/{s['model']}: {s['reason']}" for s in selection["skipped"] if "params" in s]
     summary = (
