@@ -160,19 +160,21 @@ def _culprits(model, example, width, round_to, ignored, fixed, error: str) -> di
     per culprit). A failure that needs two groups together fixes the smallest such set found."""
     trials = _Trials(model, example, width, round_to, ignored, fixed)
     found: dict[str, str] = {}
-
-    def search(subset: list[str], failure: str) -> None:
-        if len(subset) == 1:
-            found[subset[0]] = f"widening it breaks the model ({failure})"
-            return
-        halves = subset[: len(subset) // 2], subset[len(subset) // 2 :]
-        errors = [trials.error(half) for half in halves]
-        for half, half_error in zip(halves, errors, strict=True):
-            if half_error is not None:
-                search(list(half), half_error)
-        if all(e is None for e in errors):
-            for key in subset:
-                found[key] = f"widening it together with {len(subset) - 1} other group(s) breaks the model ({failure})"
-
-    search(trials.keys, error)
+    _bisect(trials, trials.keys, error, found)
     return found
+
+
+def _bisect(trials: _Trials, subset: list[str], failure: str, found: dict[str, str]) -> None:
+    # A plain recursive function, not a closure over itself: that cycle would keep the trials'
+    # model copy and graph alive until the garbage collector's next full pass.
+    if len(subset) == 1:
+        found[subset[0]] = f"widening it breaks the model ({failure})"
+        return
+    halves = subset[: len(subset) // 2], subset[len(subset) // 2 :]
+    errors = [trials.error(half) for half in halves]
+    for half, half_error in zip(halves, errors, strict=True):
+        if half_error is not None:
+            _bisect(trials, list(half), half_error, found)
+    if all(e is None for e in errors):
+        for key in subset:
+            found[key] = f"widening it together with {len(subset) - 1} other group(s) breaks the model ({failure})"
