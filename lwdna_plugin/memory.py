@@ -60,7 +60,7 @@ class MicroBatch:
         try:
             saved = _probe(batch, run, device, 1)
         except ValueError:
-            if _batch_len(batch) == 1:
+            if batch_len(batch) == 1:
                 raise
             try:
                 saved = _probe(batch, run, device, 2)
@@ -134,5 +134,6 @@ def _probe(batch: Any, run: Callable[[Any], object], device: torch.device, sampl
         return saved_bytes(lambda: run(probe))
 
 
-def _batch_len(batch: Any) -> int:
+def batch_len(batch: Any) -> int:
+    """How many samples a batch holds (a tuple's first element or a dict's `inputs`)."""
     return len(batch["inputs"]) if isinstance(batch, dict) else len(batch[0])

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .adapter import model_device
 from .data import Batch
 from .graph import ChannelGroup, GroupGraph
-from .memory import MicroBatch
+from .memory import MicroBatch, batch_len
 from .modes import in_mode
 
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -188,6 +188,20 @@ def _gate_gradients(
     return _gate_pass(graph, groups, batches, loss_fn, train, pieces)
 
 
+def _train_loss(loss_fn: LossFn, model: nn.Module, index: int, batch: Batch) -> torch.Tensor:
+    """The loss of one scoring batch (or piece), with batch norm's refusal of a single sample in
+    train mode explained: without it the user sees torch's message and no way out."""
+    try:
+        return loss_fn(model, batch)
+    except ValueError as err:
+        if batch_len(batch) != 1:
+            raise
+        raise ValueError(
+            f"scoring batch {index} holds one sample and {type(model).__name__} refuses it in train mode ({err}): "
+            "a batch norm needs more than one value per channel. Pass scoring batches of 2 or more samples"
+        ) from err
+
+
 def _prefers_channels_last(model: nn.Module) -> bool:
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
     return on_cpu and any(isinstance(m, nn.Conv2d) for m in model.modules())
@@ -229,8 +243,9 @@ def _gate_pass(
         # In float32 whatever autocast the caller runs under: fp16 gate gradients underflow.
         with in_mode(model, training=train), torch.autocast(device.type, enabled=False):
             for batch in batches:
-                for piece, share in pieces.cut(batch, partial(loss_fn, model), device):
-                    loss = loss_fn(model, piece)
+                run = partial(_train_loss, loss_fn, model, seen)
+                for piece, share in pieces.cut(batch, run, device):
+                    loss = run(piece)
                     check_loss(loss)
                     if not torch.isfinite(loss).all():
                         raise ValueError(

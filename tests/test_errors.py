@@ -49,6 +49,14 @@ def test_non_finite_images_stop_before_planning(batches):
         lw.dissimilate("resnet18", data=[(images * float("nan"), targets)], model_kwargs=TEN)
 
 
+def test_one_sample_batches_batch_norm_refuses_say_to_pass_more(batches):
+    # At 32x32 resnet18's last stage is 1x1: its batch norms see one value per channel.
+    images, targets = batches[0]
+    one = [(images[:1, :, :32, :32], targets[:1])]
+    with pytest.raises(ValueError, match=r"scoring batch 0 holds one sample.*Pass scoring batches of 2 or more"):
+        lw.dissimilate("resnet18", data=one, model_kwargs=TEN)
+
+
 def test_non_finite_scores_are_refused():
     graph = lw.GroupGraph(timm.create_model("resnet18", num_classes=10), torch.zeros(1, 3, IMG, IMG))
 
