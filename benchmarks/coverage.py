@@ -1,17 +1,19 @@
 """Coverage: the whole pipeline on every architecture in ../shared/zoo.txt, one subprocess each.
 
 For each model (pretrained=False, timm's default input size): dissimilate (width 2, flops 1.0,
-gate scores on real mnist5k batches), save the spec, rebuild it with `lw.build`, run a forward
-pass and check fvcore FLOPs against the target. Side by side, torch-pruning's own 50% global
-magnitude pruning followed by a forward pass, the anchor we compare with.
+gate scores on real mnist5k batches of `--batch-size` images at 224x224, fewer at a larger
+input: as many pixels a batch, at least one image; see `scoring_batch_size`), save the spec,
+rebuild it with `lw.build`, run a forward pass and check fvcore FLOPs against the target. Side
+by side, torch-pruning's own 50% global magnitude pruning followed by a forward pass, the
+anchor we compare with.
 
 `--timm-all` sweeps the zoo instead of a list: for every module of `timm.models` that registers
 models, its smallest model by parameter count (counted on the meta device, cached in
 `coverage_timm_selection.json`), skipping modules whose smallest model has over `--max-params`.
 Each model runs in its own process under `--timeout` seconds and an address-space limit; its
-row (ok, the stage that failed, seconds, error, fixed groups, peak memory) is written to
-`coverage_timm_runs/<model>.json`, so a rerun skips finished models; the table goes to
-`coverage_timm.{json,md}`.
+row (ok, the stage that failed, seconds, error, fixed groups, peak memory, scoring images) is
+written to `coverage_timm_runs/<model>.json`, so a rerun skips finished models (unless they
+scored other batches than it would); the table goes to `coverage_timm.{json,md}`.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/coverage.py [--models resnet18 ...] [--timeout 300]
     OMP_WAIT_POLICY=PASSIVE python benchmarks/coverage.py --timm-all [--rerun]
@@ -51,6 +53,15 @@ def _error(err: BaseException) -> str:
     return f"{type(err).__name__}: {str(err).splitlines()[0][:200]} ({Path(frame.filename).name}:{frame.lineno})"
 
 
+def scoring_batch_size(batch_size: int, input_size: tuple[int, ...]) -> int:
+    """Images a scoring batch holds at `input_size`: at most the pixels of `batch_size` images at
+    224x224, at least one image. Scoring is most of the cost (the widened net, forward and
+    backward), so this holds it near a 224-px model's whatever a model's default input: at
+    768x768 (qwen3_vit) 8 images cost about 94 forward passes of the original at 224."""
+    pixels = input_size[-1] * input_size[-2]
+    return max(1, min(batch_size, batch_size * 224 * 224 // pixels))
+
+
 def worker(name: str, batches: int, batch_size: int) -> dict:
     """Run one model in this process; return what passed."""
     import timm
@@ -63,7 +74,8 @@ def worker(name: str, batches: int, batch_size: int) -> dict:
     try:
         size = timm.get_pretrained_cfg(name).input_size
         row["input"] = size[-1]
-        data = lw.load_batches("mnist5k", batches=batches, batch_size=batch_size, img_size=size[-1])
+        row["scoring_images"] = [scoring_batch_size(batch_size, size)] * batches
+        data = lw.load_batches("mnist5k", batches=batches, batch_size=row["scoring_images"][0], img_size=size[-1])
         result = lw.dissimilate(name, width=2.0, flops=1.0, data=data, model_kwargs={"num_classes": 10})
         row["dissimilate"] = True
         row["fixed_groups"] = len(result.report.fixed_groups)
@@ -197,10 +209,11 @@ def sweep_timm(args: argparse.Namespace) -> None:
     entries = selection["selected"]
     for i, entry in enumerate([] if args.table_only else entries, 1):
         path = runs / f"{entry['model']}.json"
-        if path.is_file() and not args.rerun and not (args.rerun_failed and not json.loads(path.read_text())["ok"]):
+        if path.is_file() and not args.rerun and not _rerun(json.loads(path.read_text()), args):
             continue
         extra = ["--batches", str(args.batches), "--batch-size", str(args.batch_size)]
         row = {"model": entry["model"], **{s: False for s in STEPS}, "ok": False, "stage": "timeout"}
+        row["scoring_images"] = _scoring_images(entry["model"], args)  # what the worker scores, timed out or not
         row.update(run_isolated(["--worker", entry["model"], *extra], args.timeout, args.memory_gb))
         row.update(module=entry["module"], params=entry["params"])
         row.setdefault("seconds", args.timeout)
@@ -215,13 +228,30 @@ def sweep_timm(args: argparse.Namespace) -> None:
     write_timm_table(rows, selection, args, time.perf_counter() - started)
 
 
+def _rerun(row: dict, args: argparse.Namespace) -> bool:
+    """Whether a finished row is run again: it failed and `--rerun-failed` says so, or it scored
+    other batches than this sweep would (rows from before `scoring_images` was recorded scored
+    `--batches` batches of `--batch-size` at every input size)."""
+
+    if args.rerun_failed and not row["ok"]:
+        return True
+    return row.get("scoring_images", [args.batch_size] * args.batches) != _scoring_images(row["model"], args)
+
+
+def _scoring_images(name: str, args: argparse.Namespace) -> list[int]:
+    import timm
+
+    return [scoring_batch_size(args.batch_size, timm.get_pretrained_cfg_value(name, "input_size"))] * args.batches
+
+
 def write_timm_table(rows: list[dict], selection: dict, args: argparse.Namespace, wall: float) -> None:
     import timm
 
     passed = sum(r["ok"] for r in rows)
     slow = [r["model"] for r in rows if r.get("seconds", 0) >= args.timeout]
     heavy = [r["model"] for r in rows if r.get("peak_mb", 0) > 8192]
-    header = ["module", "model", "params (M)", "ok", "failed at", "seconds", "peak MB", "fixed groups", "error"]
+    header = ["module", "model", "params (M)", "input", "scoring images", "ok", "failed at", "seconds", "peak MB",
+              "fixed groups", "error"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in sorted(rows, key=lambda r: (r["ok"], r["module"])):
         error = r.get("error") or ""
@@ -229,7 +259,9 @@ def write_timm_table(rows: list[dict], selection: dict, args: argparse.Namespace
             # What a timeout costs is mostly the input: every stage runs the (widened) model on it.
             size = timm.get_pretrained_cfg_value(r["model"], "input_size")
             error += f" at its default input {'x'.join(map(str, size))}" if size else ""
-        cells = [r["module"], r["model"], f"{r['params'] / 1e6:.2f}", "ok" if r["ok"] else "-",
+        scored = r.get("scoring_images", [args.batch_size] * args.batches if r.get("input") else [])
+        cells = [r["module"], r["model"], f"{r['params'] / 1e6:.2f}", str(r.get("input", "")),
+                 " + ".join(map(str, scored)), "ok" if r["ok"] else "-",
                  r.get("stage") or "", str(r.get("seconds", "")), str(r.get("peak_mb", "")),
                  str(r.get("fixed_groups", "")), error.replace("|", "/")]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")

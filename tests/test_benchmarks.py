@@ -45,10 +45,15 @@ def test_hypothesis_quick_is_resumable(tmp_path):
     assert [f.stat().st_mtime_ns for f in files] == stamps
 
 
+def _benchmark(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_paired_interval():
-    spec = importlib.util.spec_from_file_location("hypothesis", ROOT / "benchmarks" / "hypothesis.py")
-    hypothesis = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hypothesis)
+    hypothesis = _benchmark("hypothesis")
     runs = [
         {"train_size": 10, "arm": arm, "seed": s, "test_top1": v}
         for arm, values in (("baseline", [80, 81, 82]), ("x", [81, 83, 82.5]))
@@ -61,6 +66,22 @@ def test_paired_interval():
         result["mean"] + half
     )
     assert hypothesis.paired(runs[:4], 10, "x", "baseline") is None  # one pair: no interval
+
+
+def test_coverage_scores_as_many_pixels_at_any_input_and_reruns_rows_that_scored_more():
+    coverage = _benchmark("coverage")
+    assert coverage.scoring_batch_size(8, (3, 224, 224)) == 8
+    assert coverage.scoring_batch_size(8, (3, 299, 299)) == 4  # 8 * 224^2 / 299^2 = 4.5
+    assert coverage.scoring_batch_size(8, (3, 768, 768)) == 1  # never fewer than one image
+    assert coverage.scoring_batch_size(8, (3, 160, 160)) == 8  # never more than asked
+    args = coverage.argparse.Namespace(batches=2, batch_size=8, rerun_failed=False)
+    old = {"model": "inception_v3", "ok": True}  # a row from before `scoring_images`: 2 x 8 at 299 px
+    assert coverage._rerun(old, args)
+    assert not coverage._rerun({**old, "model": "resnet18"}, args)  # 224 px: 2 x 8 is what it scores now
+    assert not coverage._rerun({**old, "scoring_images": [4, 4]}, args)
+    failed = {**old, "scoring_images": [4, 4], "ok": False}
+    assert not coverage._rerun(failed, args)
+    assert coverage._rerun(failed, coverage.argparse.Namespace(batches=2, batch_size=8, rerun_failed=True))
 
 
 def test_latency_smoke(tmp_path):
