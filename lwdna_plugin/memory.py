@@ -89,23 +89,33 @@ class MicroBatch:
 
 
 def saved_bytes(run: Callable[[], object]) -> int:
-    """Bytes of tensors autograd saves for backward while `run()` builds its graph (parameters excluded)."""
+    """Bytes of tensors autograd saves for backward while `run()` builds its graph (parameters
+    excluded). The graph `run` builds cannot run backward: it saves nothing."""
     seen: set[int] = set()
+    kept: list[torch.UntypedStorage] = []  # alive while `run` runs, so no freed address is counted again
     total = 0
 
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
+    def pack(tensor: torch.Tensor) -> None:
+        # The graph gets no tensor back: a node that saves its own output would otherwise hold
+        # itself, and every weight the graph saved, alive after `run` returns (a leak of the whole
+        # widened model's weights per measured batch).
         nonlocal total
         if isinstance(tensor, nn.Parameter) or tensor.is_sparse or tensor.device.type == "meta":
-            return tensor
+            return None
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in seen:
             seen.add(storage.data_ptr())
+            kept.append(storage)
             total += storage.nbytes()
-        return tensor
+        return None
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with torch.autograd.graph.saved_tensors_hooks(pack, _not_saved):
         run()
     return total
+
+
+def _not_saved(_: None) -> torch.Tensor:
+    raise RuntimeError("saved_bytes measures a forward pass only: its graph saved no tensor to run backward with")
 
 
 def memory_budget(device: torch.device) -> int:
