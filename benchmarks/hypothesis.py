@@ -424,7 +424,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="cifar_resnet20", help="a timm model name, e.g. cifar_resnet56")
     p.add_argument("--sizes", default="1000,4000,16000", help="training subset sizes (stratified, fixed)")
-    p.add_argument("--epochs", default="100,50,30", help="epochs per size (one value: every size)")
+    p.add_argument("--epochs", default="100,100,30", help="epochs per size (one value: every size)")
     p.add_argument("--seeds", default="8,8,5", help="paired seeds per size (one value: every size)")
     p.add_argument("--test-size", type=int, default=10000)
     p.add_argument("--evals", type=int, default=4, help="test-set evaluations per run (the last at the end)")
