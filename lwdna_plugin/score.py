@@ -194,7 +194,7 @@ def _train_loss(loss_fn: LossFn, model: nn.Module, index: int, batch: Batch) -> 
     try:
         return loss_fn(model, batch)
     except ValueError as err:
-        if batch_len(batch) != 1:
+        if batch_len(batch) != 1 or not model.training:
             raise
         raise ValueError(
             f"scoring batch {index} holds one sample and {type(model).__name__} refuses it in train mode ({err}): "
