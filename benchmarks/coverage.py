@@ -74,7 +74,7 @@ def worker(name: str, batches: int, batch_size: int) -> dict:
     try:
         size = timm.get_pretrained_cfg(name).input_size
         row["input"] = size[-1]
-        row["scoring_images"] = [scoring_batch_size(batch_size, size)] * batches
+        row["scoring_images"] = scoring_images(name, batches, batch_size)
         data = lw.load_batches("mnist5k", batches=batches, batch_size=row["scoring_images"][0], img_size=size[-1])
         result = lw.dissimilate(name, width=2.0, flops=1.0, data=data, model_kwargs={"num_classes": 10})
         row["dissimilate"] = True
@@ -213,7 +213,8 @@ def sweep_timm(args: argparse.Namespace) -> None:
             continue
         extra = ["--batches", str(args.batches), "--batch-size", str(args.batch_size)]
         row = {"model": entry["model"], **{s: False for s in STEPS}, "ok": False, "stage": "timeout"}
-        row["scoring_images"] = _scoring_images(entry["model"], args)  # what the worker scores, timed out or not
+        # What the worker scores, recorded even when it times out.
+        row["scoring_images"] = scoring_images(entry["model"], args.batches, args.batch_size)
         row.update(run_isolated(["--worker", entry["model"], *extra], args.timeout, args.memory_gb))
         row.update(module=entry["module"], params=entry["params"])
         row.setdefault("seconds", args.timeout)
@@ -232,16 +233,17 @@ def _rerun(row: dict, args: argparse.Namespace) -> bool:
     """Whether a finished row is run again: it failed and `--rerun-failed` says so, or it scored
     other batches than this sweep would (rows from before `scoring_images` was recorded scored
     `--batches` batches of `--batch-size` at every input size)."""
-
     if args.rerun_failed and not row["ok"]:
         return True
-    return row.get("scoring_images", [args.batch_size] * args.batches) != _scoring_images(row["model"], args)
+    wanted = scoring_images(row["model"], args.batches, args.batch_size)
+    return row.get("scoring_images", [args.batch_size] * args.batches) != wanted
 
 
-def _scoring_images(name: str, args: argparse.Namespace) -> list[int]:
+def scoring_images(name: str, batches: int, batch_size: int) -> list[int]:
+    """Images in each of the `batches` scoring batches of model `name` at its default input."""
     import timm
 
-    return [scoring_batch_size(args.batch_size, timm.get_pretrained_cfg_value(name, "input_size"))] * args.batches
+    return [scoring_batch_size(batch_size, timm.get_pretrained_cfg_value(name, "input_size"))] * batches
 
 
 def write_timm_table(rows: list[dict], selection: dict, args: argparse.Namespace, wall: float) -> None:
