@@ -43,7 +43,13 @@ def _create_timm(name: str, kwargs: dict[str, Any]) -> nn.Module:
         return REPLACED_TIMM[name](pretrained=False, **kwargs)
     if name not in timm.list_models():
         raise ValueError(f"timm has no model {name!r} (timm {timm.__version__}); see timm.list_models()")
-    return timm.create_model(name, pretrained=False, **kwargs)
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as err:
+        # timm passes unknown keyword arguments on to the model's constructor, which names only itself.
+        if "unexpected keyword argument" not in str(err):
+            raise
+        raise TypeError(f"model_kwargs={kwargs!r}: timm's {name!r} does not take them ({err})") from None
 
 
 def _create_mmengine(name: str, kwargs: dict[str, Any]) -> nn.Module:
@@ -230,10 +236,9 @@ def batch_shape(model: nn.Module, batch: Any) -> tuple[int, ...]:
     """The (N, C, H, W) shape of a batch's inputs as the model's forward receives them."""
     if not is_mmengine_model(model):
         if not isinstance(batch, (tuple, list)) or len(batch) < 2 or not isinstance(batch[0], torch.Tensor):
-            kind = type(batch).__name__ + (f" of shape {tuple(batch.shape)}" if isinstance(batch, torch.Tensor) else "")
             raise ValueError(
-                f"each batch of `data` must be an (images, targets) pair of tensors, got a {kind}: pass a list of "
-                "(images, targets) tuples or a DataLoader that yields them"
+                f"each batch of `data` must be an (images, targets) pair of tensors, got {_kind(batch)}: pass a list "
+                "of (images, targets) tuples of tensors or a DataLoader that yields them"
             )
         return tuple(batch[0].shape)
     inputs = model.data_preprocessor(batch, False)["inputs"]
@@ -245,6 +250,54 @@ def batch_shape(model: nn.Module, batch: Any) -> tuple[int, ...]:
             "dissimilation traces the model with one tensor input per sample"
         )
     return tuple(inputs.shape)
+
+
+def _kind(value: Any) -> str:
+    """What a value is, for an error: a tensor with its shape, a tuple or list with its items' kinds."""
+    if isinstance(value, torch.Tensor):
+        return f"a Tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, list)) and 0 < len(value) <= 4:
+        return f"a {type(value).__name__} of ({', '.join(_qualname(v) for v in value)})"
+    return f"a {_qualname(value)}"
+
+
+def _qualname(value: Any) -> str:
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__.split('.')[0]}.{kind.__name__}"
+
+
+def check_batch(batch: Batch, index: int) -> None:
+    """A batch for the default classification loss: float images and one class target per image."""
+    images, targets = batch[0], batch[1]
+    where = f"batch {index} of `data`"
+    if not isinstance(targets, torch.Tensor):
+        raise ValueError(
+            f"{where}: targets are {_kind(targets)}, not a tensor: the default cross-entropy needs a tensor of "
+            "class indices (torch.as_tensor(targets)), or pass loss_fn=<your loss(model, batch)>"
+        )
+    if not images.is_floating_point():
+        raise ValueError(
+            f"{where}: images are {images.dtype}, and models compute in floating point: convert them as your "
+            "training pipeline does (for example images.float() / 255, then normalise)"
+        )
+    if targets.dim() == 0 or len(targets) != len(images):
+        count = "a single number" if targets.dim() == 0 else f"{len(targets)} target(s)"
+        # Images of shape (C, H, W) are most likely one image without its batch axis.
+        hint = f"; if {tuple(images.shape)} is one image, add the batch axis: images[None]" if images.dim() == 3 else ""
+        raise ValueError(f"{where}: {len(images)} image(s) but {count}: give one target per image{hint}")
+
+
+def check_model(model: nn.Module) -> None:
+    """A model identification can work on: it has parameters, and they hold data."""
+    name = type(model).__name__
+    tensors = [*model.parameters(), *model.buffers()]
+    if not any(True for _ in model.parameters()):
+        raise ValueError(f"{name} has no parameters: there are no channels to widen or prune")
+    if any(t.is_meta for t in tensors):
+        raise ValueError(
+            f"{name} has parameters on the 'meta' device (shapes without data): materialise it first, "
+            "e.g. model.to_empty(device='cpu') and initialise or load its weights"
+        )
 
 
 def default_loss(model: nn.Module) -> Callable[[nn.Module, Any], torch.Tensor]:

@@ -22,7 +22,7 @@ from .flops import FLOP_CONVENTION, FlopModel, count_flops, count_params
 from .graph import ChannelGroup, GroupGraph
 from .initialise import initialise
 from .inits import score_initialisations
-from .inputs import Inputs, check_device, prepare_inputs
+from .inputs import Inputs, check_device, check_ignored, prepare_inputs
 from .latency import LatencyBudget
 from .memory import AUTO, MicroBatch
 from .ranks import rendezvous
@@ -98,7 +98,7 @@ def dissimilate(
         loss_fn: `loss_fn(model, batch) -> loss`; by default cross-entropy of the logits, or for
             an mmengine model the sum of its `forward(..., mode='loss')` losses.
         input_size: (C, H, W) when `data` is None (data-free criteria only).
-        ignore: layer names whose channel groups keep their width.
+        ignore: layer names (one name or several) whose channel groups keep their width.
         progress: show a progress bar over the stages.
         device: where to build a model given by name or config (default: the device of the
             data's images, else the CPU); a module you pass stays on its own device. Wrappers
@@ -115,7 +115,7 @@ def dissimilate(
     stages = [stage for stage in _STAGES if optional.get(stage, True)]
     timer = StageTimer(stages, progress)
     floors = floors or Floors()
-    ignore = tuple(ignore)
+    ignore = (ignore,) if isinstance(ignore, str) else tuple(ignore)
     _check_arguments(
         width=width, batches=batches, round_to=round_to, inits=inits, seed=seed, ranking=ranking,
         score_batch_size=score_batch_size,
@@ -131,6 +131,7 @@ def dissimilate(
             needs_data=_needs_data(gate, warm), check_loss=gate and loss_fn is None, more=warm.steps if warm else 0,
         )  # fmt: skip
         base, example = inputs.base, inputs.example
+        check_ignored(base, ignore)
         memory = _PeakMemory(example.device)
         original_flops = count_flops(base, example)
         target = parse_flops(flops, original_flops)

@@ -150,7 +150,7 @@ class _Space:
         target: float,
         tolerance: float,
     ) -> None:
-        self.flop_model, self.target, self.tolerance = flop_model, target, tolerance
+        self.flop_model, self.target, self.tolerance, self.round_to = flop_model, target, tolerance, round_to
         groups = [graph.group(k) for k in flop_model.keys]
         self.scored = [i for i, g in enumerate(groups) if g.key in scores]
         self.steps = np.array([g.step(round_to) for g in groups])
@@ -176,11 +176,13 @@ class _Space:
     def check_reachable(self, limits: Sequence[Limit], floors: Floors) -> None:
         """A clear error when even the floors' widths break the target or a limit."""
         settings = f"rho={floors.rho}, tau={floors.tau}, min_channels={floors.min_channels}"
+        # Widths are multiples of round_to, so a large one raises every floor.
+        settings += f", round_to={self.round_to}" if self.round_to > 1 else ""
         floor_flops = self.flop_model(self.lows)
         if floor_flops > self.target:
             raise ValueError(
                 f"the FLOP target {self.target:,.0f} is below what the floors allow ({floor_flops:,.0f} FLOPs with "
-                f"{settings}); raise `flops` or lower the floors"
+                f"{settings}); raise `flops` or lower the floors" + (" or round_to" if self.round_to > 1 else "")
             )
         for cost, limit in limits:
             if cost(self.lows) > limit:

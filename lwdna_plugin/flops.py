@@ -7,12 +7,18 @@ Convention: fvcore's, where one "flop" is one multiply-accumulate of a conv or l
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
-from fvcore.nn import FlopCountAnalysis
+
+# fvcore scripts its focal loss with torch.jit.script at import, which torch now deprecates:
+# a warning about fvcore's code on every `import lwdna_plugin`, which the user can do nothing about.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    from fvcore.nn import FlopCountAnalysis
 
 from .graph import GroupGraph
 from .modes import in_mode

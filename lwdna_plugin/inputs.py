@@ -7,6 +7,7 @@ with an error that names the argument, not deep inside a traced layer.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -18,8 +19,10 @@ import torch.nn as nn
 from .adapter import (
     Recipe,
     batch_shape,
+    check_batch,
     check_head,
     check_input,
+    check_model,
     is_mmengine_model,
     model_device,
     model_dtype,
@@ -63,6 +66,7 @@ def prepare_inputs(
     scoring ones (as many as `data` has, up to this).
     """
     base, recipe = resolve_model(model, model_kwargs)
+    check_model(base)
     taken = list(itertools.islice(iter(data), batches + more)) if data is not None else []
     taken, extra = taken[:batches], taken[batches:]
     if data is not None and not taken:
@@ -84,12 +88,15 @@ def prepare_inputs(
     elif needs_data:
         raise ValueError(f"{needs_data}: pass `data=` batches of (images, targets)")
     elif input_size is not None:
-        batch_size, shape = 0, list(input_size)
+        batch_size, shape = 0, check_input_size(input_size)
     else:
         raise ValueError("pass `data` (batches of images, targets) or, for a data-free criterion, `input_size`")
     inputs = Inputs(base, recipe, taken, tuple(shape), batch_size, dtype, extra)
     if taken and check_loss and not is_mmengine_model(base):
         check_head(base)
+        for index, batch in enumerate(taken + extra):
+            batch_shape(base, batch)
+            check_batch(batch, index)
     check_input(base, inputs.example, (batch_size, *shape) if taken else (1, *shape))
     return inputs
 
@@ -114,3 +121,21 @@ def check_device(device: torch.device | str | None) -> torch.device | None:
     if device.type != "cpu" and not (hasattr(backend, "is_available") and backend.is_available()):
         raise ValueError(f"device={str(device)!r}: torch has no {device.type} device here; give 'cpu' or leave it out")
     return device
+
+
+def check_ignored(model: nn.Module, ignore: tuple[str, ...]) -> None:
+    """Every name in `ignore` is a layer of the model: a misspelt one would silently ignore nothing."""
+    names = [name for name, _ in model.named_modules() if name]
+    for name in ignore:
+        if not isinstance(name, str) or name not in names:
+            close = difflib.get_close_matches(str(name), names, n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else "; see model.named_modules()"
+            raise ValueError(f"ignore: {type(model).__name__} has no layer {name!r}{hint}")
+
+
+def check_input_size(input_size: Any) -> list[int]:
+    """`input_size` as a list of positive whole numbers, one sample's (channels, height, width)."""
+    sizes = list(input_size) if isinstance(input_size, (tuple, list)) else None
+    if not sizes or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes):
+        raise ValueError(f"input_size={input_size!r}: give one sample's shape as positive integers, e.g. (3, 224, 224)")
+    return sizes

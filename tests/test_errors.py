@@ -339,3 +339,61 @@ def test_a_stem_that_transforms_its_input_is_not_taken_for_a_channel_mismatch():
     batches = lw.load_batches("mnist5k", batches=1, batch_size=8, img_size=16)
     result = lw.dissimilate(SpaceToDepth(), data=batches)
     assert result.spec["groups"]["conv"]["original"] == 16
+
+
+def test_batches_of_numpy_arrays_name_the_types(batches):
+    images, targets = batches[0]
+    with pytest.raises(ValueError, match=r"got a tuple of \(numpy.ndarray, numpy.ndarray\).*tuples of tensors"):
+        lw.dissimilate("resnet18", data=[(images.numpy(), targets.numpy())], model_kwargs=TEN)
+    with pytest.raises(ValueError, match=r"batch 0 of `data`: targets are a numpy.ndarray, not a tensor"):
+        lw.dissimilate("resnet18", data=[(images, targets.numpy())], model_kwargs=TEN)
+
+
+def test_integer_images_say_to_convert_them(batches):
+    images, targets = batches[0]
+    raw = (images * 60 + 128).clamp(0, 255).to(torch.uint8)
+    with pytest.raises(ValueError, match=r"batch 0 of `data`: images are torch.uint8.*images.float\(\) / 255"):
+        lw.dissimilate("resnet18", data=[(raw, targets)], model_kwargs=TEN)
+
+
+def test_every_batch_needs_one_target_per_image(batches):
+    images, targets = batches[0]
+    with pytest.raises(ValueError, match=r"batch 1 of `data`: 8 image\(s\) but 5 target\(s\)"):
+        lw.dissimilate("resnet18", data=[(images, targets), (images, targets[:5])], model_kwargs=TEN)
+    with pytest.raises(ValueError, match=r"3 image\(s\) but 1 target\(s\).*is one image, add the batch axis"):
+        lw.dissimilate("resnet18", data=[(images[0], targets[:1])], model_kwargs=TEN)
+
+
+def test_a_model_without_parameters_or_with_meta_ones():
+    with pytest.raises(ValueError, match="Sequential has no parameters"):
+        lw.dissimilate(torch.nn.Sequential(torch.nn.ReLU()), criterion="synflow", input_size=(3, 8, 8))
+    meta = timm.create_model("resnet18", pretrained=False, num_classes=10).to("meta")
+    with pytest.raises(ValueError, match=r"ResNet has parameters on the 'meta' device.*to_empty"):
+        lw.dissimilate(meta, criterion="synflow", input_size=(3, 32, 32))
+
+
+@pytest.mark.parametrize("ignore", [["layer1.0.conv"], "layer1.0.conv"])
+def test_ignored_layers_must_exist(batches, ignore):
+    with pytest.raises(ValueError, match=r"ignore: ResNet has no layer 'layer1.0.conv'; did you mean 'layer1.0.conv"):
+        lw.dissimilate("resnet18", data=batches, model_kwargs=TEN, ignore=ignore)
+
+
+@pytest.mark.parametrize("size", [(3, -4, 32), "3x32x32", (3.0, 32, 32), ()])
+def test_input_size_is_checked(size):
+    with pytest.raises(ValueError, match=r"input_size=.*positive integers, e.g. \(3, 224, 224\)"):
+        lw.dissimilate("resnet18", criterion="synflow", input_size=size, model_kwargs=TEN)
+
+
+def test_unknown_model_kwargs_name_the_model():
+    with pytest.raises(TypeError, match=r"model_kwargs=\{'depth': 3\}: timm's 'resnet18' does not take them"):
+        lw.dissimilate("resnet18", criterion="synflow", input_size=(3, 32, 32), model_kwargs={"depth": 3})
+
+
+def test_a_large_round_to_is_named_when_it_lifts_the_floors(batches):
+    with pytest.raises(ValueError, match=r"round_to=512\); raise `flops` or lower the floors or round_to"):
+        lw.dissimilate("resnet18", data=batches, model_kwargs=TEN, round_to=512)
+
+
+def test_importing_the_package_warns_about_nothing():
+    code = "import warnings; warnings.simplefilter('error'); import lwdna_plugin"
+    subprocess.run([sys.executable, "-c", code], check=True)
