@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -133,11 +134,11 @@ def _micro_batch(text: str) -> int | str:
 
 def _timm_job(args: argparse.Namespace) -> tuple[str, list | None, dict]:
     if args.data == "none":
-        return args.model, None, {"num_classes": args.num_classes} if args.num_classes else {}
-    classes = args.num_classes or num_classes(args.data)
+        return args.model, None, {"num_classes": args.num_classes} if args.num_classes is not None else {}
+    classes = args.num_classes if args.num_classes is not None else num_classes(args.data)
     count = args.batches + max(args.warmup, 0)  # the warm-up trains on the batches after the scored ones
     data = load_batches(args.data, count, args.batch_size, args.img_size, seed=args.seed)
-    return args.model, data, {"num_classes": classes} if classes else {}
+    return args.model, data, {"num_classes": classes} if classes is not None else {}
 
 
 def _mmengine_job(args: argparse.Namespace) -> tuple[dict, object, dict]:
@@ -171,6 +172,16 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unwritable(out: Path) -> str | None:
+    """Why the output folder `out` could not be made or written, or None."""
+    if out.exists() and not out.is_dir():
+        return "is a file; give a folder for spec.json, report.md and channels.png"
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} cannot be written; give a folder you can write to"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -180,6 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give either a timm MODEL name (with --data) or --mm-config, not both")
     if args.model is not None and args.data is None:
         parser.error("--data is required with a timm model (an image folder or mnist5k, fashion-mnist)")
+    problem = _unwritable(Path(args.out))
+    if problem:  # checked before the work, not found after it
+        print(f"lwdna: error: --out {args.out}: {problem}", file=sys.stderr)
+        return 2
     try:
         model, data, model_kwargs = _mmengine_job(args) if args.mm_config else _timm_job(args)
         result = dissimilate(
@@ -202,13 +217,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device,
             progress=not args.quiet,
             latency=LatencyBudget(args.latency, tuple(args.latency_batch), margin=args.latency_margin)
-            if args.latency
+            if args.latency is not None
             else None,
         )
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         print(f"lwdna: error: {err}", file=sys.stderr)
         return 2
-    out = result.save(args.out)
+    try:
+        out = result.save(args.out)
+    except OSError as err:
+        print(f"lwdna: error: --out {args.out}: cannot write the results ({err})", file=sys.stderr)
+        return 2
     f = result.report.flops
     print(
         f"{result.report.model}: FLOPs {f['lwdna']:,} / original {f['original']:,} ({f['lwdna'] / f['original']:.4f}), "

@@ -146,13 +146,20 @@ def _image_folder(root: Path, batches: int, batch_size: int, img_size: int, in_c
     transform = transforms.Compose(
         [*steps, transforms.Resize(img_size), transforms.CenterCrop(img_size), transforms.ToTensor()]
     )
-    dataset = datasets.ImageFolder(str(root), transform=transform)
+    layout = "an ImageFolder holds one sub-folder of images per class (root/<class>/<image>.jpg)"
+    try:
+        dataset = datasets.ImageFolder(str(root), transform=transform)
+    except FileNotFoundError as err:  # torchvision's: no class folder, or a class without images
+        raise ValueError(f"ImageFolder {root}: {err} ({layout})") from None
     if len(dataset) == 0:
-        raise ValueError(f"ImageFolder {root} holds no images")
+        raise ValueError(f"ImageFolder {root} holds no images ({layout})")
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
     out = []
-    for images, labels in loader:
-        out.append((_fit(images, in_chans, None), labels))
-        if len(out) == batches:
-            break
+    try:
+        for images, labels in loader:
+            out.append((_fit(images, in_chans, None), labels))
+            if len(out) == batches:
+                break
+    except OSError as err:  # PIL's UnidentifiedImageError or a truncated file; its message names the file
+        raise ValueError(f"ImageFolder {root}: an image could not be read ({err}); remove or replace it") from None
     return out

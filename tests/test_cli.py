@@ -105,3 +105,41 @@ def test_cli_export_python(resnet18_result, tmp_path, capsys):
     assert "Imports timm: no" in (tmp_path / "resnet18_lwdna.py").read_text()
     assert main(["export", str(tmp_path / "spec.json"), "--python", str(tmp_path / "model.txt")]) == 2
     assert "ending in .py" in capsys.readouterr().err
+
+
+def _run(*args: str) -> list[str]:
+    return ["dissimilate", "resnet18", "--img-size", "32", "--batch-size", "4", "--quiet", *args]
+
+
+def test_cli_an_output_path_that_is_a_file_fails_before_the_work(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    for out, message in ((taken, "is a file"), (taken / "sub", f"{taken} cannot be written")):
+        assert main(_run("--data", "mnist5k", "--out", str(out))) == 2
+        assert f"--out {out}: {message}" in capsys.readouterr().err
+    assert taken.read_text() == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--latency", "0"], "LatencyBudget(ratio=0.0): must be positive"),
+        (["--num-classes", "0"], "has no classifier (num_classes=0"),
+    ],
+)
+def test_cli_zero_is_an_answer_not_a_default(tmp_path, capsys, args, message):
+    assert main(_run("--data", "mnist5k", "--out", str(tmp_path / "out"), *args)) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_image_folders_without_classes_or_with_unreadable_images(tmp_path, capsys):
+    empty, broken = tmp_path / "empty", tmp_path / "broken" / "a"
+    empty.mkdir()
+    broken.mkdir(parents=True)
+    (broken / "0.png").write_text("not an image")
+    for root, message in ((empty, "Couldn't find any class folder"), (broken.parent, "could not be read")):
+        assert main(_run("--data", str(root), "--out", str(tmp_path / "out"))) == 2
+        err = capsys.readouterr().err
+        assert f"ImageFolder {root}" in err and message in err
+    assert "0.png" in err
