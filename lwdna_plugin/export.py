@@ -131,6 +131,10 @@ def load_spec(spec: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     """A spec (a dict, a spec.json or the folder holding it), checked field by field."""
     if isinstance(spec, Mapping):
         data, source = dict(spec), "the spec"
+    elif not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(
+            f"spec: give a spec dict, a spec.json path or the folder holding it, not a {type(spec).__name__}"
+        )
     else:
         path = Path(spec)
         if path.is_dir():

@@ -20,6 +20,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
     from fvcore.nn import FlopCountAnalysis
 
+from .adapter import check_input
 from .graph import GroupGraph
 from .modes import in_mode
 
@@ -38,8 +39,18 @@ def _analysis(model: nn.Module, inputs: torch.Tensor) -> FlopCountAnalysis:
 
 def count_flops(model: nn.Module, inputs: torch.Tensor) -> int:
     """fvcore's total for one forward pass of `inputs` (use a batch of one)."""
-    with torch.no_grad():
-        return int(_analysis(model, inputs).total())
+    if not isinstance(model, nn.Module) or not isinstance(inputs, torch.Tensor):
+        raise TypeError(
+            f"count_flops(model, inputs) takes an nn.Module and a tensor, got {type(model).__name__} and "
+            f"{type(inputs).__name__} (build a model by name with timm.create_model)"
+        )
+    try:
+        with torch.no_grad():
+            return int(_analysis(model, inputs).total())
+    except RuntimeError:
+        # Inputs the model cannot take fail inside fvcore's trace; a plain forward names them.
+        check_input(model, inputs, tuple(inputs.shape))
+        raise
 
 
 def count_params(model: nn.Module) -> int:

@@ -34,6 +34,9 @@ class MicroBatch:
     `memory_budget` of the model's device), measured on the first batch it cuts."""
 
     def __init__(self, size: int | None = None, *, auto: bool = False, budget: int | None = None) -> None:
+        for name, value in (("size", size), ("budget", budget)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"MicroBatch({name}={value!r}): must be a positive integer or None")
         self.size = size
         self.auto = auto
         self.budget = budget

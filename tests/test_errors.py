@@ -397,3 +397,15 @@ def test_a_large_round_to_is_named_when_it_lifts_the_floors(batches):
 def test_importing_the_package_warns_about_nothing():
     code = "import warnings; warnings.simplefilter('error'); import lwdna_plugin"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_public_helpers_name_bad_arguments():
+    with pytest.raises(TypeError, match="spec: give a spec dict, a spec.json path or the folder holding it, not a int"):
+        lw.build(3)
+    with pytest.raises(TypeError, match=r"count_flops\(model, inputs\) takes an nn.Module and a tensor, got str"):
+        lw.count_flops("resnet18", torch.zeros(1, 3, 32, 32))
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    with pytest.raises(ValueError, match=r"3-channel images but the batches are \(1, 1, 32, 32\)"):
+        lw.count_flops(model, torch.zeros(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"MicroBatch\(size=0\): must be a positive integer or None"):
+        lw.MicroBatch(0)
