@@ -270,6 +270,12 @@ def check_batch(batch: Batch, index: int) -> None:
     """A batch for the default classification loss: float images and one class target per image."""
     images, targets = batch[0], batch[1]
     where = f"batch {index} of `data`"
+    single = isinstance(targets, int) or (isinstance(targets, torch.Tensor) and targets.dim() == 0)
+    if single and images.dim() == 3:
+        raise ValueError(
+            f"{where} is one sample, an image of shape {tuple(images.shape)} and one target: `data` looks like a "
+            "Dataset; pass batches, e.g. torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=True)"
+        )
     if not isinstance(targets, torch.Tensor):
         raise ValueError(
             f"{where}: targets are {_kind(targets)}, not a tensor: the default cross-entropy needs a tensor of "

@@ -409,3 +409,17 @@ def test_public_helpers_name_bad_arguments():
         lw.count_flops(model, torch.zeros(1, 1, 32, 32))
     with pytest.raises(ValueError, match=r"MicroBatch\(size=0\): must be a positive integer or None"):
         lw.MicroBatch(0)
+
+
+def test_a_dataset_of_single_samples_is_told_to_use_a_dataloader(batches):
+    images, targets = batches[0]
+    dataset = torch.utils.data.TensorDataset(images, targets)
+    with pytest.raises(ValueError, match=r"batch 0 of `data` is one sample.*looks like a Dataset.*DataLoader"):
+        lw.dissimilate("resnet18", data=dataset, model_kwargs=TEN)
+    samples = [(image, int(target)) for image, target in zip(images, targets, strict=True)]
+    with pytest.raises(ValueError, match=r"one sample, an image of shape \(3, 64, 64\)"):
+        lw.dissimilate("resnet18", data=samples, model_kwargs=TEN)
+    result = lw.dissimilate(
+        "resnet18", data=torch.utils.data.DataLoader(dataset, batch_size=4), batches=1, model_kwargs=TEN
+    )
+    assert result.spec["groups"]
