@@ -215,3 +215,32 @@ def test_training_branches_dispatch_on_mode(tmp_path):
         expected = model.train(mode)(x)
         torch.manual_seed(0)
         assert torch.equal(rebuilt.train(mode)(x), expected)
+
+
+class LoopedBlocks(nn.Module):
+    """A user model whose forward loops over a top-level ModuleList and reads a ModuleDict."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 8, 1))
+            for _ in range(3)
+        )
+        self.heads = nn.ModuleDict({"main": nn.Linear(8, 10)})
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = x + block(x)
+        return self.heads["main"](x.mean((2, 3)))
+
+
+def test_a_forward_that_loops_over_a_module_list_is_written(tmp_path):
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    result = lw.dissimilate(LoopedBlocks(), data=[(x, y)])
+    path = export_python(result, tmp_path / "looped.py")
+    assert_ruff_clean(path)
+    rebuilt = _load(path).MODEL()
+    rebuilt.load_state_dict(result.model.state_dict(), strict=True)
+    assert torch.allclose(rebuilt.eval()(x), result.model.eval()(x), atol=1e-5)

@@ -42,7 +42,13 @@ class Tracer(fx.Tracer):
 
 
 def is_leaf(module: nn.Module) -> bool:
-    """Whether fx keeps `module` whole (a torch.nn layer) rather than tracing through it."""
+    """Whether fx keeps `module` whole (a torch.nn layer) rather than tracing through it.
+
+    fx counts every torch.nn class as a leaf, containers included; but a ModuleList or
+    ModuleDict is never called, only indexed or looped over, so its items are what the trace calls.
+    """
+    if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+        return False
     return Tracer().is_leaf_module(module, "")
 
 
