@@ -116,3 +116,17 @@ def test_device_check_runs_here(tmp_path):
     payload = json.loads((tmp_path / f"gpu_check_{device}.json").read_text())
     assert [row["check"] for row in payload["rows"]] == only
     assert payload["passed"] == 2, payload["rows"]
+
+
+@needs_data
+def test_width_sources_quick_controls_with_random_scores(tmp_path):
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MPLBACKEND": "Agg"}
+    command = [sys.executable, str(ROOT / "benchmarks" / "width_sources.py"), "--quick", "--out", str(tmp_path)]
+    subprocess.run(command, check=True, env=env, timeout=600)
+    payload = json.loads((tmp_path / "width_sources_quick.json").read_text())
+    assert len(payload["runs"]) == 2 * 3 * 2  # arms x sources x seeds
+    random, scored = payload["summary"]["random"], payload["summary"]["lwdna-sum"]
+    # Random scores never read the data: every source gives the same widths for a seed.
+    assert random["seed_to_seed"] == random["vs_shuffled"] == random["vs_noise"] > 0
+    assert scored["vs_random"] > 0 and set(scored["mean_widths"]) == set(payload["runs"][0]["widths"])
+    assert "| lwdna-sum |" in (tmp_path / "width_sources_quick.md").read_text()
