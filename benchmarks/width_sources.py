@@ -5,6 +5,7 @@ batches, budget and floors), from three sources over several seeds:
 - real: the study's scoring batches;
 - shuffled: the same images with their labels permuted;
 - noise: Gaussian images (the study standardises its images, so the same mean and spread) with the real labels.
+A warm-up variant also trains on its source's batches before scoring.
 Widths are kept / original channels per group; the distance between two identifications is the
 mean over groups of |width difference|. If real-data widths are as far from each other (seed to
 seed) as they are from shuffled-label or noise widths, the data does not choose the widths: the
@@ -118,12 +119,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="cifar_resnet20")
     p.add_argument("--size", type=int, default=1000, help="the training subset the scoring batches come from")
     p.add_argument("--seeds", type=int, default=4)
-    p.add_argument("--arms", default="random,lwdna-sum,lwdna-mean,lwdna-flops,lwdna-inits")
+    p.add_argument("--arms", default="random,lwdna-sum,lwdna-mean,lwdna-flops,lwdna-inits,lwdna-warmup")
     p.add_argument("--width", type=float, default=2.0)
     p.add_argument("--flops", type=float, default=1.0)
     p.add_argument("--floor", type=float, default=0.4)
     p.add_argument("--round-to", type=int, default=1)
     p.add_argument("--score-batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=100, help="the study's epochs at --size: sets a warm-up's steps")
+    p.add_argument("--lr", type=float, default=0.1, help="the study's learning rate, also the warm-up's")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--quick", action="store_true", help="smoke test: 2 seeds, random and lwdna-sum")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = p.parse_args(argv)
@@ -133,9 +137,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.arms) - set(hypothesis.VARIANTS))
     if unknown or args.seeds < 2:
         p.error(f"--arms from {sorted(hypothesis.VARIANTS)} (unknown: {unknown}); --seeds at least 2")
-    # Warm-up arms train on the batches they are given: not a control of the scores alone.
-    if any("warmup_share" in hypothesis.VARIANTS[a] for a in args.arms):
-        p.error("--arms: warm-up variants are not supported here (their batches train the model)")
     return args
 
 
@@ -146,11 +147,13 @@ def main(argv: list[str] | None = None) -> dict:
     data = hypothesis.load_data(args.size, 10)
     # make_arm reads the study's settings from these two: the same identification, batch for batch.
     study = argparse.Namespace(warmup_batch_size=32, **vars(args))
+    # A warm-up arm trains on its source's batches (labels permuted or noise images included).
+    protocol = {"epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay}
     runs: dict[str, dict[tuple[str, int], dict[str, float]]] = {}
     for arm in args.arms:
         runs[arm] = {}
         for source, seed in itertools.product(SOURCES, range(args.seeds)):
-            _, result = hypothesis.make_arm(arm, source_data(data, source, seed), study, seed, {})
+            _, result = hypothesis.make_arm(arm, source_data(data, source, seed), study, seed, protocol)
             runs[arm][(source, seed)] = widths_of(result)
         print(f"{arm}: {args.seeds} seeds x {len(SOURCES)} sources identified", flush=True)
     command = "python benchmarks/width_sources.py" + (" " + " ".join(argv) if argv else "")
