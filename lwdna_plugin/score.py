@@ -248,10 +248,7 @@ def _gate_pass(
                     loss = run(piece)
                     check_loss(loss)
                     if not torch.isfinite(loss).all():
-                        raise ValueError(
-                            f"the loss on scoring batch {seen} is {loss.detach().float().item()}: check the batch "
-                            "for non-finite images or targets (NaN, inf) before dissimilating"
-                        )
+                        raise ValueError(_non_finite_loss(model, piece, seen, loss.detach().float().item()))
                     (loss * share if share != 1.0 else loss).backward()
                 seen += 1
         grads = {name: gate.grad for name, gate in gates.items() if gate.grad is not None}
@@ -269,6 +266,46 @@ def _gate_pass(
     if seen == 0:
         raise ValueError("the data yielded no batches: gate scores need at least one (images, targets) batch")
     return grads
+
+
+def _non_finite_loss(model: nn.Module, batch: Batch, index: int, value: float) -> str:
+    """Why the loss on a scoring batch is not finite: the batch, or the first layer that computes
+    non-finite values from finite images (a widened layer under a parametrization such as
+    weight_norm divides its new, all-zero channels by their zero norm)."""
+    head = f"the loss on scoring batch {index} is {value}"
+    images = batch[0] if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor) else None
+    if images is None or not torch.isfinite(images).all():
+        return f"{head}: check the batch for non-finite images or targets (NaN, inf) before dissimilating"
+    layer = _first_non_finite_layer(model, images)
+    if layer is None:
+        return f"{head}, although its images are finite: check its targets and the loss for non-finite values"
+    return (
+        f"{head}, although its images are finite: layer {layer!r} of the widened model computes non-finite "
+        "values. A parametrization on a widened layer (weight_norm divides the new, zero channels by a zero "
+        "norm) does this: remove it (torch.nn.utils.parametrize.remove_parametrizations) before dissimilating "
+        "and apply it to the LW-DNA model, or pass ignore=[that layer]"
+    )
+
+
+def _first_non_finite_layer(model: nn.Module, images: torch.Tensor) -> str | None:
+    """The first leaf module, in the order they run, whose output holds a NaN or inf."""
+    found: list[str] = []
+
+    def hook(name: str, module: nn.Module, inputs, output) -> None:
+        if not found and isinstance(output, torch.Tensor) and not torch.isfinite(output).all():
+            found.append(name.split(".parametrizations.")[0])  # the layer, not its parametrization
+
+    leaves = [(name, m) for name, m in model.named_modules() if name and not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(partial(hook, name)) for name, m in leaves]
+    try:
+        with torch.no_grad():
+            model(images.to(model_device(model), torch.float32 if images.is_floating_point() else None))
+    except (RuntimeError, ValueError, TypeError):  # a model the images alone cannot run: no layer to name
+        return None
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found[0] if found else None
 
 
 def check_loss(loss: object) -> None:

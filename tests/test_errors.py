@@ -423,3 +423,16 @@ def test_a_dataset_of_single_samples_is_told_to_use_a_dataloader(batches):
         "resnet18", data=torch.utils.data.DataLoader(dataset, batch_size=4), batches=1, model_kwargs=TEN
     )
     assert result.spec["groups"]
+
+
+def test_a_layer_that_computes_nan_from_finite_images_is_named(batches):
+    images, targets = batches[0]
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    # weight_norm divides each output channel by its norm: a widened channel's zero weights give 0/0.
+    model.layer2[0].conv1 = torch.nn.utils.parametrizations.weight_norm(model.layer2[0].conv1)
+    with pytest.raises(
+        ValueError, match=r"images are finite: layer 'layer2.0.conv1' of the widened model.*weight_norm"
+    ):
+        lw.dissimilate(model, data=[(images, targets)])
+    result = lw.dissimilate(model, data=[(images, targets)], ignore=["layer2.0.conv1"])
+    assert torch.isfinite(result.model(images)).all()
