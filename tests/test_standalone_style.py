@@ -68,3 +68,14 @@ def test_wrap_del_and_imports_and_subscripts():
 def test_pylist_is_a_double_quoted_literal():
     assert pylist(["a.b", "c"]) == '["a.b", "c"]'
     assert pylist([]) == "[]"
+
+
+def test_tidy_writes_slices_whose_bounds_are_names():
+    src = "y = x[(slice(None, None, None), slice(None, getitem_2, None), slice(n, -1, None), Ellipsis)]\n"
+    assert tidy(src) == "y = x[:, :getitem_2, n:-1, ...]\n"
+    assert tidy("y = x[(slice(None, size, 2),)]\n") == "y = x[:size:2,]\n"
+
+
+def test_tidy_writes_strings_in_double_quotes():
+    assert tidy("y = F.pad(x, (0, 1), mode='constant')\n") == 'y = F.pad(x, (0, 1), mode="constant")\n'
+    assert tidy('y = f(x, "it\'s")\n') == 'y = f(x, "it\'s")\n'

@@ -1,11 +1,17 @@
 """standalone.tensors: the tensors the file registers and the values it gives them."""
 
+import base64
+import zlib
+
 import pytest
 import torch
 import torch.nn as nn
 
 from lwdna_plugin.standalone.tensors import (
     MAX_LITERAL,
+    MAX_PACKED,
+    UNPACK,
+    Packed,
     direct_tensors,
     initial_value,
     lifted_constants,
@@ -40,11 +46,22 @@ def test_short_float_is_the_shortest_exact_literal():
 
 
 def test_literal_is_exact_and_bounded():
+    packed = Packed()
     tensor = torch.tensor([[0.5, -1.25], [3.0, 7.0]])
-    text = literal("where", tensor)
-    assert torch.equal(eval(text, {"torch": torch}), tensor)
-    with pytest.raises(ValueError, match="'big.table' is a tensor of"):
-        literal("big.table", torch.zeros(MAX_LITERAL + 1))
+    text = literal("where", tensor, packed)
+    assert torch.equal(eval(text, {"torch": torch}), tensor) and not packed.blobs
+    # Larger tensors are packed into module constants; equal values share one constant.
+    mask = torch.zeros(4, MAX_LITERAL).masked_fill(torch.rand(4, MAX_LITERAL) > 0.5, -100.0)
+    for where, tensor in (("a.mask", mask), ("b.index", torch.arange(MAX_LITERAL + 1)), ("c.mask", mask.clone())):
+        text = literal(where, tensor, packed)
+        namespace = {"torch": torch, "base64": base64, "zlib": zlib}
+        exec(UNPACK + packed.source(), namespace)
+        made = eval(text, namespace)
+        assert torch.equal(made, tensor) and made.dtype == tensor.dtype
+    assert list(packed.blobs) == ["_PACKED_0", "_PACKED_1"]
+    noise = torch.randn(MAX_PACKED)  # random floats do not compress
+    with pytest.raises(ValueError, match="'big.table' is a tensor of .* too large to write"):
+        literal("big.table", noise, packed)
 
 
 def test_direct_tensors_and_lifted_constants():

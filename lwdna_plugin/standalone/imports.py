@@ -12,6 +12,8 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
+# Standard-library modules the file may import (isort puts them first).
+_STANDARD = ("base64", "builtins", "math", "operator", "zlib")
 # Globals of fx's code that need no import, or a fixed one.
 _FIXED = {
     "inf": "from math import inf",
@@ -67,7 +69,7 @@ class Imports:
             lines.add("import torch.nn.functional as F")
         aliases = sorted(line for line in lines if not line.startswith(("import ", "from ")))
         lines -= set(aliases)
-        std = sorted((line for line in lines if _root(line) in ("math", "operator", "builtins")), key=_order)
+        std = sorted((line for line in lines if _root(line) in _STANDARD), key=_order)
         torch_lines = sorted((line for line in lines if _root(line) == "torch"), key=_order)
         rest = sorted(lines - set(std) - set(torch_lines), key=_order)
         text = "\n\n".join("\n".join(block) for block in (std, torch_lines + rest) if block)

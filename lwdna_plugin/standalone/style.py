@@ -6,6 +6,7 @@ tidy subscripts and keyword arguments, and long lines split as ruff format would
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 
@@ -29,7 +30,9 @@ def tidy(src: str) -> str:
     src = "\n".join(out) + "\n"
     src = "".join(keyword_spacing(line) + "\n" for line in src.splitlines())
     src = re.sub(r"Proxy\(\w+\)", "?", src)
-    src = re.sub(r"\[\(((?:slice\([-\w, ]*\)|-?\d+|None|Ellipsis|, )*)\)\]", _index, src)
+    src = re.sub(r"\[\(((?:slice\([-\w, ]*\)|-?\d+|None|Ellipsis|, ?)*)\)\]", _index, src)
+    # fx writes strings with repr's single quotes; ruff format prefers double ones.
+    src = re.sub(r"'([^'\"\\\n]*)'", r'"\1"', src)
     src = src.replace("torch.nn.functional.", "F.")
     return re.sub(r"torch\._C\._nn\.(\w+)", _functional, src)
 
@@ -42,23 +45,30 @@ def _functional(match: re.Match) -> str:
 
 
 def _index(match: re.Match) -> str:
-    """`x[(slice(None, 28, None), 0)]` as `x[:28, 0]`."""
+    """`x[(slice(None, 28, None), 0)]` as `x[:28, 0]`, `x[(slice(None, n, None),)]` as `x[:n,]`."""
     try:
-        items = eval(f"({match.group(1)},)", {"__builtins__": {}, "slice": slice, "Ellipsis": Ellipsis})  # noqa: S307
-    except Exception:  # not a plain index after all: leave it as fx wrote it
+        items = ast.parse(f"({match.group(1).rstrip(', ')},)", mode="eval").body.elts
+    except SyntaxError:  # not a plain index after all: leave it as fx wrote it
         return match.group(0)
     out = []
     for item in items:
-        if isinstance(item, slice):
-            text = f"{'' if item.start is None else item.start}:{'' if item.stop is None else item.stop}"
-            out.append(text + ("" if item.step is None else f":{item.step}"))
-        elif item is Ellipsis:
+        if isinstance(item, ast.Call) and getattr(item.func, "id", None) == "slice" and not item.keywords:
+            parts = ["" if _is_none(arg) else ast.unparse(arg) for arg in item.args]
+            if not 1 <= len(parts) <= 3:
+                return match.group(0)
+            start, stop, step = ("", parts[0], "") if len(parts) == 1 else (*parts, "")[:3]
+            out.append(f"{start}:{stop}" + (f":{step}" if step else ""))
+        elif getattr(item, "id", None) == "Ellipsis" or (isinstance(item, ast.Constant) and item.value is Ellipsis):
             out.append("...")
-        elif isinstance(item, int) or item is None:
-            out.append(repr(item))
+        elif isinstance(item, ast.Constant | ast.UnaryOp | ast.Name):
+            out.append(ast.unparse(item))
         else:
             return match.group(0)
     return f"[{', '.join(out)}]" if len(out) > 1 else f"[{out[0]},]"
+
+
+def _is_none(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and node.value is None
 
 
 def keyword_spacing(line: str) -> str:

@@ -3,13 +3,17 @@
 Persistent tensors are in the state dict, so the file writes a cheap initial value (the
 constant where the tensor is constant, else timm's usual trunc_normal). Tensors outside the
 state dict (non-persistent buffers, constants fx lifted out of a forward) must be exact, so they
-are written as literals, up to `MAX_LITERAL` elements.
+are written as literals, up to `MAX_LITERAL` elements; a larger one (a Swin attention mask or
+relative position index) is stored zlib-compressed in a module-level constant of the file, up
+to `MAX_PACKED` characters.
 """
 
 from __future__ import annotations
 
+import base64
+import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,7 +22,17 @@ import torch.nn as nn
 
 # Tensors on containers with at most this many elements and no place in the state dict (a
 # non-persistent buffer, a constant fx lifted out of a forward) are written out as literals.
-MAX_LITERAL = 4096
+MAX_LITERAL = 256
+# Base64 characters of one compressed tensor the file may hold (about 0.75 MB of zlib data).
+MAX_PACKED = 1 << 20
+# Characters of base64 text on one line of the file.
+_CHUNK = 96
+
+UNPACK = """def _unpack(data: str, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    \"\"\"A tensor the state dict does not hold, stored zlib-compressed and base64-encoded in this file.\"\"\"
+    raw = bytearray(zlib.decompress(base64.b64decode(data)))
+    return torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(shape).clone()
+"""
 
 
 @dataclass(frozen=True)
@@ -77,13 +91,42 @@ def initial_value(tensor: torch.Tensor) -> str:
     return f"torch.zeros({shape}{dtype})"
 
 
-def literal(where: str, tensor: torch.Tensor) -> str:
-    """The exact `torch.tensor(...)` literal of a tensor the state dict does not hold (named `where`)."""
-    if tensor.numel() > MAX_LITERAL:
-        raise ValueError(
-            f"{where!r} is a tensor of {tensor.numel()} elements the state dict does not hold: "
-            "too large to write into the generated file"
+@dataclass
+class Packed:
+    """Tensors too large for a literal, compressed into module-level constants of the file."""
+
+    blobs: dict[str, str] = field(default_factory=dict)  # constant name -> base64 text
+
+    def expression(self, where: str, tensor: torch.Tensor) -> str:
+        """`_unpack(<constant>, dtype, shape)` for `tensor` (named `where` in errors)."""
+        data = tensor.detach().cpu().contiguous()
+        text = base64.b64encode(zlib.compress(data.flatten().view(torch.uint8).numpy().tobytes(), 9)).decode()
+        if len(text) > MAX_PACKED:
+            raise ValueError(
+                f"{where!r} is a tensor of {tensor.numel()} elements the state dict does not hold, "
+                f"{len(text):,} characters compressed: too large to write into the generated file"
+            )
+        # One constant per distinct value: timm's blocks may hold equal masks.
+        name = next((n for n, t in self.blobs.items() if t == text), f"_PACKED_{len(self.blobs)}")
+        self.blobs[name] = text
+        return f"_unpack({name}, {data.dtype}, {tuple(data.shape)!r})"
+
+    def source(self) -> str:
+        """The module-level constants, each base64 text split over lines (ending in a newline, like a helper)."""
+        return (
+            "\n\n".join(
+                f"{name} = (\n" + "".join(f'    "{text[i : i + _CHUNK]}"\n' for i in range(0, len(text), _CHUNK)) + ")"
+                for name, text in self.blobs.items()
+            )
+            + "\n"
         )
+
+
+def literal(where: str, tensor: torch.Tensor, packed: Packed) -> str:
+    """The exact value of a tensor the state dict does not hold (named `where`): a `torch.tensor(...)`
+    literal, or for a large one an `_unpack` of a constant added to `packed`."""
+    if tensor.numel() > MAX_LITERAL:
+        return packed.expression(where, tensor)
     data = tensor.detach().cpu()
     return f"torch.tensor({data.tolist()!r}, dtype={data.dtype})"
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from .layers import constructor_call
-from .tensors import direct_tensors, initial_value, literal
+from .tensors import Packed, direct_tensors, initial_value, literal
 from .trace import is_leaf
 
 
@@ -33,6 +33,7 @@ class ModuleTree:
         """`substitutes`: module name -> constructor call; `called`: the modules the traces call;
         `constants`: the tensors fx lifted out of the forward, by qualified name."""
         self.model = model
+        self.packed = Packed()  # large exact tensors, filled while `init_source` writes them
         self.modules = dict(model.named_modules(remove_duplicate=False))
         self.substitutes = dict(substitutes)
         self.constants = dict(constants)
@@ -119,7 +120,7 @@ class ModuleTree:
         ref = self.ref(name)
         for slot in direct_tensors(name, module, self.constants):
             where = f"{name}.{slot.attr}" if name else slot.attr
-            value = initial_value(slot.tensor) if slot.persistent else literal(where, slot.tensor)
+            value = initial_value(slot.tensor) if slot.persistent else literal(where, slot.tensor, self.packed)
             if slot.parameter:
                 grad = "" if slot.tensor.requires_grad else ", requires_grad=False"
                 if safe_attr(slot.attr):

@@ -15,7 +15,7 @@ from .header import Header, base_name
 from .imports import Imports
 from .style import pylist, wrap
 from .substitutes import Substitutes
-from .tensors import lifted_constants
+from .tensors import UNPACK, lifted_constants
 from .trace import Traces
 from .tree import ModuleTree
 
@@ -44,10 +44,15 @@ def write_source(
     tree = ModuleTree(model, substitutes.calls, traces.called(), lifted_constants(model, traces.both))
     init = tree.init_source()
     imports = Imports()
+    helpers = dict(substitutes.helpers)
+    if tree.packed.blobs:
+        helpers["_unpack"] = UNPACK
+        helpers["_PACKED"] = tree.packed.source()
+        imports.lines |= {"import base64", "import zlib"}
     forward = write_forward(traces, tree, imports)
     header = Header(model, spec, class_name, dtype, imports.timm_targets, forward.modes)
     methods = [init, *forward.methods]
-    code = _module_code(class_name, base_name(spec, model), methods, substitutes.helpers, imports)
+    code = _module_code(class_name, base_name(spec, model), methods, helpers, imports)
     source = f'"""{header.text()}"""\n\n{code}'
     compile(source, "<lwdna standalone>", "exec")  # a bug here should fail now, not on import
     return Standalone(source, class_name, imports.timm_targets)
