@@ -244,3 +244,36 @@ def test_a_forward_that_loops_over_a_module_list_is_written(tmp_path):
     rebuilt = _load(path).MODEL()
     rebuilt.load_state_dict(result.model.state_dict(), strict=True)
     assert torch.allclose(rebuilt.eval()(x), result.model.eval()(x), atol=1e-5)
+
+
+class SamePadded(nn.Module):
+    """timm's TensorFlow-style layers, whose padding depends on the input size."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.layers.conv2d_same import Conv2dSame
+        from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
+
+        self.conv = Conv2dSame(3, 8, 3, stride=2)
+        self.pool = MaxPool2dSame(3, stride=2)
+        self.conv2 = Conv2dSame(8, 16, 5, dilation=2)
+        self.avg = AvgPool2dSame(2, stride=2)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.avg(self.conv2(self.pool(torch.relu(self.conv(x)))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_same_padded_timm_layers_are_written_as_torch_only_helpers(tmp_path):
+    x, y = torch.randn(4, 3, 29, 34), torch.randint(0, 10, (4,))
+    result = lw.dissimilate(SamePadded(), data=[(x, y)])
+    path = export_python(result, tmp_path / "same.py")
+    assert_ruff_clean(path)
+    module = _load(path)
+    assert module.TIMM_IMPORTS == [] and "class Conv2dSame(nn.Conv2d):" in path.read_text()
+    rebuilt = module.MODEL()
+    rebuilt.load_state_dict(result.model.state_dict(), strict=True)
+    for size in ((29, 34), (32, 32), (17, 40)):  # the padding follows each input's size
+        images = torch.randn(2, 3, *size)
+        assert torch.allclose(rebuilt.eval()(images), result.model.eval()(images), atol=1e-5)
