@@ -3,9 +3,10 @@
 For each model (pretrained=False, timm's default input size): dissimilate (width 2, flops 1.0,
 gate scores on real mnist5k batches of `--batch-size` images at 224x224, fewer at a larger
 input: as many pixels a batch, at least one image; see `scoring_batch_size`), save the spec,
-rebuild it with `lw.build`, run a forward pass and check fvcore FLOPs against the target. Side
-by side, torch-pruning's own 50% global magnitude pruning followed by a forward pass, the
-anchor we compare with.
+rebuild it with `lw.build`, run a forward pass and check fvcore FLOPs against the target; then,
+recorded apart as `export`, write the standalone module with `export_python`, load the rebuilt
+model's weights into it and compare outputs. Side by side, torch-pruning's own 50% global
+magnitude pruning followed by a forward pass, the anchor we compare with.
 
 `--timm-all` sweeps the zoo instead of a list: for every module of `timm.models` that registers
 models, its smallest model by parameter count (counted on the meta device, cached in
@@ -22,6 +23,7 @@ scored other batches than it would); the table goes to `coverage_timm.{json,md}`
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -98,11 +100,38 @@ def worker(name: str, batches: int, batch_size: int) -> dict:
             row["error"] = f"fvcore FLOPs {flops} above the target {target}"
     except Exception as err:  # noqa: BLE001 - the benchmark records every failure and goes on
         row["error"] = _error(err)
+    if row["forward"]:
+        export_step(row, result, model, size)
     row["seconds"] = round(time.perf_counter() - start, 1)
     row["ok"] = all(row[s] for s in STEPS)
     row["stage"] = next((s for s in STEPS if not row[s]), None)
     row["peak_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
     return row
+
+
+def export_step(row: dict, result, model, size: tuple[int, ...]) -> None:
+    """`export_python`'s file for the result: imported, loaded with the built model's weights
+    (strict), and its eval output equal to the model's on a random input. Recorded apart from
+    STEPS (`export`, `export_error`): rows from before this step have neither."""
+    import torch
+
+    import lwdna_plugin as lw
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = lw.export_python(result, Path(tmp) / "lwdna_model.py")
+            spec = importlib.util.spec_from_file_location(f"lwdna_export_{row['model'].replace('.', '_')}", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        exported = module.MODEL().eval()
+        exported.load_state_dict(model.state_dict(), strict=True)
+        x = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            row["export"] = bool(torch.allclose(exported(x), model(x), atol=1e-4, rtol=1e-3))
+        if not row["export"]:
+            row["export_error"] = "the exported module's output differs from the model's"
+    except Exception as err:  # noqa: BLE001 - recorded like the other steps' failures
+        row["export"], row["export_error"] = False, _error(err)
 
 
 def tp_anchor(name: str) -> dict:
@@ -327,22 +356,25 @@ def main() -> None:
 
     total = time.perf_counter() - started
     ours = sum(r["ok"] for r in rows)
+    exports = sum(bool(r.get("export")) for r in rows)
     anchor = sum(r.get("tp_ok", False) for r in rows)
-    header = ["model", *STEPS, "flops_over_target", "seconds", "tp_50%", "error"]
-    mark = {True: "ok", False: "-"}
+    header = ["model", *STEPS, "export", "flops_over_target", "seconds", "tp_50%", "error"]
+    mark = {True: "ok", False: "-", None: "n/a"}
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [
             r["model"],
             *(mark[bool(r.get(s))] for s in STEPS),
+            mark[r.get("export")],
             str(r.get("flops_over_target", "")),
             str(r.get("seconds", "")),
             mark[bool(r.get("tp_ok"))] if not args.no_anchor else "n/a",
-            (r.get("error") or "").replace("|", "/"),
+            (r.get("error") or r.get("export_error") or "").replace("|", "/"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     summary = (
-        f"LW-DNA end to end: {ours}/{len(rows)}; torch-pruning 50% global pruning: "
+        f"LW-DNA end to end: {ours}/{len(rows)}; standalone export equal to the model: {exports}/{len(rows)}; "
+        f"torch-pruning 50% global pruning: "
         f"{anchor if not args.no_anchor else 'not run'}/{len(rows)}; {total / 60:.1f} minutes"
     )
     print("\n".join(lines))

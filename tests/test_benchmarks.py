@@ -84,6 +84,15 @@ def test_coverage_scores_as_many_pixels_at_any_input_and_reruns_rows_that_scored
     assert coverage._rerun(failed, coverage.argparse.Namespace(batches=2, batch_size=8, rerun_failed=True))
 
 
+def test_coverage_worker_exports_the_standalone_module():
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    script = ROOT / "benchmarks" / "coverage.py"
+    args = ["--worker", "tf_mobilenetv3_small_minimal_100", "--batches", "1", "--batch-size", "2"]
+    done = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=300)
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    assert row["ok"] and row["export"] and "export_error" not in row, row
+
+
 def test_latency_smoke(tmp_path):
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     script = ROOT / "benchmarks" / "latency.py"
