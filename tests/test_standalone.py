@@ -7,6 +7,7 @@ file says it does not need it) cannot be imported.
 import copy
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 
@@ -277,3 +278,69 @@ def test_same_padded_timm_layers_are_written_as_torch_only_helpers(tmp_path):
     for size in ((29, 34), (32, 32), (17, 40)):  # the padding follows each input's size
         images = torch.randn(2, 3, *size)
         assert torch.allclose(rebuilt.eval()(images), result.model.eval()(images), atol=1e-5)
+
+
+class VggHead(nn.Module):
+    """timm's ConvMlp, which fx cannot trace (it pools inputs smaller than its kernel), between torch layers."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.models.vgg import ConvMlp
+
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.pre_logits = ConvMlp(8, 16, kernel_size=3, drop_rate=0.1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(self.pre_logits(self.stem(x)).mean((2, 3)))
+
+
+def test_a_layer_fx_cannot_trace_is_copied_with_its_forward(tmp_path):
+    model = VggHead().eval()
+    path = export_python(model, tmp_path / "vgg_head.py")
+    assert_ruff_clean(path)
+    source = path.read_text()
+    assert "class ConvMlp(nn.Module):" in source and "self.pre_logits.input_kernel_size = 3" in source
+    module = _load(path)
+    assert module.TIMM_IMPORTS == []
+    rebuilt = module.MODEL()
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    for size in (8, 2):  # 2x2 is below the kernel: ConvMlp pools it up first
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            assert torch.equal(rebuilt.eval()(x), model(x))
+
+
+def _double(x):
+    return x * 2
+
+
+class CallsItsOwnMethod(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.shape[-1] < 4:
+            x = self._pad(x)
+        return self.fc(x)
+
+    def _pad(self, x):
+        return torch.nn.functional.pad(x, (0, 4 - x.shape[-1]))
+
+
+class UsesALocalFunction(CallsItsOwnMethod):
+    def forward(self, x):
+        if x.shape[0] > 1:
+            x = _double(x)
+        return self.fc(x)
+
+
+@pytest.mark.parametrize(("layer", "why"), [(CallsItsOwnMethod, "self._pad"), (UsesALocalFunction, "'_double'")])
+def test_a_copy_whose_forward_the_file_could_not_run_is_declined(layer, why, monkeypatch):
+    import timm.layers._fx
+
+    monkeypatch.setattr(timm.layers._fx, "_leaf_modules", {*timm.layers._fx._leaf_modules, layer})
+    model = nn.Sequential(nn.Linear(4, 4), layer())
+    with pytest.raises(ValueError, match=rf"layer '1' .*cannot be copied: .*{re.escape(why)}"):
+        python_source(model)

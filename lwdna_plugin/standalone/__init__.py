@@ -14,12 +14,16 @@ fx fixes Python branches on `self.training`: a functional call given `training=`
 one per mode. Functions timm keeps out of tracing (its fx "notrace" functions) stay calls into
 timm: the generated file imports them and lists them in its docstring and in `TIMM_IMPORTS`.
 None of the 12 core models needs one with timm 1.0.
+A model fx cannot trace (Python control flow on input shapes, as in VGG's ConvMlp) is traced
+again with timm's "notrace" modules kept whole; each becomes a helper class of the same name
+whose forward is the original's source, copied.
 
 One concept a module, in the order the file is written:
 
 - `api`: `export_python` and `python_source`, the entry points
 - `trace`: the fx tracer and the train- and eval-mode traces
 - `substitutes`: timm layers written as one constructor call (and the helper classes they need)
+- `copied`: layers fx cannot trace, written as helper classes with their forward copied
 - `layers`: a torch.nn layer as the constructor call that re-creates it
 - `tensors`: parameters, buffers and lifted constants, and the values the file gives them
 - `tree`: the modules the file recreates, and the `__init__` that builds them

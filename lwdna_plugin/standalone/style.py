@@ -31,10 +31,15 @@ def tidy(src: str) -> str:
     src = "".join(keyword_spacing(line) + "\n" for line in src.splitlines())
     src = re.sub(r"Proxy\(\w+\)", "?", src)
     src = re.sub(r"\[\(((?:slice\([-\w, ]*\)|-?\d+|None|Ellipsis|, ?)*)\)\]", _index, src)
-    # fx writes strings with repr's single quotes; ruff format prefers double ones.
-    src = re.sub(r"'([^'\"\\\n]*)'", r'"\1"', src)
+    src = double_quotes(src)
     src = src.replace("torch.nn.functional.", "F.")
     return re.sub(r"torch\._C\._nn\.(\w+)", _functional, src)
+
+
+def double_quotes(src: str) -> str:
+    """Strings without quotes or backslashes in double quotes: fx and ast.unparse write repr's
+    single quotes, ruff format prefers double ones."""
+    return re.sub(r"'([^'\"\\\n]*)'", r'"\1"', src)
 
 
 def _functional(match: re.Match) -> str:

@@ -20,6 +20,10 @@ import torch.nn as nn
 from ..modes import in_mode
 
 
+class TraceError(RuntimeError):
+    """torch.fx could not trace the model (Python control flow on traced values, most often)."""
+
+
 class Tracer(fx.Tracer):
     """Traces through everything but `torch.nn` layers and `leaves`; timm's notrace functions stay calls."""
 
@@ -79,7 +83,7 @@ def trace(model: nn.Module, training: bool, leaves: frozenset[int] = frozenset()
         with in_mode(model, training=training):
             graph = Tracer(leaves).trace(model)
     except Exception as error:
-        raise RuntimeError(
+        raise TraceError(
             f"torch.fx could not trace {type(model).__name__} in {'train' if training else 'eval'} mode: {error}"
         ) from error
     gm = fx.GraphModule(model, graph, class_name=type(model).__name__)

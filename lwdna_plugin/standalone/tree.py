@@ -3,7 +3,9 @@
 torch.nn layers (and substitutes) are leaves, written as constructor calls; every other module
 the file needs (one holding tensors, one a trace calls, an ancestor of either) becomes a plain
 `nn.Module` container with the same name, or an `nn.ModuleList` where its children are named
-0..n-1, so a state dict saved from the model loads with `strict=True`.
+0..n-1, so a state dict saved from the model loads with `strict=True`. A copied module (one fx
+could not trace through) is a container too, built by its helper class, with everything inside
+it and the plain settings its forward reads.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Iterable, Mapping
 import torch
 import torch.nn as nn
 
+from .copied import Copy
 from .layers import constructor_call
 from .tensors import Packed, direct_tensors, initial_value, literal
 from .trace import is_leaf
@@ -29,10 +32,13 @@ class ModuleTree:
         substitutes: Mapping[str, str],
         called: Iterable[str],
         constants: Mapping[str, torch.Tensor],
+        copies: Mapping[str, Copy] | None = None,
     ) -> None:
         """`substitutes`: module name -> constructor call; `called`: the modules the traces call;
-        `constants`: the tensors fx lifted out of the forward, by qualified name."""
+        `constants`: the tensors fx lifted out of the forward, by qualified name; `copies`: the
+        modules kept whole with their forward copied, by qualified name."""
         self.model = model
+        self.copies = dict(copies or {})
         self.packed = Packed()  # large exact tensors, filled while `init_source` writes them
         self.modules = dict(model.named_modules(remove_duplicate=False))
         self.substitutes = dict(substitutes)
@@ -41,6 +47,8 @@ class ModuleTree:
         # Modules inside a leaf are built by the leaf's own constructor.
         self.inside = {name for name in self.modules if any(name.startswith(leaf + ".") for leaf in self.leaves)}
         needed = self._stateful() | set(called) | {c.rpartition(".")[0] for c in self.constants}
+        # A copied forward may use any module inside its layer, not only those holding tensors.
+        needed |= {name for name in self.modules if any(name.startswith(c + ".") for c in self.copies)}
         self.kept = _with_ancestors(needed)
         self.lists = {name for name in self.kept if name not in self.leaves and self._is_list(name)}
 
@@ -99,10 +107,15 @@ class ModuleTree:
             ctor = self.substitutes.get(name) or constructor_call(name, module)
         elif name in self.lists:
             ctor = f"nn.ModuleList([nn.Module() for _ in range({len(list(module.named_children()))})])"
+        elif name in self.copies:
+            ctor = self.copies[name].ctor
         else:
             ctor = "nn.Module()"
         # A list's items already exist as the nn.Module() the list was created with.
         lines = [] if parent in self.lists and ctor == "nn.Module()" else [self._assign(parent, last, ctor)]
+        if name in self.copies:
+            ref = self.ref(name)
+            lines += [f"{ref}.{attr} = {value}" for attr, value in self.copies[name].settings.items()]
         if name not in self.leaves:
             lines += self._direct_state(name, module)
         return lines
@@ -144,6 +157,8 @@ class ModuleTree:
         return stateful
 
     def _is_list(self, name: str) -> bool:
+        if name in self.copies:
+            return False
         module = self.modules[name]
         children = [n for n, _ in module.named_children()]
         if not children or children != [str(i) for i in range(len(children))]:

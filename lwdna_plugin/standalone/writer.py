@@ -1,4 +1,9 @@
-"""Writing the file: trace the model, build its module tree and forward, and assemble the source text."""
+"""Writing the file: trace the model, build its module tree and forward, and assemble the source text.
+
+A model that does not trace is traced again with timm's notrace modules kept whole; those are
+then written as helper classes with their forward copied (`copied`). A model that traces is
+written as before, so its file does not depend on whether timm marks any of its modules.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +15,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .copied import RESERVED, Copies, notrace_modules
 from .forward import write_forward
 from .header import Header, base_name
 from .imports import Imports
 from .style import pylist, wrap
 from .substitutes import Substitutes
 from .tensors import UNPACK, lifted_constants
-from .trace import Traces
+from .trace import TraceError, Traces
 from .tree import ModuleTree
 
 
@@ -39,12 +45,11 @@ def write_source(
     """The standalone module for a float32 `model`; `dtype` is the dtype the header says it was in."""
     modules = dict(model.named_modules(remove_duplicate=False))
     substitutes = Substitutes.find(modules)
-    # Substituted modules stay whole in the trace: the file builds them with one call.
-    traces = Traces.of(model, frozenset(id(modules[name]) for name in substitutes.calls))
-    tree = ModuleTree(model, substitutes.calls, traces.called(), lifted_constants(model, traces.both))
-    init = tree.init_source()
     imports = Imports()
-    helpers = dict(substitutes.helpers)
+    traces, copies = _traces(model, modules, substitutes, imports, {class_name, *substitutes.helpers, *RESERVED})
+    tree = ModuleTree(model, substitutes.calls, traces.called(), lifted_constants(model, traces.both), copies.builds)
+    init = tree.init_source()
+    helpers = {**substitutes.helpers, **copies.helpers}
     if tree.packed.blobs:
         helpers["_unpack"] = UNPACK
         helpers["_PACKED"] = tree.packed.source()
@@ -56,6 +61,28 @@ def write_source(
     source = f'"""{header.text()}"""\n\n{code}'
     compile(source, "<lwdna standalone>", "exec")  # a bug here should fail now, not on import
     return Standalone(source, class_name, imports.timm_targets)
+
+
+def _traces(
+    model: nn.Module, modules: Mapping[str, nn.Module], substitutes: Substitutes, imports: Imports, taken: set[str]
+) -> tuple[Traces, Copies]:
+    """The model's traces, and the modules copied to get them (none if it traces as it is).
+
+    Substituted modules stay whole in the trace: the file builds them with one call. Only when
+    that trace fails are timm's notrace modules kept whole too, so a file that could be written
+    before is written the same.
+    """
+    leaves = frozenset(id(modules[name]) for name in substitutes.calls)
+    try:
+        return Traces.of(model, leaves), Copies()
+    except TraceError as first:
+        copies = Copies.of(modules, notrace_modules(modules, substitutes.calls), substitutes.calls, imports, taken)
+        if not copies.builds:
+            raise
+        try:
+            return Traces.of(model, leaves | {id(modules[name]) for name in copies.builds}), copies
+        except TraceError as error:
+            raise error from first
 
 
 def _module_code(class_name: str, base: str, methods: list[str], helpers: Mapping[str, str], imports: Imports) -> str:
