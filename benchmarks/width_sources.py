@@ -142,7 +142,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     start = time.perf_counter()
     data = hypothesis.load_data(args.size, 10)
     # make_arm reads the study's settings from these two: the same identification, batch for batch.

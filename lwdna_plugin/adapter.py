@@ -296,10 +296,10 @@ def check_batch(batch: Batch, index: int) -> None:
 def check_model(model: nn.Module) -> None:
     """A model identification can work on: it has parameters, and they hold data."""
     name = type(model).__name__
-    tensors = [*model.parameters(), *model.buffers()]
-    if not any(True for _ in model.parameters()):
+    parameters = list(model.parameters())
+    if not parameters:
         raise ValueError(f"{name} has no parameters: there are no channels to widen or prune")
-    if any(t.is_meta for t in tensors):
+    if any(t.is_meta for t in (*parameters, *model.buffers())):
         raise ValueError(
             f"{name} has parameters on the 'meta' device (shapes without data): materialise it first, "
             "e.g. model.to_empty(device='cpu') and initialise or load its weights"
