@@ -117,6 +117,11 @@ def resolve_model(
     model: str | Mapping[str, Any] | nn.Module, model_kwargs: dict[str, Any] | None = None
 ) -> tuple[nn.Module, Recipe | None]:
     """The caller's model as a fresh module we may change, and its recipe when it has one."""
+    if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
+        raise TypeError(
+            f"model_kwargs={model_kwargs!r}: give a dict of keyword arguments for building the model, "
+            "e.g. {'num_classes': 10}"
+        )
     if isinstance(model, str):
         recipe = Recipe("timm", model, dict(model_kwargs or {}))
         return recipe.create(), recipe
@@ -419,6 +424,11 @@ def check_input(model: nn.Module, example: torch.Tensor, batch_shape: tuple[int,
                 f"(load_batches(..., in_chans={expected}))"
             ) from err
         reason = str(err).splitlines()[0].rstrip(".") if str(err) else type(err).__name__
+        if isinstance(first, nn.Conv2d) and len(batch_shape) == 3:
+            raise ValueError(
+                f"{type(model).__name__} takes batches of images (batch, channels, height, width), got one of shape "
+                f"{tuple(batch_shape)} ({reason}): add the batch dimension, e.g. images.unsqueeze(0)"
+            ) from err
         raise ValueError(
             f"{type(model).__name__} cannot take inputs of shape {tuple(batch_shape)} (batch, channels, height, "
             f"width): {reason}. Give images of the size the model was built for (timm models take "

@@ -109,12 +109,12 @@ def dissimilate(
             timed to plan, and the result is timed against the original to check; the plan
             then depends on those measurements, so it is not reproducible run to run.
     """
-    budget = LatencyBudget(ratio=float(latency)) if isinstance(latency, (int, float)) else latency
+    budget = _latency(latency)
     warm = _warmup(warmup)
     optional = {"warmup": warm is not None, "latency": budget is not None}
     stages = [stage for stage in _STAGES if optional.get(stage, True)]
     timer = StageTimer(stages, progress)
-    floors = floors or Floors()
+    floors = _floors(floors)
     ignore = (ignore,) if isinstance(ignore, str) else tuple(ignore)
     _check_arguments(
         width=width, batches=batches, round_to=round_to, inits=inits, seed=seed, ranking=ranking,
@@ -332,6 +332,28 @@ def _warmup(warmup: Warmup | int | None) -> Warmup | None:
     if isinstance(warmup, int) and not isinstance(warmup, bool):
         return Warmup(steps=warmup) if warmup else None
     raise ValueError(f"warmup={warmup!r}: give a number of SGD steps, a `Warmup(steps=...)`, or None for no warm-up")
+
+
+def _latency(latency: LatencyBudget | float | None) -> LatencyBudget | None:
+    if latency is None or isinstance(latency, LatencyBudget):
+        return latency
+    if isinstance(latency, (int, float)) and not isinstance(latency, bool):
+        return LatencyBudget(ratio=float(latency))
+    raise TypeError(
+        f"latency={latency!r}: give the slowest allowed time as a ratio of the original's (1.0 = no slower), "
+        "a `LatencyBudget(ratio=...)`, or None for no latency budget"
+    )
+
+
+def _floors(floors: Floors | None) -> Floors:
+    if floors is None:
+        return Floors()
+    if isinstance(floors, Floors):
+        return floors
+    raise TypeError(
+        f"floors={floors!r}: give a `Floors(rho=..., tau=..., min_channels=...)` (rho: the fraction of each "
+        "widened group a layer keeps at least), or None for the defaults"
+    )
 
 
 def _check_arguments(*, width, batches, round_to, inits, seed, ranking, score_batch_size) -> None:

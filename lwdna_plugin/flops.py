@@ -47,7 +47,7 @@ def count_flops(model: nn.Module, inputs: torch.Tensor) -> int:
     try:
         with torch.no_grad():
             return int(_analysis(model, inputs).total())
-    except RuntimeError:
+    except (RuntimeError, ValueError, AssertionError):
         # Inputs the model cannot take fail inside fvcore's trace; a plain forward names them.
         check_input(model, inputs, tuple(inputs.shape))
         raise

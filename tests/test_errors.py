@@ -407,8 +407,24 @@ def test_public_helpers_name_bad_arguments():
     model = timm.create_model("resnet18", pretrained=False, num_classes=10)
     with pytest.raises(ValueError, match=r"3-channel images but the batches are \(1, 1, 32, 32\)"):
         lw.count_flops(model, torch.zeros(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"got one of shape \(3, 32, 32\).*add the batch dimension"):
+        lw.count_flops(model, torch.zeros(3, 32, 32))
     with pytest.raises(ValueError, match=r"MicroBatch\(size=0\): must be a positive integer or None"):
         lw.MicroBatch(0)
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "message"),
+    [
+        ("floors", 0.4, r"floors=0.4: give a `Floors\(rho=..."),
+        ("latency", "fast", r"latency='fast': give the slowest allowed time as a ratio"),
+        ("model_kwargs", [("num_classes", 10)], r"model_kwargs=\[\('num_classes', 10\)\]: give a dict"),
+    ],
+)
+def test_arguments_of_the_wrong_type_say_what_to_give(batches, argument, value, message):
+    kwargs = {"model_kwargs": TEN, argument: value}
+    with pytest.raises(TypeError, match=message):
+        lw.dissimilate("resnet18", data=batches, **kwargs)
 
 
 def test_a_dataset_of_single_samples_is_told_to_use_a_dataloader(batches):
