@@ -367,7 +367,8 @@ def classification_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     if isinstance(logits, (tuple, list)) and logits and logits[0].dim() == 2:
         logits = logits[0]  # a classifier with an auxiliary head returns the main logits first
     check_logits(logits, targets)
-    return F.cross_entropy(logits, targets)
+    # Class indices of any integer dtype are fine data; torch's cross-entropy takes only int64.
+    return F.cross_entropy(logits, targets if targets.is_floating_point() else targets.long())
 
 
 def check_head(model: nn.Module) -> None:
@@ -398,6 +399,11 @@ def check_logits(logits: Any, targets: torch.Tensor) -> None:
         return
     if targets.dtype not in (torch.int64, torch.int32, torch.uint8, torch.int16, torch.int8):
         raise ValueError(f"targets are {targets.dtype}: the default cross-entropy needs int64 class indices")
+    if targets.shape != logits.shape[:1]:
+        raise ValueError(
+            f"targets have shape {tuple(targets.shape)}: the default cross-entropy needs one class index per "
+            f"image, shape ({logits.shape[0]},). Flatten them with targets.view(-1), or pass loss_fn"
+        )
     if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= logits.shape[1]):
         raise ValueError(
             f"targets hold classes {int(targets.min())}..{int(targets.max())} but the model has {logits.shape[1]} "

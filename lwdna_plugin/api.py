@@ -38,6 +38,10 @@ __all__ = ["Result", "dissimilate", "parse_flops"]
 _STAGES = ("graph", "widen", "warmup", "score", "latency", "search", "shrink", "verify")
 
 
+# Identification back-propagates (scores, warm-up) and traces autograd's graph: it works the same
+# when called under torch.no_grad() or torch.inference_mode(), as evaluation code often is.
+@torch.inference_mode(False)
+@torch.enable_grad()
 def dissimilate(
     model: str | Mapping[str, Any] | nn.Module,
     width: float = 2.0,

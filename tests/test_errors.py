@@ -38,6 +38,18 @@ def test_float_targets_name_their_dtype(batches):
         lw.dissimilate("resnet18", data=[(images, targets.float())], model_kwargs=TEN)
 
 
+def test_integer_targets_of_any_width_are_class_indices(batches, resnet18_result):
+    images, targets = batches[0]
+    result = lw.dissimilate("resnet18", data=[(images, targets.int())], model_kwargs=TEN)
+    assert result.spec["groups"] == resnet18_result.spec["groups"]
+
+
+def test_targets_with_an_extra_dimension_say_to_flatten_them(batches):
+    images, targets = batches[0]
+    with pytest.raises(ValueError, match=r"targets have shape \(8, 1\).*shape \(8,\).*targets.view\(-1\)"):
+        lw.dissimilate("resnet18", data=[(images, targets[:, None])], model_kwargs=TEN)
+
+
 def test_targets_beyond_the_classifier(batches):
     with pytest.raises(ValueError, match=r"model has 3 classes.*num_classes"):
         lw.dissimilate("resnet18", data=batches, model_kwargs={"num_classes": 3})
@@ -452,3 +464,10 @@ def test_a_layer_that_computes_nan_from_finite_images_is_named(batches):
         lw.dissimilate(model, data=[(images, targets)])
     result = lw.dissimilate(model, data=[(images, targets)], ignore=["layer2.0.conv1"])
     assert torch.isfinite(result.model(images)).all()
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_called_where_autograd_is_off_it_identifies_the_same(batches, resnet18_result, context):
+    with context():
+        result = lw.dissimilate("resnet18", data=batches, model_kwargs=TEN)
+    assert result.spec["groups"] == resnet18_result.spec["groups"]

@@ -29,6 +29,19 @@ def resnet():
     return model, lw.GroupGraph(model, torch.zeros(1, 3, IMG, IMG))
 
 
+def test_frozen_layers_are_traced_and_stay_frozen(resnet):
+    model, graph = resnet
+    frozen = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    frozen.load_state_dict(model.state_dict())
+    frozen.layer1.requires_grad_(False)
+    frozen.conv1.requires_grad_(False)
+    found = lw.GroupGraph(frozen, torch.zeros(1, 3, IMG, IMG))
+    assert [(g.key, g.size, g.prunable) for g in found.groups] == [(g.key, g.size, g.prunable) for g in graph.groups]
+    assert [n for n, p in frozen.named_parameters() if not p.requires_grad] == ["conv1.weight"] + [
+        n for n, _ in frozen.named_parameters() if n.startswith("layer1.")
+    ]
+
+
 def test_groups_of_a_resnet(resnet):
     _, graph = resnet
     assert len(graph.groups) == 13

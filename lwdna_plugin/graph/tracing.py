@@ -8,6 +8,8 @@ blur filter applied with F.conv2d), whose per-channel state must follow their gr
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -129,6 +131,20 @@ def _dropped(packed: None) -> torch.Tensor:
     raise RuntimeError("a channel-coupling trace cannot be back-propagated: its saved activations were dropped")
 
 
+@contextmanager
+def _followed_by_autograd(model: nn.Module) -> Iterator[None]:
+    """torch-pruning finds layers through autograd's graph: a frozen layer (requires_grad=False)
+    fed by frozen ones would be missing from it, so every parameter requires grad while tracing."""
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+
+
 def trace(model: nn.Module, example_inputs: torch.Tensor) -> Trace:
     """Build torch-pruning's graph of `model` and install the index mappings it lacks."""
     outputs: list[tuple[nn.Module, int]] = []
@@ -144,7 +160,12 @@ def trace(model: nn.Module, example_inputs: torch.Tensor) -> Trace:
         # torch-pruning runs the model in whatever mode it finds; `in_mode` gives every module its own back.
         # The graph is walked, never back-propagated: dropping what autograd saves for backward
         # keeps the trace from holding a sample's activations (1.2 GB for a widened ConvMixer).
-        with warnings.catch_warnings(), in_mode(model), torch.autograd.graph.saved_tensors_hooks(_drop, _dropped):
+        with (
+            warnings.catch_warnings(),
+            in_mode(model),
+            _followed_by_autograd(model),
+            torch.autograd.graph.saved_tensors_hooks(_drop, _dropped),
+        ):
             # torch-pruning warns about every parameter outside a known layer; we report those groups ourselves.
             warnings.simplefilter("ignore")
             # `forward_fn`: torch-pruning otherwise tries `model(*example_inputs)` first, which
