@@ -57,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--img-size", type=int, default=64, help="input resolution for scoring and FLOPs (default 64)")
     d.add_argument("--num-classes", type=int, help="classifier size (default: from the data)")
-    d.add_argument("--criterion", default="gate", choices=CRITERIA)
+    d.add_argument(
+        "--criterion", choices=CRITERIA, help="channel scores (default: gate with --data, synflow with --data none)"
+    )
     d.add_argument(
         "--aggregate", default=_DEFAULTS["aggregate"], choices=AGGREGATIONS, help="how coupled layers' scores combine"
     )
@@ -187,7 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "export":
         return _export(args)
-    if (args.model is None) == (args.mm_config is None):
+    if args.model is None and args.mm_config is None:
+        parser.error("give a timm MODEL name (with --data) or --mm-config")
+    if args.model is not None and args.mm_config is not None:
         parser.error("give either a timm MODEL name (with --data) or --mm-config, not both")
     if args.model is not None and args.data is None:
         parser.error("--data is required with a timm model (an image folder or mnist5k, fashion-mnist)")
@@ -204,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             data=data,
             batches=args.batches,
             score_batch_size=args.score_batch_size,
-            criterion="synflow" if data is None and args.criterion == "gate" else args.criterion,
+            criterion=args.criterion or ("synflow" if data is None else "gate"),
             input_size=(3, args.img_size, args.img_size) if data is None else None,
             aggregate=args.aggregate,
             ranking=args.ranking,

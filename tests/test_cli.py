@@ -99,6 +99,25 @@ def test_cli_data_none_is_data_free(tmp_path, capsys):
     assert "criterion: synflow (aggregate=sum) data-free: no data was used" in (tmp_path / "report.md").read_text()
 
 
+def test_cli_gate_asked_for_without_data_is_an_error(tmp_path, capsys):
+    args = ["dissimilate", "resnet18", "--data", "none", "--criterion", "gate", "--out", str(tmp_path), "--quiet"]
+    assert main(args) == 2
+    assert "criterion 'gate' scores on data" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "give a timm MODEL name (with --data) or --mm-config"),
+        (["resnet18", "--mm-config", "cfg.py"], "or --mm-config, not both"),
+    ],
+)
+def test_cli_model_or_config(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit):
+        main(["dissimilate", *args, "--out", str(tmp_path)])
+    assert message in capsys.readouterr().err
+
+
 def test_cli_export_python(resnet18_result, tmp_path, capsys):
     resnet18_result.save(tmp_path)
     assert main(["export", str(tmp_path / "spec.json"), "--python", str(tmp_path / "resnet18_lwdna.py")]) == 0
