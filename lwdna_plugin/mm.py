@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import gc
 import hashlib
+import inspect
 import itertools
 import json
 from collections.abc import Mapping
@@ -40,6 +41,9 @@ from .export import build, dump_spec
 
 __all__ = ["DissimilateHook", "LWDNAModel"]
 
+# The hook identifies as `dissimilate` does by default unless its config says otherwise.
+_DEFAULTS = {k: p.default for k, p in inspect.signature(dissimilate).parameters.items()}
+
 
 def LWDNAModel(base: Mapping[str, Any], spec: str | Path) -> nn.Module:  # noqa: N802 (a config type name)
     """The LW-DNA model that `spec` describes, built from the base model config it was made from.
@@ -60,6 +64,7 @@ class DissimilateHook(Hook):
     for distributed training), rebuilds the optimizer wrapper and parameter schedulers from the
     config, and writes spec.json, report.md and channels.png to `<work_dir>/<out_dir>`. To
     resume such a run, set the config's model to `LWDNAModel` with the written spec.
+    `criterion`, `aggregate`, `ranking` and `inits` are `dissimilate`'s, with its defaults.
     """
 
     priority = "VERY_HIGH"
@@ -69,8 +74,10 @@ class DissimilateHook(Hook):
         width: float = 2.0,
         flops: float | str = 1.0,
         batches: int = 2,
-        criterion: str = "gate",
-        aggregate: str = "sum",
+        criterion: str = _DEFAULTS["criterion"],
+        aggregate: str = _DEFAULTS["aggregate"],
+        ranking: str = _DEFAULTS["ranking"],
+        inits: int = _DEFAULTS["inits"],
         floor: float = 0.4,
         classifier_floor: float = 0.45,
         min_channels: int = 4,
@@ -78,9 +85,16 @@ class DissimilateHook(Hook):
         seed: int | None = None,
         out_dir: str = "lwdna",
     ) -> None:
-        if batches < 1:
-            raise ValueError(f"DissimilateHook(batches={batches}): score on at least one training batch")
-        self.options = {"width": width, "flops": flops, "criterion": criterion, "aggregate": aggregate}
+        if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+            raise ValueError(f"DissimilateHook(batches={batches!r}): score on at least one training batch")
+        self.options = {
+            "width": width,
+            "flops": flops,
+            "criterion": criterion,
+            "aggregate": aggregate,
+            "ranking": ranking,
+            "inits": inits,
+        }
         self.floors = Floors(floor, classifier_floor, min_channels)
         self.batches, self.round_to, self.seed, self.out_dir = batches, round_to, seed, out_dir
         self.result: Result | None = None

@@ -108,6 +108,15 @@ def test_hook_swaps_model_optimizer_and_schedulers(tmp_path):
         assert (tmp_path / "lwdna" / name).is_file()
 
 
+def test_hook_takes_the_identification_options_of_dissimilate(tmp_path):
+    cfg = classification.make_config(str(tmp_path), iters=1, ranking="flops", inits=2)
+    Runner.from_cfg(cfg).train()
+    spec = lw.load_spec(tmp_path / "lwdna" / "spec.json")
+    assert (spec["ranking"], spec["inits"]) == ("flops", 2)
+    with pytest.raises(ValueError, match=r"DissimilateHook\(batches='2'\)"):
+        lw.mm.DissimilateHook(batches="2")
+
+
 def test_hook_frees_the_original_model_and_keeps_train_step_compiled(tmp_path):
     cfg = classification.make_config(str(tmp_path), iters=2)
     cfg.compile = {"backend": "eager"}  # the Runner compiles train_step before the hook runs
