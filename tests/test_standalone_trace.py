@@ -69,3 +69,25 @@ def test_an_untraceable_model_names_the_mode():
 
     with pytest.raises(RuntimeError, match="could not trace Branchy in eval mode"):
         trace(Branchy(), False)
+
+
+class Masked(nn.Module):
+    """Hiera's pattern: an optional argument whose default skips a branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x, mask=None, scale=2.0, *, tag="x"):
+        if mask is not None:
+            x = x * mask.view(x.shape[0], 1)
+        return self.fc(x) * scale
+
+
+def test_optional_arguments_are_traced_at_their_defaults_and_left_out():
+    model = Masked().eval()
+    gm = trace(model, training=False)
+    assert [n.name for n in gm.graph.nodes if n.op == "placeholder"] == ["x"]
+    assert "_assert" not in gm.code and "mask" not in gm.code
+    x = torch.randn(3, 4)
+    assert torch.equal(gm(x), model(x))

@@ -78,14 +78,20 @@ class Traces:
 
 
 def trace(model: nn.Module, training: bool, leaves: frozenset[int] = frozenset()) -> fx.GraphModule:
-    """`model` traced in train (`training=True`) or eval mode; its own mode is left as it was."""
+    """`model` traced in train (`training=True`) or eval mode; its own mode is left as it was.
+
+    The file's model is called as `model(x)`: the forward's optional arguments are traced at
+    their defaults (Hiera's `mask=None` skips masking) and left out of its signature.
+    """
+    defaults = _optional_arguments(model)
     try:
         with in_mode(model, training=training):
-            graph = Tracer(leaves).trace(model)
+            graph = Tracer(leaves).trace(model, concrete_args=defaults or None)
     except Exception as error:
         raise TraceError(
             f"torch.fx could not trace {type(model).__name__} in {'train' if training else 'eval'} mode: {error}"
         ) from error
+    _drop_specialised(graph, model, defaults)
     gm = fx.GraphModule(model, graph, class_name=type(model).__name__)
     _drop_dead_reads(gm.graph)
     _read_training_flag(gm.graph, training)
@@ -93,6 +99,33 @@ def trace(model: nn.Module, training: bool, leaves: frozenset[int] = frozenset()
         node.type = None  # no annotations in the generated signature
     gm.recompile()
     return gm
+
+
+def _optional_arguments(model: nn.Module) -> dict[str, object]:
+    """The forward's arguments after the input that have a plain default (None, a bool, a number, a string)."""
+    params = list(inspect.signature(model.forward).parameters.values())[1:]
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {
+        p.name: p.default
+        for p in params
+        if p.kind in kinds and p.default is not p.empty and isinstance(p.default, (type(None), bool, int, float, str))
+    }
+
+
+def _drop_specialised(graph: fx.Graph, model: nn.Module, defaults: dict[str, object]) -> None:
+    """Remove the placeholders fx made for arguments traced at their defaults, with the checks
+    it hangs on them (that a call passes the same value): nothing else reads them."""
+    names = list(inspect.signature(model.forward).parameters)
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    for node, name in zip(placeholders, names, strict=False):
+        if name in defaults:
+            _erase_with_users(graph, node)
+
+
+def _erase_with_users(graph: fx.Graph, node: fx.Node) -> None:
+    for user in list(node.users):
+        _erase_with_users(graph, user)
+    graph.erase_node(node)
 
 
 def _read_training_flag(graph: fx.Graph, training: bool) -> None:
