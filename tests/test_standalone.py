@@ -336,7 +336,38 @@ class UsesALocalFunction(CallsItsOwnMethod):
         return self.fc(x)
 
 
-@pytest.mark.parametrize(("layer", "why"), [(CallsItsOwnMethod, "self._pad"), (UsesALocalFunction, "'_double'")])
+class UsesAProperty(CallsItsOwnMethod):
+    @property
+    def width(self):
+        return self.fc.in_features
+
+    def forward(self, x):
+        if x.shape[-1] < self.width:
+            x = self._pad(x)
+        return self.fc(x)
+
+
+class Pair(nn.Sequential):
+    """A subclass of nn.Sequential: its forward is torch's."""
+
+
+def test_a_copied_layer_brings_the_methods_its_forward_calls(tmp_path, monkeypatch):
+    import timm.layers._fx
+
+    monkeypatch.setattr(timm.layers._fx, "_leaf_modules", {*timm.layers._fx._leaf_modules, CallsItsOwnMethod, Pair})
+    model = nn.Sequential(nn.Linear(4, 3), CallsItsOwnMethod(), Pair(nn.Linear(4, 4), nn.ReLU())).eval()
+    path = export_python(model, tmp_path / "own_method.py")
+    source = path.read_text()
+    assert "    def _pad(self, x):" in source and "class Pair(nn.Sequential):" in source
+    assert_ruff_clean(path)
+    rebuilt = _load(path).MODEL().eval()
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+
+
+@pytest.mark.parametrize(("layer", "why"), [(UsesAProperty, "self.width"), (UsesALocalFunction, "'_double'")])
 def test_a_copy_whose_forward_the_file_could_not_run_is_declined(layer, why, monkeypatch):
     import timm.layers._fx
 
@@ -344,3 +375,17 @@ def test_a_copy_whose_forward_the_file_could_not_run_is_declined(layer, why, mon
     model = nn.Sequential(nn.Linear(4, 4), layer())
     with pytest.raises(ValueError, match=rf"layer '1' .*cannot be copied: .*{re.escape(why)}"):
         python_source(model)
+
+
+def test_a_root_sequential_is_written_with_its_items_as_attributes(tmp_path):
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)
+    ).eval()
+    path = export_python(model, tmp_path / "sequential.py")
+    assert 'self.add_module("0", nn.Conv2d(3, 8, kernel_size=3))' in path.read_text()
+    assert_ruff_clean(path)
+    rebuilt = _load(path).MODEL().eval()
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))

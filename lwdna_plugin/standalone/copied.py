@@ -2,11 +2,12 @@
 
 fx cannot trace Python control flow on input shapes; timm marks such modules "notrace" (VGG's
 `ConvMlp` pools inputs smaller than its kernel). When the model does not trace, they are kept
-whole and the file gets a helper class of the same name: an empty nn.Module whose forward is
-the original forward's source (normalised with ast.unparse), built like a container, with the
-plain settings that forward reads. A forward the file could not run on its own (one calling
-another method of its class, `super()`, or a global other than torch, F, nn, math and torch or
-timm functions) is declined with a ValueError naming the layer.
+whole and the file gets a helper class of the same name: an empty nn.Module whose forward, and
+the methods of its class the forward calls, are the originals' source (normalised with
+ast.unparse), built like a container, with the plain settings those methods read. A layer the
+file could not run on its own (a method that uses `super()`, a property, a decorated method, or
+a global other than torch, F, nn, math and torch or timm functions) is declined with a
+ValueError naming the layer.
 """
 
 from __future__ import annotations
@@ -126,26 +127,50 @@ def _inner(name: str, module: nn.Module, substitutes: set[str]) -> list[str]:
 
 
 def _helper(name: str, kind: type, imports: Imports) -> tuple[str, set[str]]:
-    """The helper class's source for `kind`, and the attributes of `self` its forward reads."""
-    function, reads = _forward(name, kind)
-    _import_globals(name, kind, function, imports)
-    body = double_quotes(ast.unparse(function))
-    doc = f'"""{_path(kind)}, kept whole (fx cannot trace it): its forward, copied."""'
+    """The helper class's source for `kind`, and the attributes of `self` its methods read."""
+    owner = next(c for c in kind.__mro__ if "forward" in vars(c))
+    if owner.__module__.startswith("torch.nn"):
+        # A forward inherited from torch.nn (a subclass of nn.Sequential): the helper derives from that class.
+        if getattr(nn, owner.__name__, None) is not owner:
+            raise ValueError(f"layer {name!r} ({_path(kind)}) cannot be copied: its forward is {_path(owner)}'s")
+        doc = f'"""A copy of {_path(kind)}, with nn.{owner.__name__}\'s forward."""'
+        return f"class {kind.__name__}(nn.{owner.__name__}):\n    {doc}\n", set()
+    functions, reads = _methods(name, kind)
+    for function in functions:
+        _import_globals(name, kind, function, imports)
+    body = "\n\n".join(double_quotes(ast.unparse(f)) for f in functions)
+    doc = f'"""A copy of {_path(kind)}: fx cannot trace it."""'
     return f"class {kind.__name__}(nn.Module):\n    {doc}\n\n{textwrap.indent(body, '    ')}\n", reads
 
 
-def _forward(name: str, kind: type) -> tuple[ast.FunctionDef, set[str]]:
-    """`kind.forward` parsed, without docstring and annotations, and the attributes of `self` it reads."""
+def _methods(name: str, kind: type) -> tuple[list[ast.FunctionDef], set[str]]:
+    """`kind.forward` and the methods of its class that it calls, directly or through each other,
+    parsed; and the attributes of `self` they read."""
+    found: dict[str, ast.FunctionDef] = {}
+    reads: set[str] = set()
+    todo = ["forward"]
+    while todo:
+        method = todo.pop(0)
+        if method in found:
+            continue
+        found[method] = function = _parse(name, kind, method)
+        called, read = _self_uses(name, kind, function)
+        todo += called
+        reads |= read
+    return list(found.values()), reads
+
+
+def _parse(name: str, kind: type, method: str) -> ast.FunctionDef:
+    """`kind.<method>` parsed, without docstring and annotations."""
     try:
-        source = textwrap.dedent(inspect.getsource(kind.forward))
+        source = textwrap.dedent(inspect.getsource(getattr(kind, method)))
     except (OSError, TypeError) as error:
-        raise ValueError(f"layer {name!r} ({_path(kind)}) cannot be copied: its forward has no source") from error
+        raise ValueError(f"layer {name!r} ({_path(kind)}) cannot be copied: its {method} has no source") from error
     function = ast.parse(source).body[0]
-    if not isinstance(function, ast.FunctionDef) or function.decorator_list:
-        raise ValueError(f"layer {name!r} ({_path(kind)}) cannot be copied: its forward is not a plain function")
-    function.name = "forward"
+    if not isinstance(function, ast.FunctionDef) or function.decorator_list or function.name != method:
+        raise ValueError(f"layer {name!r} ({_path(kind)}) cannot be copied: its {method} is not a plain function")
     _strip(function)
-    return function, _self_reads(name, kind, function)
+    return function
 
 
 def _strip(function: ast.FunctionDef) -> None:
@@ -174,32 +199,38 @@ def _unannotated(statement: ast.stmt) -> ast.stmt:
     return statement
 
 
-def _self_reads(name: str, kind: type, function: ast.FunctionDef) -> set[str]:
-    """The attributes of `self` the forward reads; a method of its own class it calls is declined."""
-    reads = set()
+def _self_uses(name: str, kind: type, function: ast.FunctionDef) -> tuple[list[str], set[str]]:
+    """The methods of its class a method calls on `self` (copied too) and the other attributes of
+    `self` it reads; a property, `super()` or another callable of the class is declined."""
+    called, reads = [], set()
     for node in ast.walk(function):
         if isinstance(node, ast.Name) and node.id == "super":
-            raise ValueError(f"layer {name!r} ({_path(kind)}) cannot be copied: its forward calls super()")
+            raise ValueError(f"layer {name!r} ({_path(kind)}) cannot be copied: its {function.name} calls super()")
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
             attr = getattr(kind, node.attr, None)
-            if (callable(attr) and attr is not getattr(nn.Module, node.attr, None)) or isinstance(attr, property):
+            if attr is not None and attr is getattr(nn.Module, node.attr, None):
+                continue  # nn.Module's own (register_buffer, ...), which the copy has too
+            if inspect.isfunction(attr):
+                called.append(node.attr)
+            elif callable(attr) or isinstance(attr, property):
                 raise ValueError(
-                    f"layer {name!r} ({_path(kind)}) cannot be copied: its forward uses self.{node.attr}, "
-                    "a method or property of its class the file does not have"
+                    f"layer {name!r} ({_path(kind)}) cannot be copied: its {function.name} uses self.{node.attr}, "
+                    "a property or callable of its class that is not a plain method"
                 )
-            reads.add(node.attr)
-    return reads
+            else:
+                reads.add(node.attr)
+    return called, reads
 
 
 def _import_globals(name: str, kind: type, function: ast.FunctionDef, imports: Imports) -> None:
-    """Add the globals the forward uses to `imports`; one the file cannot import is declined."""
-    namespace = kind.forward.__globals__
+    """Add the globals a copied method uses to `imports`; one the file cannot import is declined."""
+    namespace = getattr(kind, function.name).__globals__
     for free in _free_names(function):
         if free not in namespace:
             if hasattr(builtins, free):
                 continue
             raise ValueError(
-                f"layer {name!r} ({_path(kind)}) cannot be copied: its forward uses {free!r}, not a global"
+                f"layer {name!r} ({_path(kind)}) cannot be copied: its {function.name} uses {free!r}, not a global"
             )
         obj = namespace[free]
         if inspect.ismodule(obj) and _MODULES.get(obj) == free:
@@ -208,8 +239,8 @@ def _import_globals(name: str, kind: type, function: ast.FunctionDef, imports: I
         root = (getattr(obj, "__module__", None) or "").split(".")[0]
         if not callable(obj) or inspect.ismodule(obj) or root not in ("torch", "timm"):
             raise ValueError(
-                f"layer {name!r} ({_path(kind)}) cannot be copied: its forward uses the global {free!r}, which is "
-                "not torch, F, nn, math or a torch or timm function"
+                f"layer {name!r} ({_path(kind)}) cannot be copied: its {function.name} uses the global {free!r}, "
+                "which is not torch, F, nn, math or a torch or timm function"
             )
         try:
             imports.add_global(free, obj)
@@ -227,7 +258,7 @@ def _free_names(function: ast.FunctionDef) -> list[str]:
 
 
 def _settings(name: str, module: nn.Module, reads: set[str]) -> dict[str, str]:
-    """The plain values of the attributes the forward reads that the tree does not build (children
+    """The plain values of the attributes the copied methods read that the tree does not build (children
     and tensors it does), as literals."""
     settings = {}
     for attr in sorted(reads):
@@ -240,7 +271,7 @@ def _settings(name: str, module: nn.Module, reads: set[str]) -> dict[str, str]:
         literal = _literal(value)
         if literal is None:
             raise ValueError(
-                f"layer {name!r} ({_path(type(module))}) cannot be copied: its forward reads self.{attr}, "
+                f"layer {name!r} ({_path(type(module))}) cannot be copied: it reads self.{attr}, "
                 f"a {type(value).__name__} the file cannot write"
             )
         settings[attr] = literal
@@ -248,7 +279,16 @@ def _settings(name: str, module: nn.Module, reads: set[str]) -> dict[str, str]:
 
 
 def _literal(value: Any) -> str | None:
-    """`value` (int, float, bool, str, None, or a tuple of these) as Python source; None if it is none of these."""
+    """`value` (int, float, bool, str, None, or a tuple, list or dict of these) as Python source;
+    None if it is none of these (an empty dict is a cache, such as TinyViT's attention biases)."""
+    if isinstance(value, dict):
+        pairs = [(_literal(k), _literal(v)) for k, v in value.items()]
+        if any(k is None or v is None for k, v in pairs):
+            return None
+        return "{" + ", ".join(f"{k}: {v}" for k, v in pairs) + "}"
+    if isinstance(value, list):
+        items = [_literal(v) for v in value]
+        return None if any(i is None for i in items) else f"[{', '.join(items)}]"
     if isinstance(value, tuple):
         items = [_literal(v) for v in value]
         if any(i is None for i in items):

@@ -157,7 +157,8 @@ class ModuleTree:
         return stateful
 
     def _is_list(self, name: str) -> bool:
-        if name in self.copies:
+        # The root is the file's own nn.Module subclass: a root nn.Sequential's items are attributes.
+        if not name or name in self.copies:
             return False
         module = self.modules[name]
         children = [n for n, _ in module.named_children()]
