@@ -351,11 +351,27 @@ class Pair(nn.Sequential):
     """A subclass of nn.Sequential: its forward is torch's."""
 
 
-def test_a_copied_layer_brings_the_methods_its_forward_calls(tmp_path, monkeypatch):
+class WithContainers(nn.Module):
+    """torch.nn containers inside a copied layer, called and indexed by its forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.seq = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+        self.heads = nn.ModuleDict({"a": nn.Linear(4, 4)})
+
+    def forward(self, x):
+        if x.shape[0] > 1:
+            x = self.seq(x)
+        return self.heads["a"](x)
+
+
+def test_a_copied_layer_brings_the_methods_and_containers_its_forward_calls(tmp_path, monkeypatch):
     import timm.layers._fx
 
-    monkeypatch.setattr(timm.layers._fx, "_leaf_modules", {*timm.layers._fx._leaf_modules, CallsItsOwnMethod, Pair})
-    model = nn.Sequential(nn.Linear(4, 3), CallsItsOwnMethod(), Pair(nn.Linear(4, 4), nn.ReLU())).eval()
+    copied = {CallsItsOwnMethod, Pair, WithContainers}
+    monkeypatch.setattr(timm.layers._fx, "_leaf_modules", {*timm.layers._fx._leaf_modules, *copied})
+    model = nn.Sequential(nn.Linear(4, 3), CallsItsOwnMethod(), Pair(nn.Linear(4, 4), nn.ReLU()), WithContainers())
+    model.eval()
     path = export_python(model, tmp_path / "own_method.py")
     source = path.read_text()
     assert "    def _pad(self, x):" in source and "class Pair(nn.Sequential):" in source

@@ -4,7 +4,8 @@ fx cannot trace Python control flow on input shapes; timm marks such modules "no
 `ConvMlp` pools inputs smaller than its kernel). When the model does not trace, they are kept
 whole and the file gets a helper class of the same name: an empty nn.Module whose forward, and
 the methods of its class the forward calls, are the originals' source (normalised with
-ast.unparse), built like a container, with the plain settings those methods read. A layer the
+ast.unparse), built like a container, with the plain settings those methods read (torch.nn
+containers inside it are built as they are). A layer the
 file could not run on its own (a method that uses `super()`, a property, a decorated method, or
 a global other than torch, F, nn, math and torch or timm functions) is declined with a
 ValueError naming the layer.
@@ -35,6 +36,8 @@ _MODULES = {torch: "torch", nn: "nn", F: "F", math: "math"}
 # Names the file's own code uses, which a helper class must not shadow.
 RESERVED = frozenset({*_MODULES.values(), "MODEL", "TIMM_IMPORTS"})
 _PLAIN = (bool, int, float, str, type(None))
+# torch.nn containers a copied forward may call or index: the file builds them as they are.
+_CONTAINERS = (nn.Sequential, nn.ModuleDict)
 
 
 def notrace_modules(modules: Mapping[str, nn.Module], skip: Iterable[str]) -> list[str]:
@@ -93,6 +96,12 @@ class Copies:
     ) -> None:
         module = modules[name]
         kind = type(module)
+        if kind in _CONTAINERS:
+            # torch's own container: built empty, its items added to it by name like any child.
+            self.builds[name] = Copy(f"nn.{kind.__name__}()", {})
+            for child in _inner(name, module, substitutes):
+                self._add(child, modules, substitutes, imports, taken)
+            return
         if kind.__name__ not in self.classes:
             if kind.__name__ in taken:
                 raise ValueError(f"layer {name!r} ({_path(kind)}) cannot be copied: the file already defines the name")
@@ -116,6 +125,8 @@ def _inner(name: str, module: nn.Module, substitutes: set[str]) -> list[str]:
             continue
         if isinstance(child, nn.ModuleList) and len(child):
             inner += _inner(full, child, substitutes)  # the tree writes it as an nn.ModuleList
+        elif type(child) in _CONTAINERS:
+            inner.append(full)
         elif type(child).__module__.startswith("torch.nn"):
             raise ValueError(
                 f"layer {name!r} cannot be copied: its child {child_name!r} is a {type(child).__name__}, "
