@@ -5,10 +5,9 @@ fx cannot trace Python control flow on input shapes; timm marks such modules "no
 whole and the file gets a helper class of the same name: an empty nn.Module whose forward, and
 the methods of its class the forward calls, are the originals' source (normalised with
 ast.unparse), built like a container, with the plain settings those methods read (torch.nn
-containers inside it are built as they are). A layer the
-file could not run on its own (a method that uses `super()`, a property, a decorated method, or
-a global other than torch, F, nn, math and torch or timm functions) is declined with a
-ValueError naming the layer.
+containers inside it are built as they are). A layer the file could not run on its own (a
+method that uses `super()`, a property, a decorated method, or a global other than torch, F,
+nn, math and torch or timm functions) is declined with a ValueError naming the layer.
 """
 
 from __future__ import annotations
