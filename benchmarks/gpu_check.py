@@ -6,8 +6,8 @@ a resnet50 already on the device through `dissimilate`, `build` and `export_pyth
 equal), a bf16 model (identified in float32, returned in bf16), wrapped models (DataParallel, and
 `torch.compile` where it is available), micro-batched scoring (with the peak memory of
 identification on CUDA), a latency budget timed on the device and re-timed independently,
-`export_python`'s file reloaded on the device, and the mmengine example under torchrun with two
-ranks writing one spec. The table goes to stdout and
+`export_python`'s file reloaded on the device, the mmengine example under torchrun with two
+ranks writing one spec, and the regime study's smoke run training on the device. The table goes to stdout and
 `benchmarks/results/gpu_check_<device type>.json`.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/gpu_check.py [--device cuda:0] [--img-size 64]
@@ -172,6 +172,20 @@ def check_torchrun_mmengine(device: torch.device, img: int) -> dict:
     return {}
 
 
+def check_hypothesis_study(device: torch.device, img: int) -> dict:
+    """The regime study's smoke run training on the device (its own `_<device>` results)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, str(ROOT / "benchmarks" / "hypothesis.py"), "--quick", "--workers", "1"]
+        run = subprocess.run(
+            [*command, "--device", str(device), "--out", tmp], capture_output=True, text=True, timeout=900
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        on = "" if device.type == "cpu" else "_" + str(device).replace(":", "")
+        payload = json.loads((Path(tmp) / f"hypothesis_regimes_quick{on}.json").read_text())
+    assert len(payload["runs"]) == 6, payload["runs"]
+    return {"machine": payload["machine"], "test_top1": [r["test_top1"] for r in payload["runs"]]}
+
+
 CHECKS = {
     "device follows the data": check_device_follows_data,
     "built by name with device=": check_built_by_name_on_device,
@@ -182,6 +196,7 @@ CHECKS = {
     "latency budget on the device": check_latency_budget,
     "export_python on the device": check_export_python,
     "torchrun, two ranks, mmengine example": check_torchrun_mmengine,
+    "hypothesis study on the device": check_hypothesis_study,
 }
 
 

@@ -22,6 +22,11 @@ Fashion-MNIST comes from Debian's `dataset-fashion-mnist` package.
     OMP_WAIT_POLICY=PASSIVE python benchmarks/hypothesis.py --sizes 1000 --seeds 3 \\
         --arms baseline,lwdna-sum,lwdna-mean,lwdna-flops                      # screen variants cheaply
     OMP_WAIT_POLICY=PASSIVE python benchmarks/hypothesis.py --quick           # CI smoke test, about a minute
+    python benchmarks/hypothesis.py --device cuda --workers 8                  # on a GPU: hypothesis_regimes_cuda*
+
+Data order, augmentation and initialisation are drawn on the CPU whatever `--device`, so a seed
+means the same batches everywhere; results on a GPU still differ in their last digits, so they go
+to a study of their own (`<tag>_cuda`), never mixed with the CPU runs.
 """
 
 from __future__ import annotations
@@ -114,8 +119,9 @@ def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 2) -> t
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
     """Top-1 in eval mode, un-augmented."""
     model.eval()
+    device = next(model.parameters()).device
     correct = sum(
-        (model(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum().item()
+        (model(images[i : i + batch_size].to(device)).argmax(1).cpu() == labels[i : i + batch_size]).sum().item()
         for i in range(0, len(labels), batch_size)
     )
     return 100.0 * correct / len(labels)
@@ -127,7 +133,11 @@ def eval_epochs(epochs: int, evals: int) -> list[int]:
 
 
 def train(model: nn.Module, data: dict[str, torch.Tensor], protocol: dict, seed: int) -> dict:
-    """The one training protocol every arm goes through; returns the curves and seconds."""
+    """The one training protocol every arm goes through; returns the curves and seconds.
+
+    Data order and augmentation are drawn on the CPU whatever the model's device, so a seed
+    draws the same batches everywhere; each batch then moves to the model's device."""
+    device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(1000 + seed)
     steps_per_epoch = math.ceil(len(data["train_y"]) / protocol["batch_size"])
     optimizer = torch.optim.SGD(
@@ -145,7 +155,7 @@ def train(model: nn.Module, data: dict[str, torch.Tensor], protocol: dict, seed:
             images, labels = data["train_x"][index], data["train_y"][index]
             if protocol["augment"] == "crop-flip":
                 images = augment(images, generator)
-            loss = F.cross_entropy(model(images), labels)
+            loss = F.cross_entropy(model(images.to(device)), labels.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -228,8 +238,8 @@ def run_one(args: argparse.Namespace, size: int, arm: str, seed: int, protocol: 
     start = time.perf_counter()
     model, result = make_arm(arm, data, args, seed, protocol)
     identify_s = time.perf_counter() - start if result is not None else 0.0
-    model = model.to(memory_format=torch.channels_last)
-    example = data["train_x"][:1]
+    model = model.to(args.device, memory_format=torch.channels_last)
+    example = data["train_x"][:1].to(args.device)
     flops, params = lw.count_flops(model, example), lw.count_params(model)
     history = train(model, data, protocol, seed)
     groups = result.spec["groups"] if result is not None else {}
@@ -263,6 +273,12 @@ def run_one(args: argparse.Namespace, size: int, arm: str, seed: int, protocol: 
         flush=True,
     )
     return run
+
+
+def device_name(args: argparse.Namespace) -> str:
+    if args.device == "cpu":
+        return "CPU"
+    return f"{args.device} ({torch.cuda.get_device_name(torch.device(args.device))})"
 
 
 def t975(df: int) -> float:
@@ -442,7 +458,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke test: 500 images, 2 epochs, 2 seeds")
     p.add_argument("--estimate", action="store_true", help="print the compute budget of what is left, run nothing")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="training processes (default: cores)")
-    p.add_argument("--tag", default=None, help="output stem (default hypothesis_regimes[_quick])")
+    p.add_argument(
+        "--device", default="cpu", help="where to train: cpu, or cuda (then the stem gets _cuda: a study of its own)"
+    )
+    p.add_argument("--tag", default=None, help="output stem (default hypothesis_regimes[_quick][_<device>])")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = p.parse_args(argv)
     if args.quick:
@@ -492,7 +511,9 @@ def load_runs(folder: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out = Path(args.out)
-    tag = args.tag or f"hypothesis_regimes{'_quick' if args.quick else ''}"
+    # Results on another device differ in their last digits: they are a study of their own.
+    on = "" if args.device == "cpu" else "_" + args.device.replace(":", "")
+    tag = args.tag or f"hypothesis_regimes{'_quick' if args.quick else ''}{on}"
     folder = out / f"{tag}_runs"
     folder.mkdir(parents=True, exist_ok=True)
     jobs, done = [], 0
@@ -540,7 +561,7 @@ def main(argv: list[str] | None = None) -> dict:
         summary = summarise(runs, arms, sizes)
         payload = {
             "command": command,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU, "
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {device_name(args)}, "
             f"{args.workers} worker(s) x {args.threads} thread(s)",
             "wall_s": round(time.perf_counter() - start, 1),
             "config": {k: v for k, v in vars(args).items() if k not in ("out", "tag", "estimate")},
