@@ -354,8 +354,9 @@ def micro_batches(batch: Any, size: int, minimum: int = 1) -> list[tuple[Any, fl
 
 
 def to_device(batch: Batch, device: torch.device, dtype: torch.dtype | None = None) -> Batch:
-    """The batch on `device`; floating-point images also in `dtype` when given."""
-    images, targets = batch
+    """The batch's images and targets on `device` (what follows them in the batch, such as file
+    paths, is not read); floating-point images also in `dtype` when given."""
+    images, targets = batch[0], batch[1]
     cast = dtype if dtype is not None and images.is_floating_point() else None
     return images.to(device, cast, non_blocking=True), targets.to(device, non_blocking=True)
 

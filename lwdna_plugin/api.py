@@ -24,7 +24,7 @@ from .initialise import initialise
 from .inits import score_initialisations
 from .inputs import Inputs, check_device, check_ignored, prepare_inputs
 from .latency import LatencyBudget
-from .memory import AUTO, MicroBatch
+from .memory import AUTO, MicroBatch, check_widening_fits
 from .ranks import rendezvous
 from .report import Report, identification_notes, layer_rows
 from .score import Criterion, LossFn
@@ -150,6 +150,7 @@ def dissimilate(
             )
 
     with timer("widen"):
+        check_widening_fits(base, width, example.device)
         create = inputs.recipe.create if inputs.recipe is not None else None
         widened = widen_or_fix(base, example, width, round_to, create, ignore)
         wide = widened.model

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from .adapter import micro_batches
 
-__all__ = ["AUTO", "CPU_BUDGET", "MicroBatch", "memory_budget", "saved_bytes"]
+__all__ = ["AUTO", "CPU_BUDGET", "MicroBatch", "check_widening_fits", "memory_budget", "saved_bytes"]
 
 AUTO = "auto"
 # Saved activations allowed on a CPU: small enough to leave room for the model copies the
@@ -129,6 +129,26 @@ def memory_budget(device: torch.device) -> int:
         return free // 2
     available = _available_memory()
     return CPU_BUDGET if available is None else min(CPU_BUDGET, available // 4)
+
+
+def check_widening_fits(model: nn.Module, width: float, device: torch.device) -> None:
+    """Refuse a `width` whose widened model could not be held with its gradients on `device`.
+
+    Widening multiplies a layer's weights by up to width**2 (both its channel counts grow); the
+    float32 weights and their gradients must fit the memory available, or the process is killed
+    by the system rather than stopped with an error.
+    """
+    available = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else _available_memory()
+    if available is None:
+        return
+    params = sum(p.numel() for p in model.parameters())
+    needed = 2 * 4 * params * width**2
+    if needed > available:
+        raise ValueError(
+            f"width={width}: widening {type(model).__name__} ({params / 1e6:,.1f} M parameters) could reach "
+            f"{params * width**2 / 1e6:,.0f} M parameters, {needed / 2**30:,.1f} GiB with their gradients in float32, "
+            f"more than the {available / 2**30:,.1f} GiB available on {device}: lower `width` (the paper uses 2)"
+        )
 
 
 def _available_memory() -> int | None:

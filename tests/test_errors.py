@@ -44,6 +44,13 @@ def test_integer_targets_of_any_width_are_class_indices(batches, resnet18_result
     assert result.spec["groups"] == resnet18_result.spec["groups"]
 
 
+def test_batches_with_more_than_images_and_targets_are_read_for_those_two(batches, resnet18_result):
+    images, targets = batches[0]
+    paths = [f"image_{i}.png" for i in range(len(targets))]
+    result = lw.dissimilate("resnet18", data=[(images, targets, paths)], model_kwargs=TEN)
+    assert result.spec["groups"] == resnet18_result.spec["groups"]
+
+
 def test_targets_with_an_extra_dimension_say_to_flatten_them(batches):
     images, targets = batches[0]
     with pytest.raises(ValueError, match=r"targets have shape \(8, 1\).*shape \(8,\).*targets.view\(-1\)"):
@@ -103,6 +110,11 @@ def test_numeric_arguments_are_checked(batches, argument, value, message):
 def test_floors_are_checked(floors):
     with pytest.raises(ValueError, match=f"Floors\\({next(iter(floors))}="):
         lw.Floors(**floors)
+
+
+def test_a_width_whose_widened_model_cannot_fit_in_memory_is_refused(batches):
+    with pytest.raises(ValueError, match=r"width=1000: widening ResNet \(11.2 M parameters\).*lower `width`"):
+        lw.dissimilate("resnet18", width=1000, data=batches, model_kwargs=TEN)
 
 
 def test_target_above_the_widened_model_warns_with_both_numbers(batches):
