@@ -183,3 +183,18 @@ def test_types_registered_under_a_child_scope_are_found_and_rebuilt(mnist, tmp_p
     assert result.spec["base"]["name"] == "lwdna_child_scope.ScopedConvNet"
     result.save(tmp_path)
     assert lw.export.tensor_shapes(lw.build(tmp_path / "spec.json")) == result.spec["shapes"]
+
+
+def test_export_python_writes_the_tensor_mode_forward(config_result, tmp_path):
+    import importlib.util
+
+    path = lw.export_python(config_result, tmp_path / "small_conv_net.py")
+    spec = importlib.util.spec_from_file_location("small_conv_net", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rebuilt = module.MODEL().eval()
+    rebuilt.load_state_dict(config_result.model.state_dict(), strict=True)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), config_result.model.eval()(x))
+    assert "def forward(self, inputs):" in path.read_text()
