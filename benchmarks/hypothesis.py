@@ -70,6 +70,11 @@ VARIANTS: dict[str, dict] = {
     # Scores after a warm-up of the widened net costing up to 3% of the baseline's training
     # (in image passes of the original model; see `warmup_steps`).
     "lwdna-warmup": {"criterion": "gate", "aggregate": "sum", "ranking": "flops", "warmup_share": 0.03},
+    # Bounds on what widths alone can do here, not identification: channels scored by their
+    # layer's depth (`depth_scores`), so the one threshold keeps early (or late) groups whole
+    # and leaves the others at their floor, the most lopsided widths the budget allows.
+    "prior-early": {"criterion": "depth-early", "aggregate": "sum", "ranking": "saliency"},
+    "prior-late": {"criterion": "depth-late", "aggregate": "sum", "ranking": "saliency"},
 }
 ARMS = ("baseline", *VARIANTS)
 # What the `lwdna` arm measures; a finished `lwdna` run made under other defaults is run again.
@@ -183,6 +188,23 @@ def warmup_steps(share: float, protocol: dict, size: int, width: float, batch_si
     return max(1, int(share * protocol["epochs"] * size / (width**2 * batch_size)))
 
 
+def depth_scores(model_name: str, kwargs: dict, early: bool, seed: int):
+    """A `dissimilate` criterion scoring every channel of a group by where its root layer comes
+    in the model (first layer 1, last 0 when `early`; reversed otherwise), with a tie-break
+    1,000 times smaller drawn from `seed`."""
+    names = [n for n, _ in timm.create_model(model_name, pretrained=False, **kwargs).named_modules()]
+    order = {n: i / (len(names) - 1) for i, n in enumerate(names)}
+    generator = torch.Generator().manual_seed(seed)
+
+    def score(group) -> torch.Tensor:
+        root = group[0].dep.target.name.split(" (")[0]
+        depth = order[root]
+        count = len(group[0].idxs)
+        return torch.full((count,), 1 - depth if early else depth) + 1e-3 * torch.rand(count, generator=generator)
+
+    return score
+
+
 def make_arm(arm: str, data: dict[str, torch.Tensor], args: argparse.Namespace, seed: int, protocol: dict):
     """The arm's freshly initialised model and its `dissimilate` result (None for the baseline)."""
     kwargs = {"num_classes": 10, "in_chans": 1}
@@ -190,6 +212,8 @@ def make_arm(arm: str, data: dict[str, torch.Tensor], args: argparse.Namespace, 
         torch.manual_seed(seed)
         return timm.create_model(args.model, pretrained=False, **kwargs), None
     options = dict(VARIANTS[arm])
+    if options["criterion"] in ("depth-early", "depth-late"):
+        options["criterion"] = depth_scores(args.model, kwargs, options["criterion"] == "depth-early", seed)
     count = options.pop("batches", DISSIMILATE_DEFAULTS["batches"])
     shuffle = torch.randperm(len(data["train_y"]), generator=torch.Generator().manual_seed(seed))
     size = args.score_batch_size
