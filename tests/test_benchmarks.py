@@ -68,6 +68,22 @@ def test_paired_interval():
     assert hypothesis.paired(runs[:4], 10, "x", "baseline") is None  # one pair: no interval
 
 
+def test_depth_priors_keep_the_earliest_or_the_latest_groups_whole():
+    import lwdna_plugin as lw
+
+    hypothesis = _benchmark("hypothesis")
+    kwargs = {"num_classes": 10, "in_chans": 1}
+    data = [(torch.randn(8, 1, 28, 28), torch.arange(8))]
+    ratio = {}
+    for early in (True, False):
+        criterion = hypothesis.depth_scores("cifar_resnet20", kwargs, early, seed=0)
+        result = lw.dissimilate("cifar_resnet20", criterion=criterion, data=data, model_kwargs=kwargs)
+        ratio[early] = {k: g["kept"] / g["original"] for k, g in result.spec["groups"].items()}
+    # The stem's residual stream comes first, the last block's inner width last.
+    assert ratio[True]["conv1"] > 1.5 and ratio[True]["stages.2.2.conv1"] < 1
+    assert ratio[False]["stages.2.2.conv1"] > 1.5 and ratio[False]["conv1"] < 1
+
+
 def test_coverage_scores_as_many_pixels_at_any_input_and_reruns_rows_that_scored_more():
     coverage = _benchmark("coverage")
     assert coverage.scoring_batch_size(8, (3, 224, 224)) == 8
