@@ -5,6 +5,7 @@ inputs -> graph -> widen -> score -> (latency) -> search -> shrink -> verify, ea
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import warnings
 from collections.abc import Iterable, Mapping
@@ -33,7 +34,7 @@ from .stages import StageTimer
 from .warmup import Warmup, WarmupCost, warm_up, warmup_note
 from .widen import widen_or_fix
 
-__all__ = ["Result", "dissimilate", "parse_flops"]
+__all__ = ["DEFAULTS", "Result", "dissimilate", "parse_flops"]
 
 _STAGES = ("graph", "widen", "warmup", "score", "latency", "search", "shrink", "verify")
 
@@ -236,6 +237,10 @@ def dissimilate(
         )
         spec["achieved"].update(timed.achieved() if timed else {})
     return Result(lw, spec, report, timer.close(), memory.peak_mb())
+
+
+# dissimilate's keyword defaults, which the CLI and the mmengine hook default to as well.
+DEFAULTS: dict[str, Any] = {k: p.default for k, p in inspect.signature(dissimilate).parameters.items()}
 
 
 def _off_device(model: nn.Module) -> None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .api import dissimilate
+from .api import DEFAULTS, dissimilate
 from .budget import RANKINGS, Floors
 from .data import load_batches, num_classes
 from .latency import LatencyBudget
@@ -19,7 +18,6 @@ from .standalone import export_python
 from .warmup import Warmup
 
 # The command line's defaults are the Python API's.
-_DEFAULTS = {k: p.default for k, p in inspect.signature(dissimilate).parameters.items()}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,8 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--batches",
         type=int,
-        default=_DEFAULTS["batches"],
-        help=f"mini-batches scored at initialisation (default {_DEFAULTS['batches']})",
+        default=DEFAULTS["batches"],
+        help=f"mini-batches scored at initialisation (default {DEFAULTS['batches']})",
     )
     d.add_argument("--batch-size", type=int, default=64)
     d.add_argument(
@@ -61,18 +59,18 @@ def _parser() -> argparse.ArgumentParser:
         "--criterion", choices=CRITERIA, help="channel scores (default: gate with --data, synflow with --data none)"
     )
     d.add_argument(
-        "--aggregate", default=_DEFAULTS["aggregate"], choices=AGGREGATIONS, help="how coupled layers' scores combine"
+        "--aggregate", default=DEFAULTS["aggregate"], choices=AGGREGATIONS, help="how coupled layers' scores combine"
     )
     d.add_argument(
         "--ranking",
-        default=_DEFAULTS["ranking"],
+        default=DEFAULTS["ranking"],
         choices=RANKINGS,
         help="what the global threshold compares: raw saliency (the paper's) or saliency per FLOP of the channel",
     )
     d.add_argument(
         "--inits",
         type=int,
-        default=_DEFAULTS["inits"],
+        default=DEFAULTS["inits"],
         help="initialisations of the widened model to score and average rank by rank",
     )
     d.add_argument(

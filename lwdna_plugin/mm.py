@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import gc
 import hashlib
-import inspect
 import itertools
 import json
 from collections.abc import Mapping
@@ -35,14 +34,11 @@ except ModuleNotFoundError as err:
     ) from err
 
 from .adapter import mmengine_recipe, model_device
-from .api import Result, dissimilate
+from .api import DEFAULTS, Result, dissimilate
 from .budget import Floors
 from .export import build, dump_spec
 
 __all__ = ["DissimilateHook", "LWDNAModel"]
-
-# The hook identifies as `dissimilate` does by default unless its config says otherwise.
-_DEFAULTS = {k: p.default for k, p in inspect.signature(dissimilate).parameters.items()}
 
 
 def LWDNAModel(base: Mapping[str, Any], spec: str | Path) -> nn.Module:  # noqa: N802 (a config type name)
@@ -74,10 +70,10 @@ class DissimilateHook(Hook):
         width: float = 2.0,
         flops: float | str = 1.0,
         batches: int = 2,
-        criterion: str = _DEFAULTS["criterion"],
-        aggregate: str = _DEFAULTS["aggregate"],
-        ranking: str = _DEFAULTS["ranking"],
-        inits: int = _DEFAULTS["inits"],
+        criterion: str = DEFAULTS["criterion"],
+        aggregate: str = DEFAULTS["aggregate"],
+        ranking: str = DEFAULTS["ranking"],
+        inits: int = DEFAULTS["inits"],
         floor: float = 0.4,
         classifier_floor: float = 0.45,
         min_channels: int = 4,
