@@ -212,7 +212,7 @@ def make_arm(arm: str, data: dict[str, torch.Tensor], args: argparse.Namespace, 
         torch.manual_seed(seed)
         return timm.create_model(args.model, pretrained=False, **kwargs), None
     options = dict(VARIANTS[arm])
-    if options["criterion"] in ("depth-early", "depth-late"):
+    if options.get("criterion") in ("depth-early", "depth-late"):
         options["criterion"] = depth_scores(args.model, kwargs, options["criterion"] == "depth-early", seed)
     count = options.pop("batches", DISSIMILATE_DEFAULTS["batches"])
     shuffle = torch.randperm(len(data["train_y"]), generator=torch.Generator().manual_seed(seed))
