@@ -412,9 +412,12 @@ def check_logits(logits: Any, targets: torch.Tensor) -> None:
         )
 
 
-def check_input(model: nn.Module, example: torch.Tensor, batch_shape: tuple[int, ...]) -> None:
-    """One forward pass of `example` (a sample shaped like the data) before anything is traced,
-    so that data the model cannot take is named as such, not as a failure deep inside a layer."""
+def check_input(
+    model: nn.Module, example: torch.Tensor, batch_shape: tuple[int, ...], input_size: tuple[int, ...] | None = None
+) -> None:
+    """One forward pass of `example` (a sample shaped like the data, or like `input_size` when
+    that is what the caller gave) before anything is traced, so that data the model cannot take
+    is named as such, not as a failure deep inside a layer."""
     try:
         with torch.no_grad(), in_mode(model, training=False):
             model(example)
@@ -423,6 +426,18 @@ def check_input(model: nn.Module, example: torch.Tensor, batch_shape: tuple[int,
         # consulted when the forward pass failed (a stem may transform its input first).
         first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Linear))), None)
         expected = getattr(first, "in_channels", None)
+        reason = str(err).splitlines()[0].rstrip(".") if str(err) else type(err).__name__
+        if input_size is not None:
+            hint = "give one sample's shape"
+            if isinstance(first, nn.Conv2d):
+                hint = f"give one sample's (channels, height, width), e.g. ({expected}, 224, 224)"
+                if len(input_size) == 3 and input_size[0] != expected:
+                    channels = input_size[0]
+                    hint += f", or build the model for {channels} channels (model_kwargs={{'in_chans': {channels}}})"
+            raise ValueError(
+                f"input_size={tuple(input_size)!r}: {type(model).__name__} cannot take a sample of this shape "
+                f"({reason}); {hint}"
+            ) from err
         if isinstance(first, nn.Conv2d) and len(batch_shape) == 4 and batch_shape[1] != expected:
             raise ValueError(
                 f"{type(model).__name__} takes {expected}-channel images but the batches are {tuple(batch_shape)} "
@@ -430,7 +445,6 @@ def check_input(model: nn.Module, example: torch.Tensor, batch_shape: tuple[int,
                 f"(model_kwargs={{'in_chans': {batch_shape[1]}}}) or load the data with {expected} channels "
                 f"(load_batches(..., in_chans={expected}))"
             ) from err
-        reason = str(err).splitlines()[0].rstrip(".") if str(err) else type(err).__name__
         if isinstance(first, nn.Conv2d) and len(batch_shape) == 3:
             raise ValueError(
                 f"{type(model).__name__} takes batches of images (batch, channels, height, width), got one of shape "

@@ -97,7 +97,7 @@ def prepare_inputs(
         for index, batch in enumerate(taken + extra):
             batch_shape(base, batch)
             check_batch(batch, index)
-    check_input(base, inputs.example, (batch_size, *shape) if taken else (1, *shape))
+    check_input(base, inputs.example, (batch_size, *shape) if taken else (1, *shape), None if taken else tuple(shape))
     return inputs
 
 

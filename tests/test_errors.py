@@ -1,6 +1,7 @@
 """Bad input gets a clear error before anything is planned, and failed calls change nothing."""
 
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -405,6 +406,12 @@ def test_ignored_layers_must_exist(batches, ignore):
 @pytest.mark.parametrize("size", [(3, -4, 32), "3x32x32", (3.0, 32, 32), ()])
 def test_input_size_is_checked(size):
     with pytest.raises(ValueError, match=r"input_size=.*positive integers, e.g. \(3, 224, 224\)"):
+        lw.dissimilate("resnet18", criterion="synflow", input_size=size, model_kwargs=TEN)
+
+
+@pytest.mark.parametrize(("size", "fix"), [((32, 32), r"\(channels, height, width\)"), ((1, 32, 32), "in_chans': 1")])
+def test_an_input_size_the_model_cannot_take_names_input_size(size, fix):
+    with pytest.raises(ValueError, match=rf"input_size={re.escape(str(size))}: ResNet cannot take .*{fix}"):
         lw.dissimilate("resnet18", criterion="synflow", input_size=size, model_kwargs=TEN)
 
 
