@@ -124,10 +124,9 @@ def _not_saved(_: None) -> torch.Tensor:
 def memory_budget(device: torch.device) -> int:
     """Bytes of saved activations to allow on `device`: half of a GPU's free memory; on a CPU,
     `CPU_BUDGET` or a quarter of the available memory if that is less."""
+    available = _free_memory(device)
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free // 2
-    available = _available_memory()
+        return available // 2
     return CPU_BUDGET if available is None else min(CPU_BUDGET, available // 4)
 
 
@@ -138,7 +137,7 @@ def check_widening_fits(model: nn.Module, width: float, device: torch.device) ->
     float32 weights and their gradients must fit the memory available, or the process is killed
     by the system rather than stopped with an error.
     """
-    available = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else _available_memory()
+    available = _free_memory(device)
     if available is None:
         return
     params = sum(p.numel() for p in model.parameters())
@@ -151,7 +150,11 @@ def check_widening_fits(model: nn.Module, width: float, device: torch.device) ->
         )
 
 
-def _available_memory() -> int | None:
+def _free_memory(device: torch.device) -> int | None:
+    """Bytes free on `device`: a GPU's free memory, or the system's available memory (None
+    where /proc/meminfo is missing)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
     meminfo = Path("/proc/meminfo")
     if meminfo.is_file():
         for line in meminfo.read_text().splitlines():

@@ -83,7 +83,8 @@ def trace(model: nn.Module, training: bool, leaves: frozenset[int] = frozenset()
     The file's model is called as `model(x)`: the forward's optional arguments are traced at
     their defaults (Hiera's `mask=None` skips masking) and left out of its signature.
     """
-    defaults = _optional_arguments(model)
+    params = list(inspect.signature(model.forward).parameters.values())
+    defaults = _optional_arguments(params[1:])
     try:
         with in_mode(model, training=training):
             graph = Tracer(leaves).trace(model, concrete_args=defaults or None)
@@ -91,7 +92,7 @@ def trace(model: nn.Module, training: bool, leaves: frozenset[int] = frozenset()
         raise TraceError(
             f"torch.fx could not trace {type(model).__name__} in {'train' if training else 'eval'} mode: {error}"
         ) from error
-    _drop_specialised(graph, model, defaults)
+    _drop_specialised(graph, [p.name for p in params], defaults)
     gm = fx.GraphModule(model, graph, class_name=type(model).__name__)
     _drop_dead_reads(gm.graph)
     _read_training_flag(gm.graph, training)
@@ -101,9 +102,8 @@ def trace(model: nn.Module, training: bool, leaves: frozenset[int] = frozenset()
     return gm
 
 
-def _optional_arguments(model: nn.Module) -> dict[str, object]:
-    """The forward's arguments after the input that have a plain default (None, a bool, a number, a string)."""
-    params = list(inspect.signature(model.forward).parameters.values())[1:]
+def _optional_arguments(params: list[inspect.Parameter]) -> dict[str, object]:
+    """Those of the forward's arguments after the input that have a plain default (None, a bool, a number, a string)."""
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return {
         p.name: p.default
@@ -112,10 +112,10 @@ def _optional_arguments(model: nn.Module) -> dict[str, object]:
     }
 
 
-def _drop_specialised(graph: fx.Graph, model: nn.Module, defaults: dict[str, object]) -> None:
+def _drop_specialised(graph: fx.Graph, names: list[str], defaults: dict[str, object]) -> None:
     """Remove the placeholders fx made for arguments traced at their defaults, with the checks
-    it hangs on them (that a call passes the same value): nothing else reads them."""
-    names = list(inspect.signature(model.forward).parameters)
+    it hangs on them (that a call passes the same value): nothing else reads them. fx renames
+    those placeholders (`mask_1`), so they are matched to the forward's `names` by position."""
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     for node, name in zip(placeholders, names, strict=False):
         if name in defaults:
