@@ -207,7 +207,7 @@ def depth_scores(model_name: str, kwargs: dict, early: bool, seed: int):
 
 def make_arm(arm: str, data: dict[str, torch.Tensor], args: argparse.Namespace, seed: int, protocol: dict):
     """The arm's freshly initialised model and its `dissimilate` result (None for the baseline)."""
-    kwargs = {"num_classes": 10, "in_chans": 1}
+    kwargs = {"num_classes": 10, "in_chans": 1, **args.model_kwargs}
     if arm == "baseline":
         torch.manual_seed(seed)
         return timm.create_model(args.model, pretrained=False, **kwargs), None
@@ -361,8 +361,9 @@ def _interval(p: dict | None) -> str:
 
 def to_markdown(payload: dict) -> str:
     cfg = payload["config"]
+    model = cfg["model"] + (f" {json.dumps(cfg['model_kwargs'])}" if cfg.get("model_kwargs") else "")
     lines = [
-        f"{cfg['model']} on Fashion-MNIST, stratified training subsets, all {cfg['test_size']} test images; "
+        f"{model} on Fashion-MNIST, stratified training subsets, all {cfg['test_size']} test images; "
         f"batch {cfg['batch_size']}, SGD lr {cfg['lr']} (momentum 0.9, Nesterov, wd {cfg['weight_decay']}) with a "
         f"per-step cosine schedule, augment {cfg['augment']}; LW-DNA arms: width {cfg['width']}, flops {cfg['flops']}, "
         f"floor {cfg['floor']}, scoring batches of {cfg['score_batch_size']} training images. "
@@ -463,6 +464,12 @@ def _ints(text: str, name: str, count: int) -> list[int]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="cifar_resnet20", help="a timm model name, e.g. cifar_resnet56")
+    p.add_argument(
+        "--model-kwargs",
+        type=json.loads,
+        default={},
+        help="JSON keyword arguments of the model, e.g. '{\"widths\": [8, 16, 32]}' for a half-width ResNet",
+    )
     p.add_argument("--sizes", default="1000,4000,16000", help="training subset sizes (stratified, fixed)")
     p.add_argument("--epochs", default="100,100,30", help="epochs per size (one value: every size)")
     p.add_argument("--seeds", default="8,8,5", help="paired seeds per size (one value: every size)")
@@ -485,6 +492,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--device", default="cpu", help="where to train: cpu, or cuda (then the stem gets _cuda: a study of its own)"
     )
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores / workers)")
     p.add_argument("--tag", default=None, help="output stem (default hypothesis_regimes[_quick][_<device>])")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = p.parse_args(argv)
@@ -495,8 +503,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.sizes = [int(v) for v in str(args.sizes).split(",") if v.strip()]
     args.epochs = _ints(str(args.epochs), "--epochs", len(args.sizes))
     args.seeds = _ints(str(args.seeds), "--seeds", len(args.sizes))
-    args.threads = max(1, (os.cpu_count() or 1) // args.workers)
+    args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    if not isinstance(args.model_kwargs, dict):
+        p.error(f"--model-kwargs: give a JSON object, got {args.model_kwargs!r}")
     unknown = sorted(set(args.arms) - set(ARMS))
     if unknown:
         p.error(f"--arms: unknown {unknown}; choose from {ARMS}")
@@ -512,6 +522,8 @@ def protocol_of(args: argparse.Namespace, index: int) -> dict:
     # at its default, and earlier runs keep comparing equal.
     if args.warmup_batch_size != 32:
         protocol["warmup_batch_size"] = args.warmup_batch_size
+    if args.model_kwargs:
+        protocol["model_kwargs"] = args.model_kwargs
     return protocol
 
 

@@ -84,6 +84,23 @@ def test_depth_priors_keep_the_earliest_or_the_latest_groups_whole():
     assert ratio[False]["stages.2.2.conv1"] > 1.5 and ratio[False]["conv1"] < 1
 
 
+def test_model_kwargs_build_every_arm_and_join_the_protocol():
+    hypothesis = _benchmark("hypothesis")
+    args = hypothesis.parse_args(
+        ["--model-kwargs", '{"widths": [8, 16, 32]}', "--sizes", "100", "--epochs", "1", "--seeds", "1"]
+    )
+    assert hypothesis.protocol_of(args, 0)["model_kwargs"] == {"widths": [8, 16, 32]}
+    assert "model_kwargs" not in hypothesis.protocol_of(hypothesis.parse_args([]), 0)  # earlier runs still compare
+    data = {"train_x": torch.randn(20, 1, 28, 28), "train_y": torch.arange(20) % 10}
+    args.score_batch_size = 10
+    baseline, _ = hypothesis.make_arm("baseline", data, args, 0, hypothesis.protocol_of(args, 0))
+    assert baseline.fc.in_features == 32
+    model, result = hypothesis.make_arm("random", data, args, 0, hypothesis.protocol_of(args, 0))
+    assert result.spec["groups"]["conv1"]["original"] == 8
+    with pytest.raises(SystemExit):
+        hypothesis.parse_args(["--model-kwargs", "[8, 16]"])
+
+
 def test_coverage_scores_as_many_pixels_at_any_input_and_reruns_rows_that_scored_more():
     coverage = _benchmark("coverage")
     assert coverage.scoring_batch_size(8, (3, 224, 224)) == 8
