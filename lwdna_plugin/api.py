@@ -69,6 +69,10 @@ def dissimilate(
 ) -> Result:
     """Find a layer-wise dissimilated (LW-DNA) version of `model` at no more than `flops`.
 
+    The result's model is a fresh definition: initialised as its zoo constructor would, every
+    parameter trainable (the caller's frozen flags are not carried over), ready for the caller's
+    own training recipe.
+
     Args:
         model: a timm model name (built with `model_kwargs`, pretrained=False), an mmengine model
             config (`dict(type=..., ...)`, built from mmengine's MODELS registry) or an nn.Module

@@ -164,3 +164,14 @@ def test_tensors_the_constructor_does_not_make_are_left_alone():
     initialise(model, Checked)
     assert model.extra.weight.eq(3).all() and model.extra.bias.eq(3).all()
     assert model.conv.weight.eq(0.5).all() and model.head.weight.eq(0.125).all()
+
+
+def test_the_result_of_a_partly_frozen_model_is_wholly_trainable(batches):
+    # The result is a fresh definition to train with the user's recipe: frozen flags of the
+    # caller's (random or pretrained) layers mean nothing for it, so none is carried over.
+    model = _resnet18()
+    model.conv1.requires_grad_(False)
+    model.layer1.requires_grad_(False)
+    result = lw.dissimilate(model, data=batches)
+    assert all(p.requires_grad for p in result.model.parameters())
+    assert not model.conv1.weight.requires_grad  # the caller's model keeps its flags
