@@ -69,7 +69,8 @@ class GroupGraph:
                 g.fixed = fixed[g.key]
 
     def group(self, key: str) -> ChannelGroup:
-        """The channel group rooted at layer `key` (KeyError naming a few known roots if none)."""
+        """The channel group rooted at layer `key` (KeyError naming a few known roots if none), as
+        last described: after resizing its layers, `refresh(key)` gives its new size."""
         for g in self.groups:
             if g.key == key:
                 return g
