@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .api import DEFAULTS, dissimilate
 from .budget import RANKINGS, Floors
-from .data import load_batches, num_classes
+from .data import image_size, load_batches, num_classes
 from .latency import LatencyBudget
 from .memory import AUTO
 from .score import AGGREGATIONS, CRITERIA
@@ -53,7 +53,12 @@ def _parser() -> argparse.ArgumentParser:
         help="score each batch in micro-batches of at most this many images (less memory); 'auto' (default) cuts "
         "batches only when their activations would not fit the device's memory budget",
     )
-    d.add_argument("--img-size", type=int, default=64, help="input resolution for scoring and FLOPs (default 64)")
+    d.add_argument(
+        "--img-size",
+        type=_img_size,
+        default="64",
+        help="input resolution for scoring and FLOPs: one number (square) or HEIGHTxWIDTH, e.g. 64x96 (default 64)",
+    )
     d.add_argument("--num-classes", type=int, help="classifier size (default: from the data)")
     d.add_argument(
         "--criterion", choices=CRITERIA, help="channel scores (default: gate with --data, synflow with --data none)"
@@ -121,6 +126,13 @@ def _flops(text: str) -> float | str:
         return float(text)
     except ValueError:
         return text
+
+
+def _img_size(text: str) -> tuple[int, int]:
+    try:
+        return image_size([int(v) for v in text.lower().split("x")])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number or HEIGHTxWIDTH, e.g. 64x96") from None
 
 
 def _micro_batch(text: str) -> int | str:
@@ -207,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batches=args.batches,
             score_batch_size=args.score_batch_size,
             criterion=args.criterion or ("synflow" if data is None else "gate"),
-            input_size=(3, args.img_size, args.img_size) if data is None else None,
+            input_size=(3, *args.img_size) if data is None else None,
             aggregate=args.aggregate,
             ranking=args.ranking,
             inits=args.inits,

@@ -82,16 +82,31 @@ class NamedSet:
 NAMED: dict[str, NamedSet] = {"mnist5k": NamedSet(_mnist5k, 10), "fashion-mnist": NamedSet(_fashion_mnist, 10)}
 
 
-def _fit(images: torch.Tensor, in_chans: int, img_size: int | None) -> torch.Tensor:
-    """Standardise, match the model's input channels and resize to `img_size`."""
+def _fit(images: torch.Tensor, in_chans: int, size: tuple[int, int] | None) -> torch.Tensor:
+    """Standardise, match the model's input channels and resize to `size` (height, width)."""
     images = (images - images.mean()) / images.std().clamp_min(1e-6)
     if images.shape[1] != in_chans:
         if images.shape[1] != 1:
             raise ValueError(f"images have {images.shape[1]} channels, the model takes {in_chans}")
         images = images.expand(-1, in_chans, -1, -1)
-    if img_size and images.shape[-1] != img_size:
-        images = F.interpolate(images, size=(img_size, img_size), mode="bilinear", align_corners=False)
+    if size and tuple(images.shape[-2:]) != size:
+        images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
     return images.contiguous()
+
+
+def image_size(img_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """`img_size` as (height, width): one number is a square, two are (height, width)."""
+    sizes = [img_size] if isinstance(img_size, int) and not isinstance(img_size, bool) else img_size
+    if (
+        not isinstance(sizes, (tuple, list))
+        or len(sizes) not in (1, 2)
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes)
+    ):
+        raise ValueError(
+            f"load_batches(img_size={img_size!r}): must be a positive integer (a square) or (height, width), "
+            "e.g. (64, 96)"
+        )
+    return (sizes[0], sizes[-1])
 
 
 def num_classes(source: str | Path) -> int | None:
@@ -108,26 +123,22 @@ def load_batches(
     source: str | Path,
     batches: int = 2,
     batch_size: int = 64,
-    img_size: int | None = 64,
+    img_size: int | tuple[int, int] | None = 64,
     in_chans: int = 3,
     seed: int = 0,
 ) -> list[Batch]:
-    """`batches` shuffled mini-batches of (images, targets) from a named set or an ImageFolder dir."""
-    for name, value in {
-        "batches": batches,
-        "batch_size": batch_size,
-        "in_chans": in_chans,
-        "img_size": img_size,
-    }.items():
-        if value is None and name == "img_size":
-            continue
+    """`batches` shuffled mini-batches of (images, targets) from a named set or an ImageFolder dir,
+    resized to `img_size`: one number for square images, or (height, width); None keeps a named
+    set's own size (an ImageFolder's images are then cropped to 224 x 224)."""
+    size = image_size(img_size) if img_size is not None else None
+    for name, value in {"batches": batches, "batch_size": batch_size, "in_chans": in_chans}.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"load_batches({name}={value!r}): must be a positive integer")
     generator = torch.Generator().manual_seed(seed)
     if str(source) in NAMED:
         images, labels = NAMED[str(source)].load()
         order = torch.randperm(len(labels), generator=generator)[: batches * batch_size]
-        images, labels = _fit(images[order], in_chans, img_size), labels[order]
+        images, labels = _fit(images[order], in_chans, size), labels[order]
         return [(images[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(order), batch_size)][
             :batches
         ]
@@ -136,15 +147,18 @@ def load_batches(
         raise FileNotFoundError(
             f"data source {str(source)!r} is neither an ImageFolder directory nor a named set ({sorted(NAMED)})"
         )
-    return _image_folder(root, batches, batch_size, img_size or 224, in_chans, generator)
+    return _image_folder(root, batches, batch_size, size or (224, 224), in_chans, generator)
 
 
-def _image_folder(root: Path, batches: int, batch_size: int, img_size: int, in_chans: int, generator) -> list[Batch]:
+def _image_folder(
+    root: Path, batches: int, batch_size: int, size: tuple[int, int], in_chans: int, generator
+) -> list[Batch]:
     from torchvision import datasets, transforms
 
     steps = [transforms.Grayscale(1)] if in_chans == 1 else []
+    # The shorter side to the larger of the two, then the centre crop: no image is stretched.
     transform = transforms.Compose(
-        [*steps, transforms.Resize(img_size), transforms.CenterCrop(img_size), transforms.ToTensor()]
+        [*steps, transforms.Resize(max(size)), transforms.CenterCrop(size), transforms.ToTensor()]
     )
     layout = "an ImageFolder holds one sub-folder of images per class (root/<class>/<image>.jpg)"
     try:

@@ -1,5 +1,6 @@
 """The `lwdna` command: the README's demo and its errors."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -63,8 +64,8 @@ def test_console_script_is_installed():
     assert out.returncode == 0 and "--round-to" in out.stdout
 
 
-@pytest.mark.parametrize("size", [32])
-def test_cli_image_folder(tmp_path, size):
+@pytest.mark.parametrize(("size", "shape"), [("32", [3, 32, 32]), ("24x40", [3, 24, 40])])
+def test_cli_image_folder(tmp_path, size, shape):
     from PIL import Image
 
     for cls in ("a", "b"):
@@ -80,7 +81,7 @@ def test_cli_image_folder(tmp_path, size):
             "--data",
             str(tmp_path / "data"),
             "--img-size",
-            str(size),
+            size,
             "--batches",
             "1",
             "--batch-size",
@@ -91,6 +92,7 @@ def test_cli_image_folder(tmp_path, size):
         ]
     )
     assert code == 0
+    assert json.loads((tmp_path / "out" / "spec.json").read_text())["input_size"] == shape
 
 
 def test_cli_data_none_is_data_free(tmp_path, capsys):
@@ -162,3 +164,16 @@ def test_cli_image_folders_without_classes_or_with_unreadable_images(tmp_path, c
         err = capsys.readouterr().err
         assert f"ImageFolder {root}" in err and message in err
     assert "0.png" in err
+
+
+def test_cli_data_free_at_a_height_and_width(tmp_path):
+    args = ["dissimilate", "resnet18", "--img-size", "24x40", "--data", "none", "--quiet", "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert json.loads((tmp_path / "spec.json").read_text())["input_size"] == [3, 24, 40]
+
+
+@pytest.mark.parametrize("size", ["0", "24x", "24x40x3", "big"])
+def test_cli_a_bad_image_size_names_the_form(size, capsys):
+    with pytest.raises(SystemExit):
+        main(["dissimilate", "resnet18", "--img-size", size, "--out", "x"])
+    assert "HEIGHTxWIDTH, e.g. 64x96" in capsys.readouterr().err

@@ -310,6 +310,14 @@ def test_load_batches_checks_its_numbers(argument):
         lw.load_batches("mnist5k", **argument)
 
 
+@pytest.mark.parametrize("size", [(16, 0), (16, 24, 3), "16x24", (16.0, 24)])
+def test_load_batches_takes_one_size_or_height_and_width(size):
+    with pytest.raises(ValueError, match=r"load_batches\(img_size=.*\): must be .* or \(height, width\)"):
+        lw.load_batches("mnist5k", img_size=size)
+    images, _ = lw.load_batches("mnist5k", batches=1, batch_size=2, img_size=(16, 24))[0]
+    assert images.shape == (2, 3, 16, 24)
+
+
 @pytest.mark.parametrize("device", ["gpu0", "cuda:0" if not torch.cuda.is_available() else "tpu"])
 def test_device_that_torch_cannot_use(batches, device):
     with pytest.raises(ValueError, match=f"device='{device}'"):
