@@ -77,7 +77,9 @@ def worker(name: str, batches: int, batch_size: int) -> dict:
         size = timm.get_pretrained_cfg(name).input_size
         row["input"] = size[-1]
         row["scoring_images"] = scoring_images(name, batches, batch_size)
-        data = lw.load_batches("mnist5k", batches=batches, batch_size=row["scoring_images"][0], img_size=tuple(size[-2:]))
+        data = lw.load_batches(
+            "mnist5k", batches=batches, batch_size=row["scoring_images"][0], img_size=tuple(size[-2:])
+        )
         result = lw.dissimilate(name, width=2.0, flops=1.0, data=data, model_kwargs={"num_classes": 10})
         row["dissimilate"] = True
         row["fixed_groups"] = len(result.report.fixed_groups)
