@@ -85,9 +85,11 @@ DISSIMILATE_DEFAULTS = {
 }
 DEFAULT_ARMS = "baseline,random,lwdna,lwdna-sum"
 QUICK = {"sizes": "500", "epochs": "2", "seeds": "2", "test_size": 1000, "evals": 1, "arms": "baseline,lwdna,random"}
-# Seconds per training image-pass of cifar_resnet20 on one thread of this repository's CI machine,
-# from earlier runs; only used to print the budget before starting.
+# Seconds per training image-pass of cifar_resnet20 (REFERENCE_MACS at 28 x 28, one channel) on
+# one thread of this repository's CI machine, from earlier runs; only used to print the budget
+# before starting, scaled by the studied model's MACs.
 SECONDS_PER_IMAGE = 3.5e-3
+REFERENCE_MACS = 31_332_416
 
 
 def load_data(train_size: int, test_size: int) -> dict[str, torch.Tensor]:
@@ -180,6 +182,21 @@ def same_settings(settings: dict) -> bool:
     """Whether a run's dissimilate settings are dissimilate's defaults (runs from before a setting
     was recorded had that setting at its default)."""
     return all(settings.get(k, v if k == "warmup" else None) == v for k, v in DISSIMILATE_DEFAULTS.items())
+
+
+def has_defaults(options: dict | None) -> bool:
+    """Whether a variant's `dissimilate` options are exactly dissimilate's defaults."""
+    return (
+        options is not None
+        and not options.get("warmup_share")
+        and all(options.get(k, v) == v for k, v in DISSIMILATE_DEFAULTS.items())
+    )
+
+
+def model_macs(args: argparse.Namespace) -> int:
+    """MACs of one training image through the studied model (fvcore, 28 x 28 Fashion-MNIST)."""
+    model = timm.create_model(args.model, pretrained=False, num_classes=10, in_chans=1, **args.model_kwargs)
+    return lw.count_flops(model, torch.zeros(1, 1, 28, 28))
 
 
 def warmup_steps(share: float, protocol: dict, size: int, width: float, batch_size: int) -> int:
@@ -578,10 +595,15 @@ def main(argv: list[str] | None = None) -> dict:
     # The `lwdna` runs of a size go after its other arms, so a variant with dissimilate's
     # defaults has usually finished and is recorded instead of trained again (see `run_one`).
     jobs.sort(key=lambda job: (args.sizes.index(job[0]), job[1] == "lwdna"))
-    estimate = sum(size * protocol["epochs"] for size, *_, protocol, _ in jobs) * SECONDS_PER_IMAGE
+    per_image = SECONDS_PER_IMAGE * model_macs(args) / REFERENCE_MACS
+    # An `lwdna` run is recorded, not trained, when an arm of the call has dissimilate's defaults.
+    twinned = any(arm != "lwdna" and has_defaults(VARIANTS.get(arm)) for arm in args.arms)
+    trained = [job for job in jobs if not (job[1] == "lwdna" and twinned)]
+    estimate = sum(size * protocol["epochs"] for size, *_, protocol, _ in trained) * per_image
     print(
-        f"{done} runs finished, {len(jobs)} to run: about {estimate / 3600 / args.workers:.1f} h on {args.workers} "
-        f"worker(s) (estimate: {SECONDS_PER_IMAGE * 1e3:.1f} ms per training image on one thread)",
+        f"{done} runs finished, {len(jobs)} to run ({len(trained)} to train): about "
+        f"{estimate / 3600 / args.workers:.1f} h on {args.workers} worker(s) (estimate: {per_image * 1e3:.2f} ms "
+        "per training image on one thread)",
         flush=True,
     )
     if args.estimate:

@@ -101,6 +101,17 @@ def test_model_kwargs_build_every_arm_and_join_the_protocol():
         hypothesis.parse_args(["--model-kwargs", "[8, 16]"])
 
 
+def test_the_estimate_scales_with_the_models_macs_and_skips_twins():
+    hypothesis = _benchmark("hypothesis")
+    args = hypothesis.parse_args([])
+    assert hypothesis.model_macs(args) == hypothesis.REFERENCE_MACS
+    args = hypothesis.parse_args(["--model-kwargs", '{"widths": [8, 16, 32]}'])
+    assert 0.2 < hypothesis.model_macs(args) / hypothesis.REFERENCE_MACS < 0.3
+    assert hypothesis.has_defaults({}) and not hypothesis.has_defaults(None)
+    assert not hypothesis.has_defaults(hypothesis.VARIANTS["random"])
+    assert not hypothesis.has_defaults({"warmup_share": 0.03})
+
+
 def test_coverage_scores_as_many_pixels_at_any_input_and_reruns_rows_that_scored_more():
     coverage = _benchmark("coverage")
     assert coverage.scoring_batch_size(8, (3, 224, 224)) == 8
