@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -15,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from .adapter import default_loss, model_device
+from .arguments import is_number
 from .budget import RANKINGS, Floors, Plan, parse_flops, plan_widths
 from .calibrate import Calibration, Limits
 from .data import Batch
@@ -381,7 +381,7 @@ def _check_arguments(*, width, batches, round_to, inits, seed, ranking, score_ba
             raise ValueError(f"{name}={value!r}: must be a positive integer{also}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed={seed!r}: must be an integer")
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) or width < 1:
+    if not is_number(width) or width < 1:
         raise ValueError(f"width={width!r}: the widening factor must be a number of at least 1 (the paper uses 2)")
     if ranking not in RANKINGS:
         raise ValueError(f"ranking={ranking!r}: choose one of {RANKINGS}")

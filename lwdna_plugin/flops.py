@@ -21,6 +21,7 @@ with warnings.catch_warnings():
     from fvcore.nn import FlopCountAnalysis
 
 from .adapter import check_input
+from .arguments import check_module
 from .graph import GroupGraph
 from .modes import in_mode
 
@@ -39,11 +40,7 @@ def _analysis(model: nn.Module, inputs: torch.Tensor) -> FlopCountAnalysis:
 
 def count_flops(model: nn.Module, inputs: torch.Tensor) -> int:
     """fvcore's total for one forward pass of `inputs` (use a batch of one)."""
-    if not isinstance(model, nn.Module) or not isinstance(inputs, torch.Tensor):
-        raise TypeError(
-            f"count_flops(model, inputs) takes an nn.Module and a tensor, got {type(model).__name__} and "
-            f"{type(inputs).__name__} (build a model by name with timm.create_model)"
-        )
+    check_module("count_flops(model, inputs)", model, inputs)
     try:
         with torch.no_grad():
             return int(_analysis(model, inputs).total())
@@ -54,6 +51,8 @@ def count_flops(model: nn.Module, inputs: torch.Tensor) -> int:
 
 
 def count_params(model: nn.Module) -> int:
+    """The number of parameters of `model`."""
+    check_module("count_params(model)", model)
     return sum(p.numel() for p in model.parameters())
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from .adapter import model_device
+from .arguments import is_number
 from .flops import FlopModel
 from .modes import in_mode
 from .ranks import measured_on_rank_zero
@@ -45,6 +46,18 @@ class LatencyBudget:
     seconds: float = 3.0
 
     def __post_init__(self) -> None:
+        for name in ("ratio", "margin", "seconds"):
+            if not is_number(getattr(self, name)):
+                raise TypeError(f"LatencyBudget({name}={getattr(self, name)!r}): must be a finite number")
+        for name in ("repeats", "rounds"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
+                raise TypeError(f"LatencyBudget({name}={getattr(self, name)!r}): must be a whole number")
+        if not isinstance(self.batch_sizes, (tuple, list)) or not all(
+            isinstance(b, int) and not isinstance(b, bool) for b in self.batch_sizes
+        ):
+            raise TypeError(
+                f"LatencyBudget(batch_sizes={self.batch_sizes!r}): give a tuple of batch sizes, e.g. (1, 32)"
+            )
         if self.ratio <= 0:
             raise ValueError(f"LatencyBudget(ratio={self.ratio}): must be positive (1.0 = no slower than the original)")
         if not self.batch_sizes or min(self.batch_sizes) < 1:

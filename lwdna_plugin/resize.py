@@ -29,6 +29,17 @@ def resize(
     torch-pruning; growing appends channels after each member's block of the group. A group read by a
     grouped conv keeps (and by default drops) the same number of channels in each conv group.
     """
+    if not isinstance(graph, GroupGraph):
+        raise TypeError(
+            f"resize(graph, widths): graph must be a GroupGraph(model, example_inputs), got {type(graph).__name__}"
+        )
+    if not isinstance(widths, Mapping):
+        raise TypeError(
+            f"resize(graph, widths): widths must map group keys to channel counts, got {type(widths).__name__}"
+        )
+    for key, target in widths.items():
+        if isinstance(target, bool) or not isinstance(target, int):
+            raise ValueError(f"channel group {key!r}: width {target!r} must be a whole number of channels")
     keep = keep or {}
     ties: dict[str, tuple[str, int]] = {}
     for key, target in widths.items():

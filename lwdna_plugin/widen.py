@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from .adapter import copy_model
+from .arguments import check_module, is_number
 from .graph import ChannelGroup, GroupGraph
 from .initialise import initialise
 from .modes import in_mode
@@ -39,8 +40,9 @@ def widen(
     ignored: Iterable[str] = (),
 ) -> tuple[nn.Module, dict[str, int]]:
     """A widened, freshly initialised copy of `model` and the widened size of each group."""
-    if width <= 0:
-        raise ValueError(f"width={width}: must be positive (the paper uses 2.0)")
+    check_module("widen(model, example_inputs)", model, example_inputs)
+    if not is_number(width) or width <= 0:
+        raise ValueError(f"width={width!r}: must be a positive number (the paper uses 2.0)")
     wide, sizes = _grown_copy(model, example_inputs, width, round_to, tuple(ignored), {})
     initialise(wide, create)
     return wide, sizes

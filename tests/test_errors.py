@@ -441,9 +441,25 @@ def test_importing_the_package_warns_about_nothing():
 def test_public_helpers_name_bad_arguments():
     with pytest.raises(TypeError, match="spec: give a spec dict, a spec.json path or the folder holding it, not a int"):
         lw.build(3)
-    with pytest.raises(TypeError, match=r"count_flops\(model, inputs\) takes an nn.Module and a tensor, got str"):
-        lw.count_flops("resnet18", torch.zeros(1, 3, 32, 32))
+    x = torch.zeros(1, 3, 32, 32)
+    with pytest.raises(TypeError, match=r"count_flops\(model, inputs\): the model must be an nn.Module, got str 're"):
+        lw.count_flops("resnet18", x)
     model = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    for call, where in (
+        (lambda: lw.count_params("resnet18"), r"count_params\(model\)"),
+        (lambda: lw.GroupGraph("resnet18", x), r"GroupGraph\(model, example_inputs\)"),
+        (lambda: lw.widen(model, "x"), r"widen\(model, example_inputs\): the example inputs must be a tensor"),
+        (lambda: lw.resize(model, {"conv1": 8}), r"resize\(graph, widths\): graph must be a GroupGraph"),
+        (lambda: lw.resize(lw.GroupGraph(model, x), [8]), r"widths must map group keys to channel counts"),
+        (lambda: lw.LatencyBudget(ratio="fast"), r"LatencyBudget\(ratio='fast'\): must be a finite number"),
+        (lambda: lw.LatencyBudget(batch_sizes=32), r"LatencyBudget\(batch_sizes=32\): give a tuple"),
+    ):
+        with pytest.raises(TypeError, match=where):
+            call()
+    with pytest.raises(ValueError, match=r"width='2': must be a positive number"):
+        lw.widen(model, x, "2")
+    with pytest.raises(ValueError, match=r"channel group 'conv1': width 8.0 must be a whole number"):
+        lw.resize(lw.GroupGraph(model, x), {"conv1": 8.0})
     with pytest.raises(ValueError, match=r"3-channel images but the batches are \(1, 1, 32, 32\)"):
         lw.count_flops(model, torch.zeros(1, 1, 32, 32))
     with pytest.raises(ValueError, match=r"got one of shape \(3, 32, 32\).*add the batch dimension"):

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import ops
 
+from ..arguments import check_module
 from .cached_widths import find_cached_widths, head_owner, sync_cached_widths, sync_head_dims
 from .constants import INPUT_SUFFIX
 from .groups import ChannelGroup, describe
@@ -38,6 +39,7 @@ class GroupGraph:
     ) -> None:
         """`ignored`: layer names whose groups keep their width; `fixed`: group keys that keep
         their width, each with the reason the report gives (groups found not to widen)."""
+        check_module("GroupGraph(model, example_inputs)", model, example_inputs)
         self.model = model
         traced = trace(model, example_inputs)
         self.dg = traced.dg

@@ -1,0 +1,33 @@
+"""Arguments: the checks the public helpers share, so that a value of the wrong kind is named
+with what to give, not met as a TypeError deep inside torch or torch-pruning."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+_UNSET = object()
+
+
+def check_module(where: str, model: Any, inputs: Any = _UNSET) -> None:
+    """`where` takes an nn.Module (and, when `inputs` is given, example inputs as a tensor)."""
+    if not isinstance(model, nn.Module):
+        hint = " (build it with timm.create_model, or pass the name to dissimilate)" if isinstance(model, str) else ""
+        raise TypeError(f"{where}: the model must be an nn.Module, got {_kind(model)}{hint}")
+    if inputs is not _UNSET and not isinstance(inputs, torch.Tensor):
+        raise TypeError(
+            f"{where}: the example inputs must be a tensor, a batch of one shaped like the data "
+            f"(e.g. torch.zeros(1, 3, 224, 224)), got {_kind(inputs)}"
+        )
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float (bools are not numbers here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _kind(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if isinstance(value, (str, int, float)) else type(value).__name__
