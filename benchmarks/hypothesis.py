@@ -38,6 +38,7 @@ import math
 import multiprocessing
 import os
 import platform
+import shlex
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -609,7 +610,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.estimate:
         return {}
     start = time.perf_counter()
-    command = "python benchmarks/hypothesis.py" + (" " + " ".join(argv) if argv else "")
+    command = shlex.join(["python", "benchmarks/hypothesis.py", *(argv or [])])
 
     def write_summary() -> dict:
         # Every finished run of the study, not only this call's: a partial call never shrinks the report.
