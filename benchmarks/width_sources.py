@@ -117,6 +117,12 @@ def to_markdown(payload: dict) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="cifar_resnet20")
+    p.add_argument(
+        "--model-kwargs",
+        type=json.loads,
+        default={},
+        help="JSON keyword arguments of the model, as in hypothesis.py",
+    )
     p.add_argument("--size", type=int, default=1000, help="the training subset the scoring batches come from")
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--arms", default="random,lwdna-sum,lwdna-mean,lwdna-flops,lwdna-inits,lwdna-warmup")
@@ -133,6 +139,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.arms = 2, "random,lwdna-sum"
+    if not isinstance(args.model_kwargs, dict):
+        p.error(f"--model-kwargs: give a JSON object, got {args.model_kwargs!r}")
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = sorted(set(args.arms) - set(hypothesis.VARIANTS))
     if unknown or args.seeds < 2:
