@@ -10,6 +10,11 @@ from lwdna_plugin.data import FASHION_MNIST_ROOT  # noqa: E402
 
 IMG = 64
 
+# Under pytest-xdist each worker gets its share of the cores: without this every worker's torch
+# would start one thread a core and the workers would oversubscribe them.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 # The core issue's model list: widened, shrunk, rebuilt and exported in the tests.
 CORE_MODELS = [
     "resnet18",
@@ -25,6 +30,13 @@ CORE_MODELS = [
     "convnext_atto",
     "vit_tiny_patch16_224",
 ]
+
+
+def core_params(names: list[str] | None = None) -> list:
+    """Models of the core list as pytest parameters grouped by model: under pytest-xdist every
+    test of one model runs on the same worker, so `core_result` computes each model once."""
+    return [pytest.param(name, marks=pytest.mark.xdist_group(name)) for name in names or CORE_MODELS]
+
 
 # CI installs Debian's dataset-fashion-mnist and sets LWDNA_REQUIRE_DATA=1, so these always run there.
 needs_data = pytest.mark.skipif(
@@ -42,6 +54,25 @@ def batches():
 @pytest.fixture(scope="session")
 def resnet18_result(batches):
     return lw.dissimilate("resnet18", width=2.0, flops=1.0, data=batches, model_kwargs={"num_classes": 10})
+
+
+def core_kwargs(name: str) -> dict:
+    """Model kwargs of the core list at IMG pixels (ViTs take their input size at construction)."""
+    return {"num_classes": 10, **({"img_size": IMG} if name.startswith("vit") else {})}
+
+
+@pytest.fixture(scope="session")
+def core_result(batches):
+    """`dissimilate(name)` for a model of the core list, computed once per session: test_models
+    and test_standalone check the same result (and each call costs seconds to a minute)."""
+    results: dict[str, lw.Result] = {}
+
+    def get(name: str) -> lw.Result:
+        if name not in results:
+            results[name] = lw.dissimilate(name, width=2.0, flops=1.0, data=batches, model_kwargs=core_kwargs(name))
+        return results[name]
+
+    return get
 
 
 def example():

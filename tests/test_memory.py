@@ -57,7 +57,9 @@ def test_auto_micro_batch_fits_the_budget_and_keeps_the_scores():
     assert pieces.per_sample > 0
     assert pieces.size == 1 and pieces.split(8)
     for key in whole:
-        assert torch.allclose(whole[key], cut[key], rtol=1e-3, atol=1e-9), key
+        # Summed in another order: channels scoring near 0 differ by rounding at the group's scale.
+        scale = float(whole[key].abs().max())
+        assert torch.allclose(whole[key], cut[key], rtol=1e-3, atol=1e-6 * scale), key
     roomy = MicroBatch(auto=True, budget=10 * pieces.per_sample)
     lw.score_channels(graph, "gate", batches, classification_loss, micro_batch=roomy)
     assert roomy.size == 10 and not roomy.split(8)

@@ -4,18 +4,12 @@ import pytest
 import torch
 
 import lwdna_plugin as lw
-from conftest import CORE_MODELS, IMG, example
-
-MODELS = CORE_MODELS
+from conftest import IMG, core_params, example
 
 
-def kwargs_for(name):
-    return {"num_classes": 10, **({"img_size": IMG} if name.startswith("vit") else {})}
-
-
-@pytest.mark.parametrize("name", MODELS)
-def test_dissimilate_and_rebuild(name, batches, tmp_path):
-    result = lw.dissimilate(name, width=2.0, flops=1.0, data=batches, model_kwargs=kwargs_for(name))
+@pytest.mark.parametrize("name", core_params())
+def test_dissimilate_and_rebuild(name, core_result, tmp_path):
+    result = core_result(name)
     target = result.spec["target"]["flops"]
     measured = lw.count_flops(result.model, torch.zeros(1, 3, IMG, IMG))
     assert measured == result.spec["achieved"]["flops"]

@@ -1,16 +1,19 @@
 """LW-DNA models export with torch.onnx.export and run in onnxruntime with the same outputs."""
 
+import copy
+
 import numpy as np
 import onnxruntime
 import pytest
 import torch
 
-import lwdna_plugin as lw
+from conftest import core_params
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2_100", "convnext_atto"])
-def test_onnx_matches_torch(name, batches, tmp_path):
-    model = lw.dissimilate(name, data=batches, model_kwargs={"num_classes": 10}).model.eval()
+@pytest.mark.parametrize("name", core_params(["resnet18", "mobilenetv2_100", "convnext_atto"]))
+def test_onnx_matches_torch(name, core_result, batches, tmp_path):
+    # A copy: the result is shared with the other tests of the core list.
+    model = copy.deepcopy(core_result(name).model).eval()
     images = batches[0][0][:2]
     path = tmp_path / f"{name}.onnx"
     batch = torch.export.Dim("batch", min=1, max=64)
