@@ -43,6 +43,16 @@ def test_hypothesis_quick_is_resumable(tmp_path):
     again = subprocess.run(command, check=True, env=env, timeout=600, capture_output=True, text=True)
     assert "6 runs finished, 0 to run" in again.stdout
     assert [f.stat().st_mtime_ns for f in files] == stamps
+    # --report rewrites the report from the finished runs, even with runs left to do, and trains nothing.
+    (tmp_path / f"{stem}.md").unlink()
+    more = subprocess.run(
+        [*command, "--seeds", "3", "--report"], check=True, env=env, timeout=600, capture_output=True, text=True
+    )
+    assert "6 runs finished, 3 to run" in more.stdout
+    assert sorted((tmp_path / f"{stem}_runs").glob("*.json")) == files
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    assert "### 500 training images, 2 epochs" in (tmp_path / f"{stem}.md").read_text()
+    assert "--report" not in json.loads((tmp_path / f"{stem}.json").read_text())["command"]
 
 
 def _benchmark(name):
