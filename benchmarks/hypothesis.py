@@ -88,7 +88,7 @@ DEFAULT_ARMS = "baseline,random,lwdna,lwdna-sum"
 QUICK = {"sizes": "500", "epochs": "2", "seeds": "2", "test_size": 1000, "evals": 1, "arms": "baseline,lwdna,random"}
 # Seconds per training image-pass of cifar_resnet20 (REFERENCE_MACS at 28 x 28, one channel) on
 # one thread of this repository's CI machine, from earlier runs; only used to print the budget
-# before starting, scaled by the studied model's MACs.
+# of a study with no finished run yet, scaled by the studied model's MACs.
 SECONDS_PER_IMAGE = 3.5e-3
 REFERENCE_MACS = 31_332_416
 
@@ -198,6 +198,22 @@ def model_macs(args: argparse.Namespace) -> int:
     """MACs of one training image through the studied model (fvcore, 28 x 28 Fashion-MNIST)."""
     model = timm.create_model(args.model, pretrained=False, num_classes=10, in_chans=1, **args.model_kwargs)
     return lw.count_flops(model, torch.zeros(1, 1, 28, 28))
+
+
+def seconds_per_image(args: argparse.Namespace, finished: list[dict]) -> tuple[float, str]:
+    """Training seconds per image pass for the budget, and where the figure comes from: the
+    median over the study's finished runs of this model (each under whatever load it met, so
+    the budget is what this machine has been giving), else the reference constant."""
+    own = [
+        run["train_s"] / (run["train_size"] * run["protocol"]["epochs"])
+        for run in finished
+        if not run.get("same_as")
+        and run["protocol"]["model"] == args.model
+        and run["protocol"].get("model_kwargs", {}) == args.model_kwargs
+    ]
+    if own:
+        return statistics.median(own), f"the median of {len(own)} finished runs"
+    return SECONDS_PER_IMAGE * model_macs(args) / REFERENCE_MACS, "a reference single-thread figure scaled by MACs"
 
 
 def warmup_steps(share: float, protocol: dict, size: int, width: float, batch_size: int) -> int:
@@ -604,7 +620,7 @@ def main(argv: list[str] | None = None) -> dict:
     # The `lwdna` runs of a size go after its other arms, so a variant with dissimilate's
     # defaults has usually finished and is recorded instead of trained again (see `run_one`).
     jobs.sort(key=lambda job: (args.sizes.index(job[0]), job[1] == "lwdna"))
-    per_image = SECONDS_PER_IMAGE * model_macs(args) / REFERENCE_MACS
+    per_image, source = seconds_per_image(args, load_runs(folder))
     # An `lwdna` run is recorded, not trained, when an arm of the call has dissimilate's defaults.
     twinned = any(arm != "lwdna" and has_defaults(VARIANTS.get(arm)) for arm in args.arms)
     trained = [job for job in jobs if not (job[1] == "lwdna" and twinned)]
@@ -612,7 +628,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"{done} runs finished, {len(jobs)} to run ({len(trained)} to train): about "
         f"{estimate / 3600 / args.workers:.1f} h on {args.workers} worker(s) (estimate: {per_image * 1e3:.2f} ms "
-        "per training image on one thread)",
+        f"per training image and worker, {source})",
         flush=True,
     )
     if args.estimate:

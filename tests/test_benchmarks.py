@@ -122,6 +122,21 @@ def test_the_estimate_scales_with_the_models_macs_and_skips_twins():
     assert not hypothesis.has_defaults({"warmup_share": 0.03})
 
 
+def test_the_estimate_learns_from_the_finished_runs_of_the_same_model():
+    hypothesis = _benchmark("hypothesis")
+    args = hypothesis.parse_args([])
+    fallback, source = hypothesis.seconds_per_image(args, [])
+    assert fallback == hypothesis.SECONDS_PER_IMAGE and "reference" in source
+
+    def run(train_s, **extra):
+        return {"train_s": train_s, "train_size": 100, "protocol": {"model": "cifar_resnet20", "epochs": 10}, **extra}
+
+    finished = [run(1.0), run(2.0), run(9.0), run(500.0, same_as="lwdna-sum")]  # a twin trained nothing
+    finished.append({**run(700.0), "protocol": {"model": "cifar_resnet20", "epochs": 10, "model_kwargs": {"w": 1}}})
+    per_image, source = hypothesis.seconds_per_image(args, finished)
+    assert per_image == pytest.approx(2.0 / 1000) and "3 finished runs" in source
+
+
 def test_coverage_scores_as_many_pixels_at_any_input_and_reruns_rows_that_scored_more():
     coverage = _benchmark("coverage")
     assert coverage.scoring_batch_size(8, (3, 224, 224)) == 8
