@@ -427,14 +427,15 @@ def to_markdown(payload: dict) -> str:
                 f"({s['params'] / base['params']:.3f}) | {s['identify_pct_of_training']:.2f}% |"
             )
         lines.append("")
-    hours = sum(run["train_s"] for run in payload["runs"]) / 3600
+    trained = [run for run in payload["runs"] if not run.get("same_as")]  # a twin repeats its run's time
+    hours = sum(run["train_s"] for run in trained) / 3600
     lines += [
         "Identification / training: each run's identification time over its own training time, median over "
         "seeds (wall clock, so it includes the warm-up arms' SGD steps). Times are wall clock on a shared machine "
         "with other work running: they are not compared between runs; the models' costs are the FLOPs column.",
         "",
-        f"`{payload['command']}` ({payload['machine']}; {len(payload['runs'])} runs, {hours:.1f} h of training "
-        "wall time in all)",
+        f"`{payload['command']}` ({payload['machine']}; {len(payload['runs'])} runs, {len(trained)} of them trained, "
+        f"{hours:.1f} h of training wall time in all)",
         "",
     ]
     return "\n".join(lines)
