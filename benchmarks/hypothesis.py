@@ -602,10 +602,12 @@ def main(argv: list[str] | None = None) -> dict:
         for seed in range(args.seeds[index]):
             for arm in args.arms:
                 path = folder / f"{args.model}_n{size}_{arm}_s{seed}.json"
-                if arm == "lwdna" and not path.is_file():
-                    record_twin(path, args.model, size, seed, protocol)
-                if path.is_file():
-                    finished = json.loads(path.read_text())
+                finished = json.loads(path.read_text()) if path.is_file() else None
+                # An `lwdna` run made under other defaults (the default changed since) is replaced
+                # by its twin under today's defaults when one has finished, else trained again.
+                if arm == "lwdna" and (finished is None or not same_settings(finished["settings"])):
+                    finished = record_twin(path, args.model, size, seed, protocol) or finished
+                if finished is not None:
                     if arm == "lwdna" and not same_settings(finished["settings"]):
                         print(f"{path.name}: made under other defaults {finished['settings']}, run again")
                         jobs.append((size, arm, seed, protocol, path))
@@ -640,7 +642,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     def write_summary() -> dict:
         # Every finished run of the study, not only this call's: a partial call never shrinks the report.
-        runs = [r for r in load_runs(folder) if r["arm"] in ARMS]
+        # An `lwdna` run made under other defaults is not today's `lwdna` (reported only after a rerun).
+        current = [r for r in load_runs(folder) if r["arm"] != "lwdna" or same_settings(r["settings"])]
+        runs = [r for r in current if r["arm"] in ARMS]
         arms = [a for a in ARMS if any(r["arm"] == a for r in runs)]
         sizes = sorted({r["train_size"] for r in runs})
         summary = summarise(runs, arms, sizes)

@@ -53,7 +53,7 @@ def dissimilate(
     score_batch_size: int | str | MicroBatch | None = "auto",
     criterion: Criterion = "gate",
     aggregate: str = "sum",
-    ranking: str = "saliency",
+    ranking: str = "flops",
     inits: int = 1,
     warmup: Warmup | int | None = None,
     floors: Floors | None = None,
@@ -93,8 +93,10 @@ def dissimilate(
             torch-pruning `Importance` / callable mapping a torch-pruning group to channel scores.
             Without `data`, only the data-free ones apply ('synflow', 'l1', 'bn', 'random').
         aggregate: how coupled layers' gate scores combine: 'sum', 'mean' or 'norm'.
-        ranking: what the one global threshold compares: 'saliency' (raw scores, the paper's) or
-            'flops' (score per FLOP one channel of its group costs: a knapsack view of the budget).
+        ranking: what the one global threshold compares: 'flops' (the default: score per FLOP one
+            channel of its group costs, a knapsack view of the budget) or 'saliency' (raw scores, the
+            paper's criterion). In this project's regime study (README) per-FLOP ranking beats raw
+            saliency, which trails uniform widths; per-FLOP ranking keeps more parameters.
         inits: score this many initialisations of the widened model (seeds `seed`, `seed + 1`,
             ...) and plan on each group's rank-wise mean score profile: less noise from one
             random initialisation, at `inits` times the scoring cost.

@@ -6,8 +6,9 @@ when rounding makes the threshold coarse.
 
 What the threshold compares is a channel's value per unit of what it costs (a knapsack view):
 - `ranking="saliency"` (the paper's): raw scores, every channel costing the same;
-- `ranking="flops"`: scores divided by the FLOPs one channel of the group costs, so a residual
-  channel that every block of a stage reads and writes must be worth that much more to stay.
+- `ranking="flops"` (`dissimilate`'s default): scores divided by the FLOPs one channel of the
+  group costs, so a residual channel that every block of a stage reads and writes must be worth
+  that much more to stay.
 Further cost limits (a `LatencyModel` per batch size) that the plan would break divide the
 ranked scores further by the group's share of those limits per share of FLOPs, at a few
 strengths, so the search cuts where the limit is spent rather than everywhere.

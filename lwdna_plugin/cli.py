@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
         "--ranking",
         default=DEFAULTS["ranking"],
         choices=RANKINGS,
-        help="what the global threshold compares: raw saliency (the paper's) or saliency per FLOP of the channel",
+        help="what the global threshold compares: saliency per FLOP of the channel (default) or raw saliency "
+        "(the paper's)",
     )
     d.add_argument(
         "--inits",

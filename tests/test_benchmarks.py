@@ -87,7 +87,9 @@ def test_depth_priors_keep_the_earliest_or_the_latest_groups_whole():
     ratio = {}
     for early in (True, False):
         criterion = hypothesis.depth_scores("cifar_resnet20", kwargs, early, seed=0)
-        result = lw.dissimilate("cifar_resnet20", criterion=criterion, data=data, model_kwargs=kwargs)
+        # Raw scores, as the prior arms rank them: per FLOP, the cheap late groups would win anyway.
+        options = {**hypothesis.VARIANTS["prior-early"], "criterion": criterion}
+        result = lw.dissimilate("cifar_resnet20", data=data, model_kwargs=kwargs, **options)
         ratio[early] = {k: g["kept"] / g["original"] for k, g in result.spec["groups"].items()}
     # The stem's residual stream comes first, the last block's inner width last.
     assert ratio[True]["conv1"] > 1.5 and ratio[True]["stages.2.2.conv1"] < 1
@@ -120,6 +122,32 @@ def test_the_estimate_scales_with_the_models_macs_and_skips_twins():
     assert hypothesis.has_defaults({}) and not hypothesis.has_defaults(None)
     assert not hypothesis.has_defaults(hypothesis.VARIANTS["random"])
     assert not hypothesis.has_defaults({"warmup_share": 0.03})
+
+
+def test_a_report_replaces_lwdna_runs_made_under_other_defaults(tmp_path):
+    """The study's seed-0 runs at 1,000 images: its `lwdna` run was recorded when the paper's
+    criterion was the default; under today's defaults the report records the variant that has them."""
+    hypothesis = _benchmark("hypothesis")
+    runs = ROOT / "benchmarks" / "results" / "hypothesis_regimes_runs"
+    folder = tmp_path / "study_runs"
+    folder.mkdir()
+    for arm in ("baseline", "lwdna-sum", "lwdna-flops", "lwdna"):
+        name = f"cifar_resnet20_n1000_{arm}_s0.json"
+        (folder / name).write_text((runs / name).read_text())
+    old = json.loads((folder / "cifar_resnet20_n1000_lwdna_s0.json").read_text())
+    assert old["settings"]["ranking"] == "saliency"
+    argv = ["--sizes", "1000", "--epochs", "100", "--seeds", "1", "--out", str(tmp_path), "--tag", "study"]
+    payload = hypothesis.main([*argv, "--arms", "baseline,lwdna-sum,lwdna-flops,lwdna", "--report"])
+    twin = json.loads((folder / "cifar_resnet20_n1000_lwdna_s0.json").read_text())
+    flops = json.loads((folder / "cifar_resnet20_n1000_lwdna-flops_s0.json").read_text())
+    assert hypothesis.DISSIMILATE_DEFAULTS["ranking"] == "flops"
+    assert twin["same_as"] == "lwdna-flops" and twin["test_top1"] == flops["test_top1"]
+    assert payload["summary"]["1000"]["lwdna"]["test_top1_mean"] == flops["test_top1"]
+    # Without the variant that has today's defaults, the old run is left for a rerun, not reported as `lwdna`.
+    (folder / "cifar_resnet20_n1000_lwdna_s0.json").write_text(json.dumps(old))
+    (folder / "cifar_resnet20_n1000_lwdna-flops_s0.json").unlink()
+    payload = hypothesis.main([*argv, "--arms", "baseline,lwdna-sum,lwdna", "--report"])
+    assert "lwdna" not in payload["summary"]["1000"] and "lwdna-sum" in payload["summary"]["1000"]
 
 
 def test_the_estimate_learns_from_the_finished_runs_of_the_same_model():
