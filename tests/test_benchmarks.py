@@ -125,17 +125,19 @@ def test_the_estimate_scales_with_the_models_macs_and_skips_twins():
 
 
 def test_a_report_replaces_lwdna_runs_made_under_other_defaults(tmp_path):
-    """The study's seed-0 runs at 1,000 images: its `lwdna` run was recorded when the paper's
-    criterion was the default; under today's defaults the report records the variant that has them."""
+    """The study's seed-0 runs at 1,000 images, with the `lwdna` run recorded as it was while the
+    paper's criterion was the default; the report records the variant with today's defaults."""
     hypothesis = _benchmark("hypothesis")
     runs = ROOT / "benchmarks" / "results" / "hypothesis_regimes_runs"
     folder = tmp_path / "study_runs"
     folder.mkdir()
-    for arm in ("baseline", "lwdna-sum", "lwdna-flops", "lwdna"):
+    for arm in ("baseline", "lwdna-sum", "lwdna-flops"):
         name = f"cifar_resnet20_n1000_{arm}_s0.json"
         (folder / name).write_text((runs / name).read_text())
-    old = json.loads((folder / "cifar_resnet20_n1000_lwdna_s0.json").read_text())
+    old = {**json.loads((runs / "cifar_resnet20_n1000_lwdna-sum_s0.json").read_text()), "arm": "lwdna"}
+    old["same_as"] = "lwdna-sum"
     assert old["settings"]["ranking"] == "saliency"
+    (folder / "cifar_resnet20_n1000_lwdna_s0.json").write_text(json.dumps(old))
     argv = ["--sizes", "1000", "--epochs", "100", "--seeds", "1", "--out", str(tmp_path), "--tag", "study"]
     payload = hypothesis.main([*argv, "--arms", "baseline,lwdna-sum,lwdna-flops,lwdna", "--report"])
     twin = json.loads((folder / "cifar_resnet20_n1000_lwdna_s0.json").read_text())
