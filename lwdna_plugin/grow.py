@@ -52,10 +52,42 @@ class ConvGrower(BaseGrowFunc):
         return layer
 
     def grow_in_channels(self, layer: nn.Module, at: int, n: int) -> nn.Module:
-        # A grouped conv stores in_channels/groups per filter; callers keep n divisible by groups.
-        per_group = layer.in_channels // layer.groups
-        _grow_param(layer, "weight", 0 if layer.transposed else 1, per_group, n // layer.groups)
-        layer.in_channels += n
+        """A plain conv takes the `n` inputs before input `at`; a grouped conv, which one
+        position cannot place, takes n / groups at the end of each conv group."""
+        if layer.groups == 1:
+            _grow_param(layer, "weight", 0 if layer.transposed else 1, at, n)
+            layer.in_channels += n
+            return layer
+        per = layer.in_channels // layer.groups
+        ends = [((g + 1) * per, n // layer.groups) for g in reversed(range(layer.groups))]
+        return self.grow_grouped_in_channels(layer, ends)
+
+    def grow_grouped_in_channels(self, layer: nn.Module, slots: list[tuple[int, int]]) -> nn.Module:
+        """Insert inputs at (insert-before position, count) `slots` of the whole input, last slot
+        first; a slot belongs to the conv group it ends. Every conv group must take as many."""
+        per = layer.in_channels // layer.groups
+        within: list[list[tuple[int, int]]] = [[] for _ in range(layer.groups)]
+        for at, count in slots:
+            g = min(max(at - 1, 0) // per, layer.groups - 1)
+            within[g].append((at - g * per, count))
+        added = {sum(count for _, count in w) for w in within}
+        if len(added) != 1:
+            raise ValueError(f"{layer}: new inputs at {slots} fall unevenly into its {layer.groups} conv groups")
+        weight = layer.weight.data
+        if layer.transposed:  # (in_channels, out / groups, ...): the whole input along dim 0
+            for at, count in sorted(slots, reverse=True):
+                weight = insert_along(weight, 0, at, count)
+        else:  # (out_channels, in / groups, ...): each conv group's filters read its own inputs
+            rows = layer.out_channels // layer.groups
+            chunks = []
+            for g, inserts in enumerate(within):
+                chunk = weight[g * rows : (g + 1) * rows]
+                for at, count in sorted(inserts, reverse=True):
+                    chunk = insert_along(chunk, 1, at, count)
+                chunks.append(chunk)
+            weight = torch.cat(chunks)
+        layer.weight = like(layer.weight, weight)
+        layer.in_channels += added.pop() * layer.groups
         return layer
 
 

@@ -26,8 +26,9 @@ def resize(
     """Set every group named in `widths` to that many channels, in place on `graph.model`.
 
     Shrinking removes the channels not listed in `keep[key]` (default: the trailing ones) with
-    torch-pruning; growing appends channels after each member's block of the group. A group read by a
-    grouped conv keeps (and by default drops) the same number of channels in each conv group.
+    torch-pruning; growing inserts zero channels after each member's block of the group, so the
+    model computes what it did. A group read by a grouped conv keeps (and by default drops, or
+    grows) the same number of channels in each conv group.
     """
     if not isinstance(graph, GroupGraph):
         raise TypeError(
@@ -84,9 +85,9 @@ def resize(
                 )
         else:
             n = target - group.size
-            _grow(graph, tp_group, group.size, n)
+            _grow(graph, tp_group, group.size, n, group.balance)
             for module, attr, positions, roots in extras:
-                for at, count in growth_slots(positions, roots, group.size, n):
+                for at, count in growth_slots(positions, roots, group.size, n, group.balance):
                     _replace(module, attr, count, lambda t, at=at, count=count: insert_along(t, 0, at, count))
     graph.sync_cached_widths()
 
@@ -207,18 +208,33 @@ def _replace(module: nn.Module, attr: str, delta: int, change) -> None:
     setattr(module, attr, like(tensor, change(tensor.data)))
 
 
-def _grow(graph: GroupGraph, tp_group, size: int, n: int) -> None:
+def _grow(graph: GroupGraph, tp_group, size: int, n: int, blocks: int) -> None:
     dg = graph.dg
     for item in tp_group:
         node, handler = item.dep.target, item.dep.handler
         grower = GROWERS[node.type]
-        for at, count in growth_slots(list(item.idxs), list(item.root_idxs), size, n):
+        slots = growth_slots(list(item.idxs), list(item.root_idxs), size, n, blocks)
+        if node.type == ops.OPTYPE.CONV and node.module.groups > 1 and not dg.is_out_channel_pruning_fn(handler):
+            _grow_grouped_conv_input(node.module, slots, n)
+            continue
+        for at, count in slots:
             if node.type == ops.OPTYPE.PARAMETER:
                 _grow_parameter(graph, node, at, count)
             elif dg.is_out_channel_pruning_fn(handler):
                 grower.grow_out_channels(node.module, at, count)
             else:
                 grower.grow_in_channels(node.module, at, count)
+
+
+def _grow_grouped_conv_input(layer: nn.Conv2d, slots: list[tuple[int, int]], n: int) -> None:
+    """A grouped conv takes its new inputs where the group's other members put them. Where they
+    would fall unevenly into its conv groups (a group that fills only part of the conv's input),
+    each conv group appends its share instead: the shapes fit, the model's function is not kept."""
+    grower = GROWERS[ops.OPTYPE.CONV]
+    try:
+        grower.grow_grouped_in_channels(layer, slots)
+    except ValueError:
+        grower.grow_in_channels(layer, 0, n)
 
 
 def _grow_parameter(graph: GroupGraph, node, at: int, count: int) -> None:

@@ -85,6 +85,12 @@ def test_growth_slots_keep_each_layout():
     assert growth_slots([0, 1, 2, 3], [0, 0, 1, 1], 2, 1) == [(4, 2)]
     # Cyclic: one new channel at the end of each copy, the last copy first.
     assert growth_slots([0, 1, 2, 3], [0, 1, 0, 1], 2, 1) == [(4, 1), (2, 1)]
+    # Read in two blocks (a grouped conv): each block grows at its end, the last block first.
+    assert growth_slots([0, 1, 2, 3], [0, 1, 2, 3], 4, 2, blocks=2) == [(4, 1), (2, 1)]
+    assert growth_slots([0, 1, 2, 3], [0, 0, 1, 1], 2, 2, blocks=2) == [(4, 2), (2, 2)]
+    assert growth_slots([0, 1, 2, 3], [0, 1, 0, 1], 2, 2, blocks=2) == [(4, 1), (3, 1), (2, 1), (1, 1)]
+    # Growth that the blocks cannot share evenly stays at the end.
+    assert growth_slots([0, 1, 2, 3], [0, 1, 2, 3], 4, 3, blocks=2) == [(4, 3)]
 
 
 class EqualSplit(nn.Module):

@@ -94,6 +94,31 @@ def test_grouped_conv_grows_its_inputs_at_the_end_of_every_group():
     assert torch.allclose(conv(grown), before, atol=1e-6)
 
 
+def test_conv_grows_input_channels_where_they_are_inserted():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 3, 1, bias=False)
+    x = torch.randn(1, 4, 3, 3)
+    before = conv(x)
+    ConvGrower().grow_in_channels(conv, 1, 2)
+    grown = torch.cat([x[:, :1], torch.randn(1, 2, 3, 3), x[:, 1:]], 1)
+    assert torch.allclose(conv(grown), before, atol=1e-6)
+
+
+def test_grouped_conv_grows_its_inputs_at_given_slots_of_every_group():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 4, 1, groups=2, bias=False)
+    x = torch.randn(1, 4, 3, 3)
+    before = conv(x)
+    # One new input after input 0 (group 0) and one after input 3 (the end of group 1).
+    ConvGrower().grow_grouped_in_channels(conv, [(4, 1), (1, 1)])
+    assert conv.in_channels == 6 and conv.weight.shape == (4, 3, 1, 1)
+    grown = torch.cat([x[:, :1], torch.randn(1, 1, 3, 3), x[:, 1:], torch.randn(1, 1, 3, 3)], 1)
+    assert torch.allclose(conv(grown), before, atol=1e-6)
+    with pytest.raises(ValueError, match="fall unevenly into its 2 conv groups"):
+        ConvGrower().grow_grouped_in_channels(conv, [(2, 2)])
+    assert conv.in_channels == 6
+
+
 def test_transposed_conv_grows_along_its_swapped_weight_dims():
     conv = nn.ConvTranspose2d(3, 4, 2)
     ConvGrower().grow_out_channels(conv, 4, 2)
@@ -102,6 +127,17 @@ def test_transposed_conv_grows_along_its_swapped_weight_dims():
     ConvGrower().grow_in_channels(conv, 3, 1)
     assert conv.in_channels == 4 and conv.weight.shape == (4, 6, 2, 2)
     assert conv(torch.zeros(1, 4, 3, 3)).shape == (1, 6, 4, 4)
+
+
+def test_grouped_transposed_conv_grows_its_inputs_at_the_end_of_every_group():
+    torch.manual_seed(0)
+    conv = nn.ConvTranspose2d(4, 6, 2, groups=2)
+    x = torch.randn(1, 4, 3, 3)
+    before = conv(x)
+    ConvGrower().grow_in_channels(conv, 4, 2)
+    assert conv.in_channels == 6 and conv.weight.shape == (6, 3, 2, 2)
+    grown = torch.cat([x[:, :2], torch.randn(1, 1, 3, 3), x[:, 2:], torch.randn(1, 1, 3, 3)], 1)
+    assert torch.allclose(conv(grown), before, atol=1e-6)
 
 
 def test_depthwise_conv_grows_inputs_outputs_and_groups_together():

@@ -108,36 +108,60 @@ def test_widths_a_group_cannot_take_are_errors():
     assert graph.model.head.out_channels == 2 and graph.model.conv1.out_channels == 8
 
 
-def test_growing_appends_zero_channels_and_zero_weights_in_every_conv_group():
+def test_growing_a_group_read_by_a_grouped_conv_grows_every_conv_group_at_its_end():
     model = _grouped_net()
     original = copy.deepcopy(model)
     graph = lw.GroupGraph(model, X)
     resize(graph, {"conv1": 12})
     assert model.conv1.out_channels == 12 and model.conv2.in_channels == 12 and model.conv2.groups == 2
-    assert torch.equal(model.conv1.weight[:8], original.conv1.weight)
-    assert torch.count_nonzero(model.conv1.weight[8:]) == 0 and torch.count_nonzero(model.conv1.bias[8:]) == 0
-    assert model.bn1.weight[8:].tolist() == [1.0] * 4 and model.bn1.running_var[8:].tolist() == [1.0] * 4
-    assert torch.count_nonzero(model.bn1.running_mean[8:]) == 0
+    # conv2 reads conv1 in two blocks of 4: each block takes 2 new channels after its old ones.
+    old, new = [0, 1, 2, 3, 6, 7, 8, 9], [4, 5, 10, 11]
+    assert torch.equal(model.conv1.weight[old], original.conv1.weight)
+    assert torch.count_nonzero(model.conv1.weight[new]) == 0 and torch.count_nonzero(model.conv1.bias[new]) == 0
+    assert model.bn1.weight[new].tolist() == [1.0] * 4 and model.bn1.running_var[new].tolist() == [1.0] * 4
+    assert torch.equal(model.bn1.running_mean[old], original.bn1.running_mean)
+    assert torch.count_nonzero(model.bn1.running_mean[new]) == 0
     # Each conv group reads its old 4 channels' weights, then 2 new zero ones.
     assert model.conv2.weight.shape == (6, 6, 3, 3)
     assert torch.equal(model.conv2.weight[:, :4], original.conv2.weight)
     assert torch.count_nonzero(model.conv2.weight[:, 4:]) == 0
     assert graph.refresh("conv1")[0].size == 12
-    assert model(X).shape == (2, 2, 8, 8)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="conv1 grows its 4 new channels at the end (8-11), while the grouped conv2 inserts its zero "
-    "weights at the end of each conv group (inputs 4-5 and 10-11): old channels 4-5 move to group 0 "
-    "and are read with zero weights. Harmless where the model is re-initialised after growing (widen).",
-)
-def test_growing_a_group_read_by_a_grouped_conv_keeps_the_output():
-    model = _grouped_net()
-    original = copy.deepcopy(model)
-    resize(lw.GroupGraph(model, X), {"conv1": 12})
     x = torch.randn(2, 3, 8, 8)
     assert torch.allclose(model(x), original(x), atol=1e-5)
+
+
+class Concat(nn.Module):
+    """Two branches concatenated, read by a plain and by a grouped conv."""
+
+    def __init__(self, groups: int = 1):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(3, 4, 3, padding=1)
+        self.c = nn.Conv2d(8, 4, 1, groups=groups)
+
+    def forward(self, x):
+        return self.c(torch.cat([self.a(x), self.b(x)], 1))
+
+
+def test_growing_the_first_branch_of_a_concat_inserts_its_channels_before_the_second():
+    torch.manual_seed(0)
+    model = Concat().eval()
+    original = copy.deepcopy(model)
+    resize(lw.GroupGraph(model, X), {"a": 6, "b": 7})
+    assert model.c.in_channels == 13
+    assert torch.equal(model.c.weight[:, [0, 1, 2, 3, 6, 7, 8, 9]], original.c.weight)
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.allclose(model(x), original(x), atol=1e-5)
+
+
+def test_a_branch_filling_one_conv_group_grows_with_the_right_shapes():
+    # Each branch is one of c's two conv groups, so a branch alone cannot grow both conv
+    # groups evenly: the shapes still fit (widen re-initialises what it grows).
+    model = Concat(groups=2).eval()
+    graph = lw.GroupGraph(model, X)
+    resize(graph, {"a": 6})
+    assert model.c.in_channels == 10 and model.c.weight.shape == (4, 5, 1, 1)
+    assert model(X).shape == (2, 4, 8, 8)
 
 
 def test_growing_every_group_of_a_resnet_keeps_its_output():
@@ -153,6 +177,26 @@ def test_growing_every_group_of_a_resnet_keeps_its_output():
     assert {g.key: g.size for g in lw.GroupGraph(model, torch.zeros(1, 3, 32, 32)).groups if g.prunable} == widths
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(model(x), original(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["densenet121", "dla34", "cspresnet50", "ghostnet_100"])
+def test_growing_every_group_of_a_model_with_concatenations_keeps_its_output(name):
+    # Each concatenated branch grows before the next one starts, where its readers take it.
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 1.5)
+    original = copy.deepcopy(model)
+    x = torch.randn(1, 3, 32, 32)
+    graph = lw.GroupGraph(model, x)
+    widths = {g.key: g.size + g.step(1) * max(1, g.size // g.step(1) // 2) for g in graph.groups if g.prunable}
+    resize(graph, widths)
+    assert {g.key: g.size for g in lw.GroupGraph(model, x).groups if g.prunable} == widths
+    with torch.no_grad():
+        expected = original(x)
+        assert torch.allclose(model(x), expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
 
 
 def test_pruning_a_resnet_residual_group_honours_the_keep_list_in_every_member():

@@ -27,15 +27,26 @@ def member_layout(positions: list[int], root_idxs: list[int], size: int) -> tupl
     return repeat, None
 
 
-def growth_slots(positions: list[int], root_idxs: list[int], size: int, n: int) -> list[tuple[int, int]]:
+def growth_slots(
+    positions: list[int], root_idxs: list[int], size: int, n: int, blocks: int = 1
+) -> list[tuple[int, int]]:
     """(insert-before position, count) pairs that add `n` channels to a member, last slot first.
 
     A block layout grows at its end, `repeat` positions per new channel; a cyclic one grows at
-    the end of every repetition, so each copy of the group keeps the same channel order.
+    the end of every repetition, so each copy of the group keeps the same channel order. With
+    `blocks` > 1 (a grouped conv reads the group in that many contiguous blocks) every block
+    grows at its own end by n / blocks, so each conv group keeps its old channels.
     """
+    if blocks > 1 and (size % blocks or n % blocks):
+        blocks = 1
     repeat = len(positions) // size
     start = min(positions)
     order = sorted(range(len(positions)), key=positions.__getitem__)
     if repeat == 1 or len({root_idxs[i] for i in order[:repeat]}) == 1:
-        return [(start + len(positions), n * repeat)]
-    return [(start + (k + 1) * size, n) for k in reversed(range(repeat))]
+        # Block layout: one run of `size * repeat` positions, cut into `blocks` equal runs.
+        step = size * repeat // blocks
+        return [(start + (b + 1) * step, n * repeat // blocks) for b in reversed(range(blocks))]
+    step = size // blocks
+    return [
+        (start + k * size + (b + 1) * step, n // blocks) for k in reversed(range(repeat)) for b in reversed(range(blocks))
+    ]
