@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .arguments import check_module
 from .data import Batch
 from .modes import in_mode
 
@@ -140,6 +141,7 @@ def resolve_model(
     if model_kwargs:
         raise ValueError("model_kwargs apply to a model name; the module you passed is already built")
     model = unwrap(model)
+    check_module("dissimilate(model)", model)
     return copy_model(model), recipe_of(model)
 
 
@@ -405,7 +407,12 @@ def check_logits(logits: Any, targets: torch.Tensor) -> None:
             f"targets have shape {tuple(targets.shape)}: the default cross-entropy needs one class index per "
             f"image, shape ({logits.shape[0]},). Flatten them with targets.view(-1), or pass loss_fn"
         )
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= logits.shape[1]):
+    if targets.numel() and int(targets.min()) < 0:
+        raise ValueError(
+            f"targets hold the negative class {int(targets.min())}: the default cross-entropy needs class "
+            f"indices 0..{logits.shape[1] - 1}; map the labels to those, or pass loss_fn"
+        )
+    if targets.numel() and int(targets.max()) >= logits.shape[1]:
         raise ValueError(
             f"targets hold classes {int(targets.min())}..{int(targets.max())} but the model has {logits.shape[1]} "
             "classes: pass model_kwargs={'num_classes': N} with N above the largest class"

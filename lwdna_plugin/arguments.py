@@ -12,11 +12,18 @@ import torch.nn as nn
 _UNSET = object()
 
 
-def check_module(where: str, model: Any, inputs: Any = _UNSET) -> None:
-    """`where` takes an nn.Module (and, when `inputs` is given, example inputs as a tensor)."""
+def check_module(where: str, model: Any, inputs: Any = _UNSET, eager: bool = True) -> None:
+    """`where` takes an nn.Module (`eager`: not a TorchScript one) and, when `inputs` is given,
+    example inputs as a tensor."""
     if not isinstance(model, nn.Module):
         hint = " (build it with timm.create_model, or pass the name to dissimilate)" if isinstance(model, str) else ""
         raise TypeError(f"{where}: the model must be an nn.Module, got {_kind(model)}{hint}")
+    if eager and isinstance(model, torch.jit.ScriptModule):
+        # A compiled graph: no forward hooks to trace channels with, no layers to resize.
+        raise TypeError(
+            f"{where}: the model is a TorchScript module ({type(model).__name__}): pass the nn.Module it was "
+            "scripted or traced from (torch.jit.script/trace can be applied to the LW-DNA model afterwards)"
+        )
     if inputs is not _UNSET and not isinstance(inputs, torch.Tensor):
         raise TypeError(
             f"{where}: the example inputs must be a tensor, a batch of one shaped like the data "

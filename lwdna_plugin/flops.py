@@ -52,7 +52,7 @@ def count_flops(model: nn.Module, inputs: torch.Tensor) -> int:
 
 def count_params(model: nn.Module) -> int:
     """The number of parameters of `model`."""
-    check_module("count_params(model)", model)
+    check_module("count_params(model)", model, eager=False)
     return sum(p.numel() for p in model.parameters())
 
 

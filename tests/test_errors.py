@@ -63,6 +63,23 @@ def test_targets_beyond_the_classifier(batches):
         lw.dissimilate("resnet18", data=batches, model_kwargs={"num_classes": 3})
 
 
+def test_negative_targets_say_that_classes_start_at_zero(batches):
+    images, targets = batches[0]
+    with pytest.raises(ValueError, match=r"negative class -1: .*class indices 0\.\.9"):
+        lw.dissimilate("resnet18", data=[(images, targets - 1 - targets.min())], model_kwargs=TEN)
+
+
+def test_a_torchscript_model_is_told_to_pass_its_eager_module():
+    model = torch.jit.script(timm.create_model("resnet18", pretrained=False, num_classes=10))
+    with pytest.raises(TypeError, match="dissimilate\(model\): the model is a TorchScript module .*the nn.Module it was scripted"):
+        lw.dissimilate(model, criterion="synflow", input_size=(3, 32, 32))
+    with pytest.raises(TypeError, match=r"GroupGraph\(model, example_inputs\): the model is a TorchScript module"):
+        lw.GroupGraph(model, torch.zeros(1, 3, 32, 32))
+    with pytest.raises(TypeError, match=r"count_flops\(model, inputs\): the model is a TorchScript module"):
+        lw.count_flops(model, torch.zeros(1, 3, 32, 32))
+    assert lw.count_params(model) == 11_181_642
+
+
 def test_non_finite_images_stop_before_planning(batches):
     images, targets = batches[0]
     with pytest.raises(ValueError, match="loss on scoring batch 0 is nan.*non-finite"):
