@@ -163,14 +163,28 @@ def copy_model(model: nn.Module) -> nn.Module:
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside training wrappers (DistributedDataParallel, DataParallel, mmengine's
-    wrappers, `torch.compile`), whose names and recipe are the model's own."""
+    wrappers, `torch.compile`) and weight-averaging copies (torch's AveragedModel, timm's
+    ModelEmaV2/V3, mmengine's EMA), whose names and recipe are the model's own."""
     while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) or _is_mmengine_wrapper(model):
+        if isinstance(model, _wrappers()) or _is_mmengine_wrapper(model):
             model = model.module
         elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
             model = model._orig_mod
         else:
             return model
+
+
+def _wrappers() -> tuple[type, ...]:
+    """Module classes that hold the model as `.module`."""
+    from timm.utils.model_ema import ModelEmaV2, ModelEmaV3
+    from torch.optim.swa_utils import AveragedModel
+
+    found: tuple[type, ...] = (nn.parallel.DistributedDataParallel, nn.DataParallel, AveragedModel, ModelEmaV2, ModelEmaV3)
+    try:
+        from mmengine.model import BaseAveragedModel
+    except ImportError:
+        return found
+    return (*found, BaseAveragedModel)
 
 
 def _is_mmengine_wrapper(model: nn.Module) -> bool:

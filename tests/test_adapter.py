@@ -7,6 +7,8 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from mmengine.model import ExponentialMovingAverage
+from timm.utils.model_ema import ModelEmaV3
 
 import lwdna_plugin as lw
 from conftest import IMG
@@ -19,11 +21,14 @@ def _names(model):
     return set(model.state_dict())
 
 
-@pytest.mark.parametrize("wrap", [nn.DataParallel, torch.compile])
+@pytest.mark.parametrize(
+    "wrap", [nn.DataParallel, torch.compile, torch.optim.swa_utils.AveragedModel, ModelEmaV3, ExponentialMovingAverage]
+)
 def test_wrapped_models_keep_their_names_and_recipe(batches, wrap):
     model = timm.create_model("resnet18", num_classes=10)
     wrapped = wrap(model)
-    assert unwrap(wrapped) is model
+    # Weight-averaging wrappers hold a copy of the model.
+    assert unwrap(wrapped) is getattr(wrapped, "module", model)
     result = lw.dissimilate(wrapped, data=batches)
     assert result.spec["base"] == {"zoo": "timm", "name": "resnet18", "kwargs": TEN}
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in result.spec["shapes"])
