@@ -51,11 +51,6 @@ def batches():
     return lw.load_batches("mnist5k", batches=1, batch_size=8, img_size=IMG)
 
 
-@pytest.fixture(scope="session")
-def resnet18_result(batches):
-    return lw.dissimilate("resnet18", width=2.0, flops=1.0, data=batches, model_kwargs={"num_classes": 10})
-
-
 def core_kwargs(name: str) -> dict:
     """Model kwargs of the core list at IMG pixels (ViTs take their input size at construction)."""
     return {"num_classes": 10, **({"img_size": IMG} if name.startswith("vit") else {})}
@@ -73,6 +68,12 @@ def core_result(batches):
         return results[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def resnet18_result(core_result):
+    """resnet18 of the core list: the result most tests check their file formats on."""
+    return core_result("resnet18")
 
 
 def example():
