@@ -3,8 +3,8 @@
 Each check runs the public API the way a user on that device would and records ok / the error /
 seconds: data on the device (the model is built there), a model built by name with `device=`,
 a resnet50 already on the device through `dissimilate`, `build` and `export_python` (outputs
-equal), a bf16 model (identified in float32, returned in bf16), wrapped models (DataParallel, and
-`torch.compile` where it is available), micro-batched scoring (with the peak memory of
+equal), a bf16 model (identified in float32, returned in bf16), wrapped models (DataParallel,
+weight-averaging copies, and `torch.compile` where it is available), micro-batched scoring (with the peak memory of
 identification on CUDA), a latency budget timed on the device and re-timed independently,
 `export_python`'s file reloaded on the device, the mmengine example under torchrun with two
 ranks writing one spec, and the regime study's smoke run training on the device. The table goes to stdout and
@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
+from timm.utils.model_ema import ModelEmaV3  # noqa: E402
 
 import lwdna_plugin as lw  # noqa: E402
 
@@ -93,7 +94,11 @@ def check_bf16_model(device: torch.device, img: int) -> dict:
 def check_wrappers(device: torch.device, img: int) -> dict:
     base = timm.create_model("resnet18", pretrained=False, **TEN).to(device)
     names = {}
-    wrappers: dict[str, Callable[[nn.Module], nn.Module]] = {"DataParallel": nn.DataParallel}
+    wrappers: dict[str, Callable[[nn.Module], nn.Module]] = {
+        "DataParallel": nn.DataParallel,
+        "AveragedModel": torch.optim.swa_utils.AveragedModel,
+        "timm ModelEmaV3": ModelEmaV3,
+    }
     if device.type == "cuda":
         wrappers["torch.compile"] = torch.compile
     for label, wrap in wrappers.items():
