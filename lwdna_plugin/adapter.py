@@ -261,7 +261,17 @@ def batch_shape(model: nn.Module, batch: Any) -> tuple[int, ...]:
                 f"each batch of `data` must be an (images, targets) pair of tensors, got {_kind(batch)}: pass a list "
                 "of (images, targets) tuples of tensors or a DataLoader that yields them"
             )
-        return tuple(batch[0].shape)
+        images = batch[0]
+        if images.layout != torch.strided:
+            raise ValueError(
+                f"the images of `data` are a {images.layout} tensor: models compute on dense tensors, pass "
+                "images.to_dense()"
+            )
+        if images.is_meta:
+            raise ValueError(
+                "the images of `data` are on the 'meta' device (shapes without data): scoring needs real images"
+            )
+        return tuple(images.shape)
     inputs = model.data_preprocessor(batch, False)["inputs"]
     if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, torch.Tensor) for t in inputs):
         return (len(inputs), *inputs[0].shape)
@@ -320,6 +330,12 @@ def check_model(model: nn.Module) -> None:
     parameters = list(model.parameters())
     if not parameters:
         raise ValueError(f"{name} has no parameters: there are no channels to widen or prune")
+    quantized = next((n for n, m in model.named_modules() if "quantized" in type(m).__module__.split(".")), None)
+    if quantized is not None:
+        raise ValueError(
+            f"{name} is quantized (layer {quantized or '<model>'!r} is {type(model.get_submodule(quantized)).__name__}): "
+            "widths are found on the floating-point model; dissimilate that, then quantize the LW-DNA model"
+        )
     if any(t.is_meta for t in (*parameters, *model.buffers())):
         raise ValueError(
             f"{name} has parameters on the 'meta' device (shapes without data): materialise it first, "
@@ -378,7 +394,8 @@ def to_device(batch: Batch, device: torch.device, dtype: torch.dtype | None = No
 
 
 def classification_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """Cross-entropy of a timm classifier on one batch, on the model's device and in its dtype."""
+    """Cross-entropy of a classifier (or, per position, of a dense predictor) on one batch, on the
+    model's device and in its dtype."""
     images, targets = to_device(batch, model_device(model), model_dtype(model))
     logits = model(images)
     if isinstance(logits, (tuple, list)) and logits and logits[0].dim() == 2:
@@ -399,24 +416,33 @@ def check_head(model: nn.Module) -> None:
 
 
 def check_logits(logits: Any, targets: torch.Tensor) -> None:
-    """The default loss's inputs: (N, classes) logits, and class indices or class probabilities."""
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+    """The default loss's inputs: (N, classes) logits, or dense (N, classes, *positions) logits
+    (segmentation), with class indices or class probabilities for each image or position."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() < 2:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(
             f"the model returned {shape}, not (batch, classes) logits: the default loss is cross-entropy of "
             "a classifier's output. For a backbone (features_only, num_classes=0) pass loss_fn=<loss(model, batch)>"
         )
+    # One class index per image, or per position of dense logits.
+    indices = (logits.shape[0], *logits.shape[2:])
     if targets.is_floating_point():
         if targets.shape != logits.shape:
             raise ValueError(
                 f"targets are {targets.dtype} of shape {tuple(targets.shape)}: the default cross-entropy needs "
-                f"class indices (int64, shape ({logits.shape[0]},)) or class probabilities (float, shape "
+                f"class indices (int64, shape {indices}) or class probabilities (float, shape "
                 f"{tuple(logits.shape)}). Cast them with targets.long(), or pass loss_fn"
             )
         return
     if targets.dtype not in (torch.int64, torch.int32, torch.uint8, torch.int16, torch.int8):
         raise ValueError(f"targets are {targets.dtype}: the default cross-entropy needs int64 class indices")
-    if targets.shape != logits.shape[:1]:
+    if targets.shape != indices and logits.dim() > 2:
+        raise ValueError(
+            f"the model returned dense logits {tuple(logits.shape)} (batch, classes, positions) and the targets "
+            f"have shape {tuple(targets.shape)}: the default cross-entropy needs one class index per position, "
+            f"shape {indices}. For a backbone's feature maps, or another loss, pass loss_fn=<loss(model, batch)>"
+        )
+    if targets.shape != indices:
         raise ValueError(
             f"targets have shape {tuple(targets.shape)}: the default cross-entropy needs one class index per "
             f"image, shape ({logits.shape[0]},). Flatten them with targets.view(-1), or pass loss_fn"

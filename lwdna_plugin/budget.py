@@ -65,22 +65,23 @@ class Plan:
 
 
 def parse_flops(flops: float | str, original: int) -> int:
-    """A FLOP target: a fraction of the original (`0.9`) or an absolute count (`"350M"`, `3.5e8`)."""
+    """A FLOP target: a fraction of the original (`0.9`, up to 10) or an absolute count (`"350M"`,
+    `3.5e8`); a string without a unit (`"0.9"`, from a command line or a config) reads as its number."""
     if isinstance(flops, bool) or not isinstance(flops, (str, int, float)):
         raise ValueError(f"flops={flops!r}: give a fraction such as 0.9 or a count such as '350M'")
+    value, scale = flops, None
     if isinstance(flops, str):
         text = flops.strip().upper()
-        scale = _SI.get(text[-1:], 1.0)
+        scale = _SI.get(text[-1:])
         try:
-            value = float(text[:-1] if text[-1:] in _SI else text)
+            value = float(text[:-1] if scale is not None else text)
         except ValueError:
             raise ValueError(f"flops={flops!r}: give a fraction such as 0.9 or a count such as '350M'") from None
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"flops={flops!r}: must be positive")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"flops={flops!r}: must be positive")
+    if scale is not None:
         return int(value * scale)
-    if not math.isfinite(flops) or flops <= 0:
-        raise ValueError(f"flops={flops}: must be positive")
-    return int(flops * original) if flops <= 10 else int(flops)
+    return int(value * original) if value <= 10 else int(value)
 
 
 def plan_widths(

@@ -15,6 +15,9 @@ def test_parse_flops():
     assert lw.parse_flops(0.5, 1000) == 500
     assert lw.parse_flops("350M", 1) == 350_000_000
     assert lw.parse_flops("1.5G", 1) == 1_500_000_000
+    # A string without a unit is its number: a fraction up to 10, a count above.
+    assert lw.parse_flops(" 0.5", 1000) == 500
+    assert lw.parse_flops("3.5e8", 1000) == 350_000_000
     with pytest.raises(ValueError, match="flops"):
         lw.parse_flops("lots", 1)
 

@@ -80,6 +80,47 @@ def test_a_torchscript_model_is_told_to_pass_its_eager_module():
     assert lw.count_params(model) == 11_181_642
 
 
+class DenseNet(torch.nn.Module):
+    """A segmentation-style head: per-pixel logits of 5 classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(16)
+        self.head = torch.nn.Conv2d(16, 5, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.stem(x))))
+
+
+def test_dense_logits_take_a_class_index_per_pixel(batches):
+    images = batches[0][0][:, :, :16, :16]
+    masks = torch.randint(0, 5, (len(images), 16, 16), generator=torch.Generator().manual_seed(0))
+    result = lw.dissimilate(DenseNet(), data=[(images, masks)])
+    assert result.spec["achieved"]["flops"] <= result.spec["target"]["flops"]
+    assert result.model(images).shape == (len(images), 5, 16, 16)
+    with pytest.raises(ValueError, match=r"dense logits \(8, 5, 16, 16\).*shape \(8,\).*shape \(8, 16, 16\)"):
+        lw.dissimilate(DenseNet(), data=[(images, masks[:, 0, 0])])
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")  # torch's eager quantization is deprecated
+def test_a_quantized_model_is_told_to_pass_the_float_one():
+    model = torch.ao.quantization.quantize_dynamic(
+        timm.create_model("resnet18", pretrained=False, num_classes=10), {torch.nn.Linear}, dtype=torch.qint8
+    )
+    with pytest.raises(ValueError, match=r"ResNet is quantized \(layer 'fc' is Linear\).*floating-point model"):
+        lw.dissimilate(model, criterion="synflow", input_size=(3, 32, 32))
+
+
+@pytest.mark.parametrize(
+    ("convert", "message"), [(torch.Tensor.to_sparse, r"sparse_coo tensor.*to_dense"), (lambda t: t.to("meta"), "'meta'")]
+)
+def test_images_without_dense_data_are_named(batches, convert, message):
+    images, targets = batches[0]
+    with pytest.raises(ValueError, match=message):
+        lw.dissimilate("resnet18", data=[(convert(images), targets)], model_kwargs=TEN)
+
+
 def test_non_finite_images_stop_before_planning(batches):
     images, targets = batches[0]
     with pytest.raises(ValueError, match="loss on scoring batch 0 is nan.*non-finite"):
