@@ -27,8 +27,9 @@ def resize(
 
     Shrinking removes the channels not listed in `keep[key]` (default: the trailing ones) with
     torch-pruning; growing inserts zero channels after each member's block of the group, so the
-    model computes what it did. A group read by a grouped conv keeps (and by default drops, or
-    grows) the same number of channels in each conv group.
+    model computes what it did, unless a norm takes statistics over the channels (LayerNorm,
+    GroupNorm: the new zeros count). A group read by a grouped conv keeps (and by default drops,
+    or grows) the same number of channels in each conv group.
     """
     if not isinstance(graph, GroupGraph):
         raise TypeError(
