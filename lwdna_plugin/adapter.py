@@ -179,7 +179,13 @@ def _wrappers() -> tuple[type, ...]:
     from timm.utils.model_ema import ModelEmaV2, ModelEmaV3
     from torch.optim.swa_utils import AveragedModel
 
-    found: tuple[type, ...] = (nn.parallel.DistributedDataParallel, nn.DataParallel, AveragedModel, ModelEmaV2, ModelEmaV3)
+    found: tuple[type, ...] = (
+        nn.parallel.DistributedDataParallel,
+        nn.DataParallel,
+        AveragedModel,
+        ModelEmaV2,
+        ModelEmaV3,
+    )
     try:
         from mmengine.model import BaseAveragedModel
     except ImportError:
@@ -332,9 +338,10 @@ def check_model(model: nn.Module) -> None:
         raise ValueError(f"{name} has no parameters: there are no channels to widen or prune")
     quantized = next((n for n, m in model.named_modules() if "quantized" in type(m).__module__.split(".")), None)
     if quantized is not None:
+        kind = type(model.get_submodule(quantized)).__name__
         raise ValueError(
-            f"{name} is quantized (layer {quantized or '<model>'!r} is {type(model.get_submodule(quantized)).__name__}): "
-            "widths are found on the floating-point model; dissimilate that, then quantize the LW-DNA model"
+            f"{name} is quantized (layer {quantized or '<model>'!r} is {kind}): widths are found on the "
+            "floating-point model; dissimilate that, then quantize the LW-DNA model"
         )
     if any(t.is_meta for t in (*parameters, *model.buffers())):
         raise ValueError(

@@ -71,7 +71,9 @@ def test_negative_targets_say_that_classes_start_at_zero(batches):
 
 def test_a_torchscript_model_is_told_to_pass_its_eager_module():
     model = torch.jit.script(timm.create_model("resnet18", pretrained=False, num_classes=10))
-    with pytest.raises(TypeError, match="dissimilate\(model\): the model is a TorchScript module .*the nn.Module it was scripted"):
+    with pytest.raises(
+        TypeError, match=r"dissimilate\(model\): the model is a TorchScript module .*the nn.Module it was scripted"
+    ):
         lw.dissimilate(model, criterion="synflow", input_size=(3, 32, 32))
     with pytest.raises(TypeError, match=r"GroupGraph\(model, example_inputs\): the model is a TorchScript module"):
         lw.GroupGraph(model, torch.zeros(1, 3, 32, 32))
@@ -103,7 +105,8 @@ def test_dense_logits_take_a_class_index_per_pixel(batches):
         lw.dissimilate(DenseNet(), data=[(images, masks[:, 0, 0])])
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")  # torch's eager quantization is deprecated
+# torch's eager quantization warns that it is deprecated.
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 def test_a_quantized_model_is_told_to_pass_the_float_one():
     model = torch.ao.quantization.quantize_dynamic(
         timm.create_model("resnet18", pretrained=False, num_classes=10), {torch.nn.Linear}, dtype=torch.qint8
@@ -113,7 +116,8 @@ def test_a_quantized_model_is_told_to_pass_the_float_one():
 
 
 @pytest.mark.parametrize(
-    ("convert", "message"), [(torch.Tensor.to_sparse, r"sparse_coo tensor.*to_dense"), (lambda t: t.to("meta"), "'meta'")]
+    ("convert", "message"),
+    [(torch.Tensor.to_sparse, r"sparse_coo tensor.*to_dense"), (lambda t: t.to("meta"), "'meta'")],
 )
 def test_images_without_dense_data_are_named(batches, convert, message):
     images, targets = batches[0]

@@ -48,5 +48,7 @@ def growth_slots(
         return [(start + (b + 1) * step, n * repeat // blocks) for b in reversed(range(blocks))]
     step = size // blocks
     return [
-        (start + k * size + (b + 1) * step, n // blocks) for k in reversed(range(repeat)) for b in reversed(range(blocks))
+        (start + k * size + (b + 1) * step, n // blocks)
+        for k in reversed(range(repeat))
+        for b in reversed(range(blocks))
     ]
