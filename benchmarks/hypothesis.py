@@ -41,6 +41,7 @@ import platform
 import shlex
 import statistics
 import time
+from collections.abc import Collection
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -347,11 +348,19 @@ def t975(df: int) -> float:
     return table[df - 1] if df <= len(table) else 1.96 + 2.4 / df
 
 
-def paired(runs: list[dict], size: int, arm: str, other: str) -> dict | None:
-    """Mean paired difference of test top-1 (arm - other) over the seeds both finished, with a 95% t-interval."""
-    mine = {r["seed"]: r["test_top1"] for r in runs if r["train_size"] == size and r["arm"] == arm}
-    theirs = {r["seed"]: r["test_top1"] for r in runs if r["train_size"] == size and r["arm"] == other}
-    diffs = [mine[s] - theirs[s] for s in sorted(set(mine) & set(theirs))]
+def paired(runs: list[dict], sizes: int | Collection[int], arm: str, other: str) -> dict | None:
+    """Mean paired difference of test top-1 (arm - other) over the seeds both finished, with a 95% t-interval.
+
+    With several sizes, every (size, seed) both finished is one pair: the pooled estimate.
+    """
+    sizes = {sizes} if isinstance(sizes, int) else set(sizes)
+
+    def top1(name: str) -> dict[tuple[int, int], float]:
+        mine = (r for r in runs if r["train_size"] in sizes and r["arm"] == name)
+        return {(r["train_size"], r["seed"]): r["test_top1"] for r in mine}
+
+    mine, theirs = top1(arm), top1(other)
+    diffs = [mine[k] - theirs[k] for k in sorted(set(mine) & set(theirs))]
     if len(diffs) < 2:
         return None
     mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
@@ -386,6 +395,24 @@ def summarise(runs: list[dict], arms: list[str], sizes: list[int]) -> dict:
         if rows:
             summary[str(size)] = rows
     return summary
+
+
+def pooled_differences(runs: list[dict], arms: list[str], sizes: list[int]) -> dict:
+    """Per arm paired at two or more sizes: its paired differences from the baseline and from random,
+    every size's seeds pooled into one unweighted estimate."""
+    pooled = {}
+    for arm in arms:
+        if arm == "baseline":
+            continue
+        both = [n for n in sizes if paired(runs, n, arm, "baseline")]
+        if len(both) < 2:
+            continue
+        pooled[arm] = {
+            "sizes": both,
+            "vs_baseline": paired(runs, both, arm, "baseline"),
+            "vs_random": paired(runs, both, arm, "random") if arm != "random" else None,
+        }
+    return pooled
 
 
 def _interval(p: dict | None) -> str:
@@ -426,6 +453,20 @@ def to_markdown(payload: dict) -> str:
                 f"| {s['flops']:,.0f} ({s['flops'] / base['flops']:.3f}) | {s['params']:,.0f} "
                 f"({s['params'] / base['params']:.3f}) | {s['identify_pct_of_training']:.2f}% |"
             )
+        lines.append("")
+    if payload.get("pooled"):
+        lines += [
+            "### Every size pooled",
+            "",
+            "Each (size, seed) pair counts once, unweighted: the sizes' seed-to-seed spreads differ, so this is a "
+            "summary of the grid, not a replacement for the per-size rows.",
+            "",
+            "| arm | sizes | vs baseline (paired) | vs random (paired) |",
+            "|---|---|---|---|",
+        ]
+        for arm, p in payload["pooled"].items():
+            sizes = " + ".join(f"{n:,}" for n in p["sizes"])
+            lines.append(f"| {arm} | {sizes} | {_interval(p['vs_baseline'])} | {_interval(p['vs_random'])} |")
         lines.append("")
     trained = [run for run in payload["runs"] if not run.get("same_as")]  # a twin repeats its run's time
     hours = sum(run["train_s"] for run in trained) / 3600
@@ -656,6 +697,7 @@ def main(argv: list[str] | None = None) -> dict:
             "config": {k: v for k, v in vars(args).items() if k not in ("out", "tag", "estimate", "report")},
             "protocols": {str(r["train_size"]): r["protocol"] for r in runs},
             "summary": summary,
+            "pooled": pooled_differences(runs, arms, sizes),
             "runs": [{k: v for k, v in r.items() if k not in ("history", "protocol")} for r in runs],
         }
         (out / f"{tag}.json").write_text(json.dumps(payload, indent=1))

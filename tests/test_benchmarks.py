@@ -78,6 +78,25 @@ def test_paired_interval():
     assert hypothesis.paired(runs[:4], 10, "x", "baseline") is None  # one pair: no interval
 
 
+def test_pooling_counts_every_size_and_seed_pair_once():
+    hypothesis = _benchmark("hypothesis")
+    top1 = {
+        10: {"baseline": [80, 81, 82], "x": [81, 83, 82.5], "y": [79, 80, 81]},
+        20: {"baseline": [90, 91], "x": [90, 90]},
+    }
+    runs = [
+        {"train_size": n, "arm": arm, "seed": s, "test_top1": v}
+        for n, arms in top1.items()
+        for arm, values in arms.items()
+        for s, v in enumerate(values)
+    ]
+    both = hypothesis.paired(runs, [10, 20], "x", "baseline")
+    assert both["n"] == 5 and both["diffs"] == [1, 2, 0.5, 0, -1]
+    pooled = hypothesis.pooled_differences(runs, ["baseline", "x", "y"], [10, 20])
+    assert set(pooled) == {"x"}  # y was paired at one size only: its row is the per-size one
+    assert pooled["x"]["sizes"] == [10, 20] and pooled["x"]["vs_baseline"] == both
+
+
 def test_depth_priors_keep_the_earliest_or_the_latest_groups_whole():
     import lwdna_plugin as lw
 
