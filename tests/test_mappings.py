@@ -1,6 +1,6 @@
 """Index mappings (`lwdna_plugin.graph.index_mapping`) and where the graph installs them
-(`splits`, `rearrange`): unit cases, then small models with a split, a concatenation and a
-channels-last patch merge."""
+(`splits`, `rearrange`): unit cases, then small models with a split, a concatenation, a
+channels-last patch merge and selective-kernel attention."""
 
 import timm
 import torch
@@ -9,7 +9,7 @@ from torch_pruning import ops
 from torch_pruning._helpers import _HybridIndex
 
 import lwdna_plugin as lw
-from lwdna_plugin.graph.index_mapping import Chain, RearrangeMapping, SegmentMapping, between
+from lwdna_plugin.graph.index_mapping import Chain, RearrangeMapping, ReorderMapping, SegmentMapping, between
 from lwdna_plugin.graph.tracing import trace
 
 # Batch 2: torch-pruning first calls `model(*X)`, which a batch of one unpacks into one unbatched image.
@@ -62,6 +62,15 @@ def test_rearrange_mapping_block_and_cyclic_layouts():
     assert _plain(RearrangeMapping("cyclic", 2, lambda: 8, reverse=True)(_idx(6, root=2))) == [2]
     # The width is read at each call, so the layout follows a resized consumer.
     assert _plain(RearrangeMapping("cyclic", 2, lambda: 12, reverse=False)(_idx(1))) == [1, 7]
+
+
+def test_reorder_mapping_moves_positions_between_cyclic_and_block_order():
+    # Two copies of C = 4 channels: copy j of channel c is at j*4 + c (cyclic), c*2 + j (block).
+    to_block = ReorderMapping(2, lambda: 8, to_block=True)
+    assert _plain(to_block(_idx(1, 5, 7))) == [2, 3, 7]
+    assert _plain(ReorderMapping(2, lambda: 8, to_block=False)(_idx(2, 3, 7))) == [1, 5, 7]
+    assert [i.root_idx for i in to_block(_idx(5, root=1))] == [1]
+    assert _plain(ReorderMapping(2, lambda: 12, to_block=True)(_idx(7))) == [3]  # C = 6, read at the call
 
 
 def test_chain_applies_mappings_in_order():
@@ -179,3 +188,14 @@ def test_channels_last_patch_merge_is_mapped_cyclically():
     lw.resize(graph, {group.key: 12})
     assert model.layers[1].downsample.norm.normalized_shape[0] == 48
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_selective_kernel_attention_is_mapped_cyclically():
+    # fc_select writes (B, 2C) that `view(B, 2, C, 1, 1)` splits into one weight per path: path j
+    # of channel c is at j*C + c. torch-pruning maps the view as a flatten (c at 2c and 2c + 1).
+    model = timm.create_model("skresnet18", pretrained=False, num_classes=10).eval()
+    graph = lw.GroupGraph(model, torch.zeros(1, 3, 32, 32))
+    group = graph.group("layer1.0.conv1.paths.0.conv")
+    select = _member(group, "layer1.0.conv1.attn.fc_select")
+    assert select.repeat == 2 and group.prunable
+    assert sorted(p for p, r in zip(select.positions, select.root_idxs, strict=True) if r == 3) == [3, 67]

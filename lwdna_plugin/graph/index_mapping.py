@@ -57,6 +57,24 @@ class RearrangeMapping:
         return [_HybridIndex(idx=j * channels + i.idx, root_idx=i.root_idx) for j in range(r) for i in idxs]
 
 
+class ReorderMapping:
+    """Channel positions of `repeat` interleaved copies of C channels, moved between the cyclic order
+    (copy j of channel c at j*C + c) and the block order (at c*repeat + j); C read live from `width`.
+
+    Where torch-pruning maps a reshape as a flatten (block) but the tensor holds its copies
+    cyclically, this sits on the reshape's wide side and hands torch-pruning the order it assumes.
+    """
+
+    def __init__(self, repeat: int, width: Callable[[], int], to_block: bool) -> None:
+        self.repeat, self.width, self.to_block = repeat, width, to_block
+
+    def __call__(self, idxs: Sequence[_HybridIndex]) -> list[_HybridIndex]:
+        r, channels = self.repeat, self.width() // self.repeat
+        if self.to_block:
+            return [_HybridIndex(idx=(i.idx % channels) * r + i.idx // channels, root_idx=i.root_idx) for i in idxs]
+        return [_HybridIndex(idx=(i.idx % r) * channels + i.idx // r, root_idx=i.root_idx) for i in idxs]
+
+
 class Chain:
     """Several mappings applied in order, for one slot of a dependency."""
 
