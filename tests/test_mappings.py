@@ -199,3 +199,20 @@ def test_selective_kernel_attention_is_mapped_cyclically():
     select = _member(group, "layer1.0.conv1.attn.fc_select")
     assert select.repeat == 2 and group.prunable
     assert sorted(p for p, r in zip(select.positions, select.root_idxs, strict=True) if r == 3) == [3, 67]
+
+
+def test_split_attention_is_mapped_cyclically_through_its_softmax():
+    # ResNeSt's split attention: `conv` writes radix paths (B, 2C) that `reshape(B, 2, C, H, W)`
+    # splits and `sum(dim=1)` adds; `fc2`'s weights pass `view(B, 1, 2, C).transpose(1, 2)`, a
+    # softmax over the paths and three more views before they multiply the paths. Path j of
+    # channel c is at j*C + c in both; torch-pruning maps every view as a flatten.
+    model = timm.create_model("resnest14d", pretrained=False, num_classes=10).eval()
+    graph = lw.GroupGraph(model, torch.zeros(1, 3, 32, 32))
+    group = graph.group("layer1.0.conv2.fc1:in")  # rooted where the C channels are whole
+    assert group.prunable and group.size == 64
+    for name in ("layer1.0.conv2.conv", "layer1.0.conv2.bn0", "layer1.0.conv2.fc2"):
+        member = _member(group, name)
+        assert member.repeat == 2
+        assert sorted(p for p, r in zip(member.positions, member.root_idxs, strict=True) if r == 3) == [3, 67]
+    assert _member(group, "layer1.0.conv3").repeat == 1
+    assert not [g.key for g in graph.groups if g.fixed and g.key != "fc"]

@@ -179,10 +179,11 @@ def test_growing_every_group_of_a_resnet_keeps_its_output():
     assert torch.allclose(model(x), original(x), atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["densenet121", "dla34", "cspresnet50", "ghostnet_100", "skresnet18"])
+@pytest.mark.parametrize("name", ["densenet121", "dla34", "cspresnet50", "ghostnet_100", "skresnet18", "resnest14d"])
 def test_growing_every_group_of_a_model_with_concatenations_keeps_its_output(name):
     # Each concatenated branch grows before the next one starts, where its readers take it; a
-    # selective-kernel block's attention weights grow at the end of each path's weights.
+    # selective-kernel block's attention weights grow at the end of each path's weights, and so do a
+    # split-attention block's radix paths.
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, num_classes=10).eval()
     with torch.no_grad():

@@ -191,6 +191,9 @@ class GroupGraph:
         the mapping is cyclic.
         """
         candidates = []
+        splits = any(
+            item.dep.target.type in (ops.OPTYPE.SPLIT, ops.OPTYPE.SLICE, ops.OPTYPE.UNBIND) for item in found[0]
+        )
         for item in found[0]:
             module = item.dep.target.module
             if module is root or not isinstance(module, (ops.TORCH_CONV, ops.TORCH_LINEAR)):
@@ -204,9 +207,11 @@ class GroupGraph:
             pruner = self.dg.get_pruner_of_module(module)
             fn: Callable = pruner.prune_in_channels if as_input else pruner.prune_out_channels
             key = f"{name}{INPUT_SUFFIX}" if as_input else name
-            if as_input and head_owner(self.model, key) is None:
-                # Only attention heads are known to split a layer's input evenly; elsewhere a
-                # split's sizes may be fixed in Python (Res2Net's `torch.split(x, self.width)`).
+            if as_input and splits and head_owner(self.model, key) is None:
+                # Through a split, a layer's input may be one piece whose size is fixed in Python
+                # (Res2Net's `torch.split(x, self.width)`); only attention heads are known to split
+                # evenly. Without one it reads the group's channels whole (split attention's sum
+                # over its paths feeding `conv3`).
                 continue
             narrower = self._search.run(module, fn, list(range(width)))
             candidate = self._describe(key, narrower)

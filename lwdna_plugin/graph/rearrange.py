@@ -19,8 +19,9 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import ops
+from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
 
-from .index_mapping import RearrangeMapping, ReorderMapping, wire
+from .index_mapping import RearrangeMapping, ReorderMapping, between, wire
 
 # Autograd ops that only move elements (or pad them): a chain of them maps channels one to one.
 _REARRANGE = {
@@ -36,44 +37,65 @@ _CHANNELS_FIRST = (ops.OPTYPE.CONV, ops.OPTYPE.DEPTHWISE_CONV, ops.OPTYPE.BN, op
 _CHANNELS_LAST = (ops.OPTYPE.LINEAR, ops.OPTYPE.LN)
 
 
-def _is_rearrange(node: tp.dependency.Node) -> bool:
+def _moves(node: tp.dependency.Node) -> bool:
+    """Whether `node` only moves the elements of its one input (its output may feed several ops)."""
     fn = node.grad_fn
     return (
         node.type in (ops.OPTYPE.RESHAPE, ops.OPTYPE.ELEMENTWISE)
         and fn is not None
         and fn.name() in _REARRANGE
         and len(node.inputs) == 1
-        and len(node.outputs) == 1
     )
 
 
-def _channel_dim(dg: tp.DependencyGraph, node: tp.dependency.Node, upstream: bool) -> tuple[int, int | None] | None:
-    """Where a tensor keeps its channels and how many, judged by the nearest layers that write (or read) it.
+def _is_rearrange(node: tp.dependency.Node) -> bool:
+    """A rearranging op inside a chain: it feeds exactly one op."""
+    return _moves(node) and len(node.outputs) == 1
 
-    Searches through element-wise ops (residual sums, activations), not through reshapes;
-    None when no layer is found or layers disagree on the dimension (the count is None when
-    they disagree on it).
-    """
-    stack, seen, dims, counts = [node], set(), set(), set()
+
+def _nearest_layers(nodes: list[tp.dependency.Node], upstream: bool, across: bool = False) -> list[tp.dependency.Node]:
+    """The layers nearest `nodes` that write (or read) their tensor: searched through element-wise
+    ops (residual sums, activations), and with `across` through rearrangements too."""
+    stack, seen, layers = list(nodes), set(), []
     while stack:
         n = stack.pop()
         if n in seen:
             continue
         seen.add(n)
         if n.type in _CHANNELS_FIRST + _CHANNELS_LAST:
-            dims.add(1 if n.type in _CHANNELS_FIRST else -1)
-            pruner = dg.get_pruner_of_module(n.module)
-            counts.add(
-                None if pruner is None else (pruner.get_out_channels if upstream else pruner.get_in_channels)(n.module)
-            )
-        elif n.type == ops.OPTYPE.ELEMENTWISE and not _is_rearrange(n):
+            layers.append(n)
+        elif (n.type == ops.OPTYPE.ELEMENTWISE and not _moves(n)) or (across and _moves(n)):
             stack.extend(n.inputs if upstream else n.outputs)
-    if len(dims) != 1:
+    return layers
+
+
+def _channel_dim(
+    dg: tp.DependencyGraph, nodes: list[tp.dependency.Node], upstream: bool, across: bool = False
+) -> tuple[int | None, int | None] | None:
+    """Where a tensor keeps its channels and how many, judged by its nearest layers.
+
+    With `across`, layers beyond rearrangements count too and leave the dimension unknown (None).
+    None when no layer is found or layers disagree on the dimension (the count is None when
+    they disagree on it).
+    """
+    layers = _nearest_layers(nodes, upstream, across)
+    dims = {1 if n.type in _CHANNELS_FIRST else -1 for n in layers}
+    if len(dims) != 1 and not (across and dims):
         return None
-    return dims.pop(), counts.pop() if len(counts) == 1 else None
+    counts = {_width(dg, n.module, upstream) for n in layers}
+    count = counts.pop() if len(counts) == 1 else None
+    return (None, count) if across else (dims.pop(), count)
 
 
-def _dim_of(shape: list[int], found: tuple[int, int | None]) -> int | None:
+def _width(dg: tp.DependencyGraph, module: object, out: bool) -> int | None:
+    """A layer's live output (or input) channel count; None if torch-pruning has no pruner for it."""
+    pruner = dg.get_pruner_of_module(module) if isinstance(module, nn.Module) else None
+    if pruner is None:
+        return None
+    return (pruner.get_out_channels if out else pruner.get_in_channels)(module)
+
+
+def _dim_of(shape: list[int], found: tuple[int | None, int | None]) -> int | None:
     """The dimension of `shape` that holds the channels the nearest layers hold.
 
     A layer's own dimension unless its size is not their channel count: a view that adds leading
@@ -81,7 +103,7 @@ def _dim_of(shape: list[int], found: tuple[int, int | None]) -> int | None:
     dimension of that size holds them.
     """
     dim, count = found
-    if count is None or shape[dim] == count:
+    if count is None or (dim is not None and shape[dim] == count):
         return dim
     matches = [d for d in range(1, len(shape)) if shape[d] == count]
     return matches[0] if len(matches) == 1 else None
@@ -96,7 +118,7 @@ def _chain(node: tp.dependency.Node) -> list[tp.dependency.Node]:
     first = last = node
     while _is_rearrange(first.inputs[0]):
         first = first.inputs[0]
-    while _is_rearrange(last.outputs[0]):
+    while len(last.outputs) == 1 and _moves(last.outputs[0]):
         last = last.outputs[0]
     chain = [first]
     while chain[-1] is not last:
@@ -124,11 +146,11 @@ def _probe(
     dims: tuple[int, int],
 ) -> tuple[list[list[int]], int] | None:
     """For each input channel of `chain`, the output channels it lands at, and the output's channel
-    count; None if the chain keeps the count, neither count divides the other, or autograd cannot say."""
+    count; None if neither count divides the other or autograd cannot say."""
     (in_shape, out_shape), (in_dim, out_dim) = shapes, dims
     out_dtype = chain[-1].grad_fn._input_metadata[0].dtype
     c_in, c_out = in_shape[in_dim], out_shape[out_dim]
-    if c_in == c_out or (c_out % c_in and c_in % c_out):
+    if c_out % c_in and c_in % c_out:
         return None
     # Each output element holds its channel index; pull it back through the chain.
     view = [1] * len(out_shape)
@@ -149,9 +171,12 @@ def _probe(
 
 def _layout(lands: list[list[int]], c_out: int) -> str | None:
     """How the C channels of the narrow side sit among the r*C of the wide side: 'block' when channel
-    c is at c*r ... c*r + r-1, 'cyclic' at c, C + c, ...; else None. The chain's input is the narrow
-    side when it widens (a flatten, a patch merge), the wide one when it narrows (paths split off)."""
+    c is at c*r ... c*r + r-1, 'cyclic' at c, C + c, ...; 'same' when the chain keeps every channel
+    where it was; else None. The chain's input is the narrow side when it widens (a flatten, a
+    patch merge), the wide one when it narrows (paths split off)."""
     c_in = len(lands)
+    if c_out == c_in:
+        return "same" if all(row == [c] for c, row in enumerate(lands)) else None
     if c_out > c_in:
         r = c_out // c_in
         block = all(row == list(range(c * r, c * r + r)) for c, row in enumerate(lands))
@@ -163,49 +188,86 @@ def _layout(lands: list[list[int]], c_out: int) -> str | None:
     return "block" if block else "cyclic" if cyclic else None
 
 
-def map_rearrangement(dg: tp.DependencyGraph, node: tp.dependency.Node, seen: set) -> None:
-    """Index-map the chain of reshapes and permutes through `node` if it changes the channel count.
+def _tp_mapped(chain: list[tp.dependency.Node]) -> list[tp.dependency.Node]:
+    """The chain's ops torch-pruning index-maps (as flattens) on its own: it re-maps them before every group search."""
+    mapped = []
+    for n in chain:
+        if n.type != ops.OPTYPE.RESHAPE:
+            continue
+        deps = [d for other in n.inputs + n.outputs for d in (*between(n, other), *between(other, n))]
+        if any(isinstance(m, _FlattenIndexMapping) for d in deps for m in d.index_mapping):
+            mapped.append(n)
+    return mapped
 
-    Adds the chain to `seen`, mapped or not. A chain torch-pruning mapped (always as a block
-    layout) is remapped only where the probe finds it cyclic.
+
+def _unmap(nodes: list[tp.dependency.Node]) -> None:
+    """Take `nodes` out of torch-pruning's reshape mapping and drop the flatten mappings it gave them."""
+    for n in nodes:
+        # torch-pruning maps only nodes of type RESHAPE; to it an element-wise op keeps channels.
+        n.type = ops.OPTYPE.ELEMENTWISE
+        for other in n.inputs + n.outputs:
+            for dep in (*between(n, other), *between(other, n)):
+                dep.index_mapping = [None if isinstance(m, _FlattenIndexMapping) else m for m in dep.index_mapping]
+
+
+def map_rearrangement(dg: tp.DependencyGraph, node: tp.dependency.Node, seen: set) -> None:
+    """Index-map the chain of reshapes and permutes through `node` where torch-pruning maps it wrongly or not at all.
+
+    Adds the chain to `seen`, mapped or not. Where torch-pruning mapped one op of the chain (as
+    a flatten: block layout), a probe that finds the chain cyclic puts a reordering on its wide
+    side, and one that finds it keeps every channel in place removes torch-pruning's mapping.
+    Where one side's layers lie beyond other rearrangements (split attention's softmax between
+    two views), the chain is looked at for the other side's channel count, and mapped only if
+    it keeps every channel in place.
     """
-    if not _is_rearrange(node):
+    if not _moves(node):
         return
     chain = _chain(node)
     seen.update(chain)
-    last = chain[-1]
-    producer, consumer = chain[0].inputs[0], last.outputs[0]
-    # torch-pruning maps a lone reshape that changes the channel count as a flatten (block layout).
-    tp_mappings = [m for n in chain for d in n.dependencies for m in d.index_mapping if m is not None]
-    if tp_mappings and len(chain) > 1:
+    producer, consumers = chain[0].inputs[0], chain[-1].outputs
+    mapped = _tp_mapped(chain)
+    if producer.grad_fn is None or not consumers:
         return
-    wrote, read = _channel_dim(dg, producer, upstream=True), _channel_dim(dg, consumer, upstream=False)
-    if wrote is None or read is None or producer.grad_fn is None:
-        return
+    wrote, read = _channel_dim(dg, [producer], upstream=True), _channel_dim(dg, consumers, upstream=False)
     shapes = _shapes(chain, producer)
-    if shapes is None:
+    if shapes is None or (wrote is None and read is None):
         return
-    in_dim, out_dim = _dim_of(shapes[0], wrote), _dim_of(shapes[1], read)
-    if in_dim is None or out_dim is None:
-        return
-    probed = _probe(chain, producer, shapes, (in_dim, out_dim))
-    layout = None if probed is None else _layout(*probed)
-    if layout is None or (tp_mappings and layout == "block"):
+    if wrote is not None and read is not None:
+        sides = [(wrote, read)]
+    else:
+        # One side's nearest layers lie beyond other rearrangements (split attention's softmax
+        # between two views): its channels are looked for at the other side's count (a chain
+        # that keeps them in place), then at the count of the layers beyond.
+        known = wrote or read
+        beyond = _channel_dim(dg, [producer] if wrote is None else consumers, wrote is None, across=True)
+        guesses = [(None, known[1])] + ([beyond] if beyond is not None else [])
+        sides = [(g, read) if wrote is None else (wrote, g) for g in guesses]
+    for wrote, read in sides:
+        in_dim, out_dim = _dim_of(shapes[0], wrote), _dim_of(shapes[1], read)
+        probed = None if in_dim is None or out_dim is None else _probe(chain, producer, shapes, (in_dim, out_dim))
+        layout = None if probed is None else _layout(*probed)
+        if layout is not None:
+            break
+    if layout == "same" and mapped:
+        _unmap(mapped)
+    if layout in (None, "same") or (mapped and layout == "block") or len(mapped) > 1:
         return
     lands, c_out = probed
     widens = c_out > len(lands)
-    r = max(c_out, len(lands)) // min(c_out, len(lands))
-    # The mapping sits between the chain and the layer on its wide side, whose live width sizes it.
-    wide, get = (consumer, "get_in_channels") if widens else (producer, "get_out_channels")
-    module = wide.module
-    pruner = dg.get_pruner_of_module(module) if isinstance(module, nn.Module) else None
-    if pruner is None or getattr(pruner, get)(module) != r * min(c_out, len(lands)):
+    if widens and len(consumers) > 1:
         return
-    width = partial(getattr(pruner, get), module)
-    a, b = (last, consumer) if widens else (producer, chain[0])
-    if tp_mappings:
+    r = max(c_out, len(lands)) // min(c_out, len(lands))
+    # The mapping sits between the chain and the op on its wide side; the nearest layer there
+    # (the op itself, or the conv before an activation) sizes it as it is resized.
+    wide = _nearest_layers(consumers if widens else [producer], upstream=not widens)
+    if len(wide) != 1 or _width(dg, wide[0].module, out=not widens) != r * min(c_out, len(lands)):
+        return
+    width = partial(_width, dg, wide[0].module, not widens)
+    a, b = (chain[-1], consumers[0]) if widens else (producer, chain[0])
+    if mapped:
         # torch-pruning re-installs its block mapping on the narrow side before every group
         # search; reordering the wide side's cyclic positions into block order composes with it.
+        tp_mappings = [m for n in chain for d in n.dependencies for m in d.index_mapping if m is not None]
         if any(getattr(m, "_stride", r) != r for m in tp_mappings):
             return
         wire(a, b, 0, ReorderMapping(r, width, to_block=not widens), ReorderMapping(r, width, to_block=widens))
