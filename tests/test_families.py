@@ -139,6 +139,10 @@ def test_channels_last_patch_merging_maps_each_channel_to_every_quarter():
     graph = lw.GroupGraph(model, X)
     group = graph.group("layers.0.blocks.1.mlp.fc2")
     assert group.prunable
+    # A fixed group names a bare parameter it reaches by the model's name for it.
+    assert graph.group("layers.0.blocks.0.attn.qkv").fixed == (
+        "channel mapping at layers.0.blocks.0.attn.relative_position_bias_table points past its 3 channels"
+    )
     norm = next(m for m in group.members if m.name == "layers.1.downsample.norm")
     c = group.size
     assert sorted(p for p, r in zip(norm.positions, norm.root_idxs, strict=True) if r == 5) == [

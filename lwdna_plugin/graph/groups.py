@@ -80,8 +80,7 @@ def describe(
     group = ChannelGroup(key=key, size=size)
     divisors = [1]
     reasons = [
-        f"channel mapping at {dg._module2name.get(node.module) or node.name.splitlines()[0]} "
-        f"points past its {width} channels"
+        f"channel mapping at {_name(dg, node) or node.name.splitlines()[0]} points past its {width} channels"
         for node, width in overflow
     ]
     unsized = getattr(dg, "unsized_concats", set())
@@ -121,13 +120,18 @@ def describe(
     return group
 
 
+def _name(dg: tp.DependencyGraph, node: tp.dependency.Node) -> str | None:
+    """The model's name for a node's layer or bare parameter (a relative position bias table)."""
+    names = dg._param_to_name if node.type == ops.OPTYPE.PARAMETER else dg._module2name
+    return names.get(node.module)
+
+
 def _member(dg: tp.DependencyGraph, item: object, size: int) -> tuple[Member, list[str]]:
     """One group item as a member (its name None for a layer the model does not name), and what
     keeps it from growing in place."""
     node, handler = item.dep.target, item.dep.handler
     optype, module = node.type, node.module
-    names = dg._param_to_name if optype == ops.OPTYPE.PARAMETER else dg._module2name
-    name = names.get(module)
+    name = _name(dg, node)
     where = name or node.name
     pruner = dg.get_pruner_of_module(module)
     tied = pruner.prune_in_channels == pruner.prune_out_channels
