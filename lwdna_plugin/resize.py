@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
+import torch_pruning as tp
 from torch_pruning import ops
 
 from .graph import GroupGraph, growth_slots
@@ -71,7 +72,12 @@ def resize(
                 raise ValueError(f"channel group {key!r}: keep lists {len(kept)} channels, width is {target}")
             removed = set(range(group.size)) - set(kept)
             tp_removal = graph.tp_group(key, sorted(removed))
-            grouped = [item for item in tp_removal if _grouped_conv_input(graph, item)]
+            # A transposed conv's inputs are whole rows of its weight, which torch-pruning removes right.
+            grouped = [
+                item
+                for item in tp_removal
+                if _grouped_conv_input(graph.dg, item) and not item.dep.target.module.transposed
+            ]
             # `Group.items` is torch-pruning's own list of the group's items: removing the grouped
             # convs' inputs there leaves `prune` everything else (bare parameters included).
             tp_removal.items[:] = [item for item in tp_removal if not any(item is g for g in grouped)]
@@ -124,14 +130,12 @@ def top_channels(score: torch.Tensor, k: int, blocks: int = 1) -> list[int]:
     return sorted(order[:k])
 
 
-def _grouped_conv_input(graph: GroupGraph, item) -> bool:
-    """The input channels of a grouped (not depthwise) conv: torch-pruning's removal is wrong there."""
-    module = item.dep.target.module
+def _grouped_conv_input(dg: tp.DependencyGraph, item) -> bool:
+    """The input channels of a grouped (not depthwise) conv: each conv group must lose (or gain) as
+    many, which neither torch-pruning's removal nor an insertion at one position keeps."""
+    node = item.dep.target
     return (
-        item.dep.target.type == ops.OPTYPE.CONV
-        and module.groups > 1
-        and not module.transposed
-        and not graph.dg.is_out_channel_pruning_fn(item.dep.handler)
+        node.type == ops.OPTYPE.CONV and node.module.groups > 1 and not dg.is_out_channel_pruning_fn(item.dep.handler)
     )
 
 
@@ -215,7 +219,7 @@ def _grow(graph: GroupGraph, tp_group, size: int, n: int, blocks: int) -> None:
         node, handler = item.dep.target, item.dep.handler
         grower = GROWERS[node.type]
         slots = growth_slots(list(item.idxs), list(item.root_idxs), size, n, blocks)
-        if node.type == ops.OPTYPE.CONV and node.module.groups > 1 and not dg.is_out_channel_pruning_fn(handler):
+        if _grouped_conv_input(dg, item):
             _grow_grouped_conv_input(node.module, slots, n)
             continue
         for at, count in slots:
