@@ -217,8 +217,8 @@ def map_rearrangement(dg: tp.DependencyGraph, node: tp.dependency.Node, seen: se
     a flatten: block layout), a probe that finds the chain cyclic puts a reordering on its wide
     side, and one that finds it keeps every channel in place removes torch-pruning's mapping.
     Where one side's layers lie beyond other rearrangements (split attention's softmax between
-    two views), the chain is looked at for the other side's channel count, and mapped only if
-    it keeps every channel in place.
+    two views), that side's channels are looked for at the other side's count, then at the count
+    of the layers beyond those rearrangements; the probe decides whether either fits.
     """
     if not _moves(node):
         return
