@@ -8,7 +8,13 @@ and the initialisation, so arms are compared seed by seed (paired differences):
 - baseline: the model as registered, freshly initialised;
 - random: `dissimilate` with random scores (same budget, floors and ranking as the paper's);
 - lwdna: whatever `dissimilate` does by default (so the default is what the study measures);
-- lwdna-<variant>: the identification variants under test, named in `VARIANTS`.
+- lwdna-<variant>: the identification variants under test, named in `VARIANTS`;
+- uniform: the original thinned uniformly to the FLOP target (`ranking="uniform"`, `width=1`:
+  every group keeps one common fraction of its width), what a user would otherwise do.
+
+Every run also records its model's latency at batch 1 and `--latency-batch` (one thread, eval),
+timed side by side with the `uniform` model of the same budget (`latency_ms`, with the ratio's
+95% interval), and the git commit of the code that identified it.
 
 Each run (size, arm, seed) writes its own JSON under `<out>/<tag>_runs/`; a rerun skips finished
 runs, so the study spans sessions. After every finished run the study's summary is rewritten:
@@ -40,6 +46,7 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import time
 from collections.abc import Collection
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -48,6 +55,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import matplotlib  # noqa: E402
+import numpy as np  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -57,11 +65,14 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import lwdna_plugin as lw  # noqa: E402
+from lwdna_plugin.latency import ratio_interval, time_samples  # noqa: E402
 
 # Identification variants: keyword arguments of `dissimilate` on top of the study's width, budget
 # and floors. "lwdna" takes dissimilate's defaults; "lwdna-sum" is the paper's criterion.
 VARIANTS: dict[str, dict] = {
     "random": {"criterion": "random", "aggregate": "sum", "ranking": "saliency"},
+    # No identification: the original thinned uniformly (scores are not read; l1 is the cheapest).
+    "uniform": {"criterion": "l1", "ranking": "uniform", "width": 1.0},
     "lwdna": {},
     "lwdna-sum": {"criterion": "gate", "aggregate": "sum", "ranking": "saliency"},
     "lwdna-mean": {"criterion": "gate", "aggregate": "mean", "ranking": "saliency"},
@@ -250,6 +261,7 @@ def make_arm(arm: str, data: dict[str, torch.Tensor], args: argparse.Namespace, 
     if options.get("criterion") in ("depth-early", "depth-late"):
         options["criterion"] = depth_scores(args.model, kwargs, options["criterion"] == "depth-early", seed)
     count = options.pop("batches", DISSIMILATE_DEFAULTS["batches"])
+    width = options.pop("width", args.width)
     shuffle = torch.randperm(len(data["train_y"]), generator=torch.Generator().manual_seed(seed))
     size = args.score_batch_size
     picks = [shuffle[(i * size) % len(shuffle) :][:size] for i in range(count)]
@@ -267,7 +279,7 @@ def make_arm(arm: str, data: dict[str, torch.Tensor], args: argparse.Namespace, 
         options["warmup"] = lw.Warmup(steps, lr=protocol["lr"], weight_decay=protocol["weight_decay"])
     result = lw.dissimilate(
         args.model,
-        width=args.width,
+        width=width,
         flops=args.flops,
         data=batches,
         batches=count,
@@ -281,6 +293,51 @@ def make_arm(arm: str, data: dict[str, torch.Tensor], args: argparse.Namespace, 
 
 
 _DATA: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+_UNIFORM: dict[str, nn.Module] = {}
+
+
+def code_version() -> str:
+    """The git commit of this checkout (with '+dirty' when files differ), or 'unknown'."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "lwdna_plugin"], cwd=root, capture_output=True, text=True
+        )
+    except OSError:
+        return "unknown"
+    if head.returncode:
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def time_against_uniform(
+    model: nn.Module, data: dict[str, torch.Tensor], args: argparse.Namespace, protocol: dict
+) -> dict[str, dict[str, float]]:
+    """Milliseconds of one eval forward pass of `model` and of the same budget's `uniform` model,
+    timed side by side on one thread at batch 1 and `args.latency_batch`, with the ratio's 95%
+    bootstrap interval (`lw.latency`'s timer: interleaved, at least 20 passes and 2 s)."""
+    key = json.dumps([args.model, args.model_kwargs, args.flops, args.round_to])
+    if key not in _UNIFORM:
+        uniform, _ = make_arm("uniform", data, args, 0, protocol)
+        _UNIFORM[key] = uniform.to(args.device, memory_format=torch.channels_last)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        found = {}
+        for batch in (1, args.latency_batch):
+            samples = time_samples([_UNIFORM[key], model], tuple(data["train_x"].shape[1:]), batch, 20, 2.0)
+            low, high = ratio_interval(samples)[1]
+            medians = np.median(samples, axis=0)
+            found[str(batch)] = {
+                "ms": round(1e3 * float(medians[1]), 3),
+                "uniform_ms": round(1e3 * float(medians[0]), 3),
+                "vs_uniform": round(float(medians[1] / medians[0]), 4),
+                "vs_uniform_95": [round(float(low), 4), round(float(high), 4)],
+            }
+    finally:
+        torch.set_num_threads(threads)
+    return found
 
 
 def run_one(args: argparse.Namespace, size: int, arm: str, seed: int, protocol: dict, path: Path) -> dict:
@@ -301,12 +358,16 @@ def run_one(args: argparse.Namespace, size: int, arm: str, seed: int, protocol: 
     example = data["train_x"][:1].to(args.device)
     flops, params = lw.count_flops(model, example), lw.count_params(model)
     history = train(model, data, protocol, seed)
+    latency = time_against_uniform(model, data, args, protocol) if args.latency_batch else {}
     groups = result.spec["groups"] if result is not None else {}
     run = {
         "model": args.model,
         "train_size": size,
         "arm": arm,
         "seed": seed,
+        "budget": args.flops,
+        "code": code_version(),
+        "latency_ms": latency,
         "test_top1": history["test_acc"][-1],
         "train_top1": history["train_top1"],
         "flops": flops,
@@ -378,6 +439,7 @@ def summarise(runs: list[dict], arms: list[str], sizes: list[int]) -> dict:
             if not mine:
                 continue
             tests = [r["test_top1"] for r in mine]
+            timed = [r for r in mine if r.get("latency_ms")]
             rows[arm] = {
                 "seeds": len(mine),
                 "test_top1_mean": statistics.mean(tests),
@@ -391,6 +453,13 @@ def summarise(runs: list[dict], arms: list[str], sizes: list[int]) -> dict:
                 "identify_pct_of_training": 100.0 * statistics.median(r["identify_s"] / r["train_s"] for r in mine),
                 "vs_baseline": paired(runs, size, arm, "baseline") if arm != "baseline" else None,
                 "vs_random": paired(runs, size, arm, "random") if arm not in ("baseline", "random") else None,
+                "vs_uniform": paired(runs, size, arm, "uniform") if arm not in ("baseline", "uniform") else None,
+                # Each run's latency over the same budget's uniform model, timed side by side, median over seeds.
+                "latency_vs_uniform": {
+                    batch: statistics.median(r["latency_ms"][batch]["vs_uniform"] for r in timed)
+                    for batch in (timed[0]["latency_ms"] if timed else {})
+                    if all(batch in r["latency_ms"] for r in timed)
+                },
             }
         if rows:
             summary[str(size)] = rows
@@ -419,6 +488,10 @@ def _interval(p: dict | None) -> str:
     return f"{p['mean']:+.2f} [{p['low']:+.2f}, {p['high']:+.2f}] (n={p['n']})" if p else "-"
 
 
+def _latencies(ratios: dict | None) -> str:
+    return ", ".join(f"{batch}: {ratio:.3f}" for batch, ratio in ratios.items()) if ratios else "-"
+
+
 def to_markdown(payload: dict) -> str:
     cfg = payload["config"]
     model = cfg["model"] + (f" {json.dumps(cfg['model_kwargs'])}" if cfg.get("model_kwargs") else "")
@@ -441,17 +514,19 @@ def to_markdown(payload: dict) -> str:
         lines += [
             f"### {size} training images, {epochs} epochs",
             "",
-            "| arm | seeds | test top-1 (mean +- std) | vs baseline (paired) | vs random (paired) | final train top-1 "
-            "| FLOPs (fvcore MACs) | params | identification / training |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| arm | seeds | test top-1 (mean +- std) | vs baseline (paired) | vs random (paired) "
+            "| vs uniform (paired) | final train top-1 | FLOPs (fvcore MACs) | params "
+            "| latency / uniform's (batch: median ratio) | identification / training |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         base = rows.get("baseline", next(iter(rows.values())))
         for arm, s in rows.items():
             lines.append(
                 f"| {arm} | {s['seeds']} | {s['test_top1_mean']:.2f} +- {s['test_top1_std']:.2f} "
-                f"| {_interval(s['vs_baseline'])} | {_interval(s['vs_random'])} | {s['train_top1_mean']:.2f} "
-                f"| {s['flops']:,.0f} ({s['flops'] / base['flops']:.3f}) | {s['params']:,.0f} "
-                f"({s['params'] / base['params']:.3f}) | {s['identify_pct_of_training']:.2f}% |"
+                f"| {_interval(s['vs_baseline'])} | {_interval(s['vs_random'])} | {_interval(s.get('vs_uniform'))} "
+                f"| {s['train_top1_mean']:.2f} | {s['flops']:,.0f} ({s['flops'] / base['flops']:.3f}) "
+                f"| {s['params']:,.0f} ({s['params'] / base['params']:.3f}) "
+                f"| {_latencies(s.get('latency_vs_uniform'))} | {s['identify_pct_of_training']:.2f}% |"
             )
         lines.append("")
     if payload.get("pooled"):
@@ -568,6 +643,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--floor", type=float, default=0.4, help="rho: min fraction of each widened group")
     p.add_argument("--round-to", type=int, default=1)
     p.add_argument("--score-batch-size", type=int, default=128)
+    p.add_argument(
+        "--latency-batch", type=int, default=128, help="larger batch size each run is timed at beside batch 1 (0: off)"
+    )
     p.add_argument("--warmup-batch-size", type=int, default=32, help="batch size of warm-up arms' SGD steps")
     p.add_argument("--quick", action="store_true", help="smoke test: 500 images, 2 epochs, 2 seeds")
     p.add_argument("--estimate", action="store_true", help="print the compute budget of what is left, run nothing")
@@ -579,6 +657,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores / workers)")
     p.add_argument("--tag", default=None, help="output stem (default hypothesis_regimes[_quick][_<device>])")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument(
+        "--baseline-from",
+        default=None,
+        help="a runs folder of another study whose baseline runs (same model, training protocol and seeds) are "
+        "reported here instead of training the full-width baseline again, e.g. benchmarks/results/"
+        "hypothesis_regimes_runs",
+    )
     args = p.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
@@ -628,6 +713,30 @@ def load_runs(folder: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
 
 
+# Protocol keys that only the identification reads: a baseline run does not depend on them.
+IDENTIFICATION_KEYS = ("width", "flops", "floor", "round_to", "score_batch_size", "warmup_batch_size")
+
+
+def borrowed_baselines(folder: str | None, protocols: dict[int, dict]) -> list[dict]:
+    """The baseline runs of another study whose training protocol at a size equals this one's
+    (identification settings aside: a baseline trains the registered model whatever they are)."""
+    if folder is None:
+        return []
+    if not Path(folder).is_dir():
+        raise SystemExit(f"--baseline-from {folder}: no such folder of runs")
+
+    def training(protocol: dict) -> dict:
+        return {k: v for k, v in protocol.items() if k not in IDENTIFICATION_KEYS}
+
+    return [
+        {**run, "borrowed_from": str(folder)}
+        for run in load_runs(Path(folder))
+        if run["arm"] == "baseline"
+        and run["train_size"] in protocols
+        and training(run["protocol"]) == training(protocols[run["train_size"]])
+    ]
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out = Path(args.out)
@@ -637,6 +746,7 @@ def main(argv: list[str] | None = None) -> dict:
     folder = out / f"{tag}_runs"
     folder.mkdir(parents=True, exist_ok=True)
     jobs, done = [], 0
+    protocols = {size: protocol_of(args, index) for index, size in enumerate(args.sizes)}
     # Size, then seed, then arm: whatever is finished when a session ends is a set of complete pairs.
     for index, size in enumerate(args.sizes):
         protocol = protocol_of(args, index)
@@ -685,6 +795,10 @@ def main(argv: list[str] | None = None) -> dict:
         # Every finished run of the study, not only this call's: a partial call never shrinks the report.
         # An `lwdna` run made under other defaults is not today's `lwdna` (reported only after a rerun).
         current = [r for r in load_runs(folder) if r["arm"] != "lwdna" or same_settings(r["settings"])]
+        own = {(r["train_size"], r["seed"]) for r in current if r["arm"] == "baseline"}
+        current += [
+            r for r in borrowed_baselines(args.baseline_from, protocols) if (r["train_size"], r["seed"]) not in own
+        ]
         runs = [r for r in current if r["arm"] in ARMS]
         arms = [a for a in ARMS if any(r["arm"] == a for r in runs)]
         sizes = sorted({r["train_size"] for r in runs})

@@ -97,6 +97,8 @@ def dissimilate(
             channel of its group costs, a knapsack view of the budget) or 'saliency' (raw scores, the
             paper's criterion). In this project's regime study (README) per-FLOP ranking beats raw
             saliency, which trails uniform widths; per-FLOP ranking keeps more parameters.
+            'uniform' ranks nothing: every group keeps one common fraction of its width; with
+            `width=1` that is the original thinned uniformly, the baseline to compare against.
         inits: score this many initialisations of the widened model (seeds `seed`, `seed + 1`,
             ...) and plan on each group's rank-wise mean score profile: less noise from one
             random initialisation, at `inits` times the scoring cost.

@@ -8,7 +8,10 @@ What the threshold compares is a channel's value per unit of what it costs (a kn
 - `ranking="saliency"` (the paper's): raw scores, every channel costing the same;
 - `ranking="flops"` (`dissimilate`'s default): scores divided by the FLOPs one channel of the
   group costs, so a residual channel that every block of a stage reads and writes must be worth
-  that much more to stay.
+  that much more to stay;
+- `ranking="uniform"`: no ranking across groups: every group keeps one fraction of its width
+  (rounded to its step), the largest fraction that meets the target. With `width=1` this is the
+  original architecture thinned uniformly, the baseline a layer-wise allocation must beat.
 Further cost limits (a `LatencyModel` per batch size) that the plan would break divide the
 ranked scores further by the group's share of those limits per share of FLOPs, at a few
 strengths, so the search cuts where the limit is spent rather than everywhere.
@@ -46,7 +49,7 @@ class Floors:
             raise ValueError(f"Floors(min_channels={self.min_channels!r}): must be a positive integer")
 
 
-RANKINGS = ("saliency", "flops")
+RANKINGS = ("saliency", "flops", "uniform")
 # A further cost the plan must respect: (cost model of the widths, its maximum).
 Limit = tuple[Callable[[np.ndarray], float], float]
 _SI = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
@@ -113,6 +116,9 @@ def plan_widths(
     space = _Space(graph, scores, flop_model, floors, round_to, target, tolerance)
     space.check_reachable(limits, floors)
     ordered = space.ordered
+    if ranking == "uniform":
+        widths = space.uniform()
+        return _plan(graph, scores, flop_model, space, widths, math.nan, 0.0, ranking)
     if ranking == "flops":
         # Costs are taken at the uniformly scaled widths that meet the target: a channel's FLOPs
         # depend on its neighbours' widths, and that is where a plan at this target sits.
@@ -131,6 +137,20 @@ def plan_widths(
         relative = space.relative_cost(widths, binding)
         found = [(s, *space.search({i: ordered[i] / relative[i] ** s for i in space.free}, limits)) for s in strengths]
         strength, widths, threshold = max(found, key=lambda f: (flop_model(f[1]), -f[0]))
+    return _plan(graph, scores, flop_model, space, widths, threshold, strength, ranking)
+
+
+def _plan(
+    graph: GroupGraph,
+    scores: dict[str, torch.Tensor],
+    flop_model: FlopModel,
+    space: _Space,
+    widths: np.ndarray,
+    threshold: float,
+    strength: float,
+    ranking: str,
+) -> Plan:
+    """The plan of a width vector: each scored group's width and its best-scored channels."""
     plan = {flop_model.keys[i]: int(widths[i]) for i in space.scored}
     keep = {k: top_channels(scores[k], w, graph.group(k).balance) for k, w in plan.items()}
     floor_flops, max_flops = flop_model(space.lows), flop_model(space.sizes)
@@ -241,6 +261,25 @@ class _Space:
             else:
                 return widths
         return widths
+
+    def uniform(self) -> np.ndarray:
+        """Every free group at the largest common fraction of its size that meets the target:
+        each width that fraction of its size rounded to its step, within its floor and size."""
+
+        def at(fraction: float) -> np.ndarray:
+            widths = self.sizes.copy()
+            for i in self.free:
+                rounded = round(fraction * self.sizes[i] / self.steps[i]) * self.steps[i]
+                widths[i] = min(self.sizes[i], max(self.lows[i], rounded))
+            return self.follow(widths)
+
+        lo, hi = 0.0, 1.0
+        if self.fits(at(hi), ()):
+            return at(hi)
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if self.fits(at(mid), ()) else (lo, mid)
+        return at(lo)
 
     def step_costs(self, widths: np.ndarray, cost: Callable[[np.ndarray], float]) -> dict[int, float]:
         """Per free group, the share of `cost(widths)` that one channel of it costs at `widths`

@@ -70,8 +70,8 @@ def _parser() -> argparse.ArgumentParser:
         "--ranking",
         default=DEFAULTS["ranking"],
         choices=RANKINGS,
-        help="what the global threshold compares: saliency per FLOP of the channel (default) or raw saliency "
-        "(the paper's)",
+        help="what the global threshold compares: flops = saliency per FLOP of the channel (default), saliency = "
+        "raw saliency (the paper's), uniform = no threshold, every group thinned by one fraction (a baseline)",
     )
     d.add_argument(
         "--inits",

@@ -134,6 +134,13 @@ def _out_width(module: nn.Module) -> int | None:
     return None
 
 
+_RANKED = {
+    "saliency": "channels ranked by saliency (the paper's criterion)",
+    "flops": "channels ranked by saliency per FLOP they cost",
+    "uniform": "every group thinned by one common fraction of its width (uniform, not ranked across groups)",
+}
+
+
 def identification_notes(
     plan: Plan, target: int, achieved: int, criterion: object, aggregate: str, batches: int, inits: int
 ) -> list[str]:
@@ -142,8 +149,7 @@ def identification_notes(
     source = f"on {batches} batch(es)" if batches else "data-free: no data was used"
     scored = f", {inits} initialisations averaged rank by rank" if inits > 1 else ""
     notes = [
-        f"criterion: {name} (aggregate={aggregate}) {source}{scored}; channels ranked by {plan.ranking}"
-        + (" per FLOP" if plan.ranking == "flops" else ""),
+        f"criterion: {name} (aggregate={aggregate}) {source}{scored}; {_RANKED[plan.ranking]}",
         f"achieved / target FLOPs: {achieved / target:.4f}; the search's analytic model predicted "
         f"{plan.predicted_flops / achieved:.4f}x the fvcore count",
     ]

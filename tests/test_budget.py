@@ -91,3 +91,25 @@ def test_unknown_ranking_is_refused():
     scores = {g.key: torch.ones(g.size) for g in graph.groups if g.prunable}
     with pytest.raises(ValueError, match="ranking='knapsack'.*saliency"):
         lw.plan_widths(graph, scores, model, 0.5 * model.total, ranking="knapsack")
+
+
+def test_uniform_ranking_thins_every_group_by_one_fraction():
+    """Scores do not matter to a uniform plan: every group keeps about one fraction of its width
+    (rounding to whole channels), the largest that meets the target, whatever the scores say."""
+    model = timm.create_model("cifar_resnet20", pretrained=False, num_classes=10, in_chans=1)
+    x = torch.zeros(1, 1, 28, 28)
+    graph = lw.GroupGraph(model, x)
+    flop_model = lw.FlopModel(graph, x)
+    generator = torch.Generator().manual_seed(0)
+    scores = {g.key: torch.rand(g.size, generator=generator) for g in graph.groups if g.prunable}
+    target = 0.5 * flop_model.total
+    plan = lw.plan_widths(graph, scores, flop_model, target, lw.Floors(rho=0.1), ranking="uniform")
+    fractions = [plan.widths[k] / graph.group(k).size for k in plan.widths]
+    assert plan.ranking == "uniform" and plan.predicted_flops <= target
+    # One channel of the narrowest group (16) is 1/16 of its width: rounding spreads at most that.
+    assert max(fractions) - min(fractions) <= 1 / 16 + 1e-9
+    assert 0.6 < min(fractions) and max(fractions) < 0.8  # FLOPs go as width squared: about 0.71
+    # The architecture of cifar_resnet20 thinned by hand: `widths=[11, 23, 45]`.
+    assert {graph.group(k).size: w for k, w in plan.widths.items()} == {16: 11, 32: 23, 64: 45}
+    other = lw.plan_widths(graph, {k: -s for k, s in scores.items()}, flop_model, target, ranking="uniform")
+    assert other.widths == plan.widths
