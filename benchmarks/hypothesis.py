@@ -72,7 +72,7 @@ from lwdna_plugin.latency import ratio_interval, time_samples  # noqa: E402
 VARIANTS: dict[str, dict] = {
     "random": {"criterion": "random", "aggregate": "sum", "ranking": "saliency"},
     # No identification: the original thinned uniformly (scores are not read; l1 is the cheapest).
-    "uniform": {"criterion": "l1", "ranking": "uniform", "width": 1.0},
+    "uniform": {"criterion": "l1", "ranking": "uniform", "width": 1.0, "round_to": 1},
     "lwdna": {},
     "lwdna-sum": {"criterion": "gate", "aggregate": "sum", "ranking": "saliency"},
     "lwdna-mean": {"criterion": "gate", "aggregate": "mean", "ranking": "saliency"},
@@ -92,10 +92,12 @@ VARIANTS: dict[str, dict] = {
 ARMS = ("baseline", *VARIANTS)
 # What the `lwdna` arm measures; a finished `lwdna` run made under other defaults is run again.
 DISSIMILATE_DEFAULTS = {
-    k: v.default
+    k: v.default.to_dict() if isinstance(v.default, lw.Footprint) else v.default
     for k, v in inspect.signature(lw.dissimilate).parameters.items()
-    if k in ("criterion", "aggregate", "ranking", "inits", "batches", "warmup")
+    if k in ("criterion", "aggregate", "ranking", "inits", "batches", "warmup", "footprint", "round_to")
 }
+# Settings runs made before they were recorded had, as dissimilate's defaults then were.
+EARLIER_DEFAULTS = {"warmup": None, "footprint": None, "round_to": 1}
 DEFAULT_ARMS = "baseline,random,lwdna,lwdna-sum"
 QUICK = {"sizes": "500", "epochs": "2", "seeds": "2", "test_size": 1000, "evals": 1, "arms": "baseline,lwdna,random"}
 # Seconds per training image-pass of cifar_resnet20 (REFERENCE_MACS at 28 x 28, one channel) on
@@ -194,7 +196,7 @@ def train(model: nn.Module, data: dict[str, torch.Tensor], protocol: dict, seed:
 def same_settings(settings: dict) -> bool:
     """Whether a run's dissimilate settings are dissimilate's defaults (runs from before a setting
     was recorded had that setting at its default)."""
-    return all(settings.get(k, v if k == "warmup" else None) == v for k, v in DISSIMILATE_DEFAULTS.items())
+    return all(settings.get(k, EARLIER_DEFAULTS.get(k)) == v for k, v in DISSIMILATE_DEFAULTS.items())
 
 
 def has_defaults(options: dict | None) -> bool:
@@ -262,6 +264,10 @@ def make_arm(arm: str, data: dict[str, torch.Tensor], args: argparse.Namespace, 
         options["criterion"] = depth_scores(args.model, kwargs, options["criterion"] == "depth-early", seed)
     count = options.pop("batches", DISSIMILATE_DEFAULTS["batches"])
     width = options.pop("width", args.width)
+    # --round-to, else the arm's own, else dissimilate's default.
+    round_to = args.round_to if args.round_to is not None else options.pop("round_to", None)
+    options.pop("round_to", None)
+    rounding = {} if round_to is None else {"round_to": round_to}
     shuffle = torch.randperm(len(data["train_y"]), generator=torch.Generator().manual_seed(seed))
     size = args.score_batch_size
     picks = [shuffle[(i * size) % len(shuffle) :][:size] for i in range(count)]
@@ -284,7 +290,7 @@ def make_arm(arm: str, data: dict[str, torch.Tensor], args: argparse.Namespace, 
         data=batches,
         batches=count,
         floors=lw.Floors(rho=args.floor),
-        round_to=args.round_to,
+        **rounding,
         seed=seed,
         model_kwargs=kwargs,
         **options,
@@ -297,7 +303,8 @@ _UNIFORM: dict[str, nn.Module] = {}
 
 
 def code_version() -> str:
-    """The git commit of this checkout (with '+dirty' when files differ), or 'unknown'."""
+    """The git commit of this checkout (with '+dirty' when the package's files differ from it),
+    or 'unknown'. Read once at import (`CODE`): a process identifies with the code it imported."""
     root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
@@ -309,6 +316,9 @@ def code_version() -> str:
     if head.returncode:
         return "unknown"
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+CODE = code_version()
 
 
 def time_against_uniform(
@@ -366,7 +376,7 @@ def run_one(args: argparse.Namespace, size: int, arm: str, seed: int, protocol: 
         "arm": arm,
         "seed": seed,
         "budget": args.flops,
-        "code": code_version(),
+        "code": CODE,
         "latency_ms": latency,
         "test_top1": history["test_acc"][-1],
         "train_top1": history["train_top1"],
@@ -641,7 +651,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--width", type=float, default=2.0)
     p.add_argument("--flops", type=float, default=1.0)
     p.add_argument("--floor", type=float, default=0.4, help="rho: min fraction of each widened group")
-    p.add_argument("--round-to", type=int, default=1)
+    p.add_argument(
+        "--round-to", type=int, default=None, help="widths a multiple of this in every arm (default: dissimilate's)"
+    )
     p.add_argument("--score-batch-size", type=int, default=128)
     p.add_argument(
         "--latency-batch", type=int, default=128, help="larger batch size each run is timed at beside batch 1 (0: off)"

@@ -12,6 +12,7 @@ from .budget import RANKINGS, Floors, floor_widths, parse_flops, plan_widths
 from .data import load_batches, load_fashion_mnist
 from .export import Result, build, load_spec, register_timm
 from .flops import FLOP_CONVENTION, FlopModel, count_flops, count_params
+from .footprint import Footprint
 from .graph import ChannelGroup, GroupGraph
 from .grow import GROWERS, BaseGrowFunc
 from .latency import LatencyBudget, LatencyModel
@@ -32,6 +33,7 @@ __all__ = [
     "cifar_resnet",
     "ChannelGroup",
     "Floors",
+    "Footprint",
     "RANKINGS",
     "FlopModel",
     "GroupGraph",

@@ -65,6 +65,7 @@ class Plan:
     max_flops: float
     cost_strength: float = 0.0
     ranking: str = "saliency"
+    blended: float = 0.0  # the part of the way the widths moved toward `toward` to keep `least` of the FLOPs
 
 
 def parse_flops(flops: float | str, original: int) -> int:
@@ -96,8 +97,10 @@ def plan_widths(
     round_to: int = 1,
     tolerance: float = 1e-3,
     limits: Sequence[Limit] = (),
-    strengths: Sequence[float] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0),
+    strengths: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0),
     ranking: str = "saliency",
+    toward: np.ndarray | None = None,
+    least: float = 0.0,
 ) -> Plan:
     """Widths and kept channels for every scored group, at or under `target` FLOPs.
 
@@ -107,6 +110,9 @@ def plan_widths(
     "score / relative cost ** s" (relative cost: a group's share of the broken limits per share
     of FLOPs) and the plan with the most FLOPs wins; (0,) keeps the plain global threshold.
     `ranking`: "saliency" compares raw scores, "flops" scores per FLOP of one channel (see the module).
+    `toward`, `least`: where the limits leave the plan under `least` x `target` FLOPs, its widths
+    move toward `toward` (widths that meet the target and the limits, such as the original
+    thinned uniformly) just far enough to reach it.
     """
     if ranking not in RANKINGS:
         raise ValueError(f"ranking={ranking!r}: choose one of {RANKINGS}")
@@ -125,19 +131,24 @@ def plan_widths(
         costs = space.step_costs(_uniform_widths(flop_model, space.lows, target), flop_model)
         ordered = {i: ordered[i] / max(costs[i], 1e-12) for i in space.free}
     widths, threshold = space.search(ordered, ())
-    strength = 0.0
+    strength = blended = 0.0
     binding = [(cost, limit) for cost, limit in limits if cost(widths) > limit]
     if binding:
         # Rank by saliency per unit of cost: where the FLOP-only plan is over a limit, a group
         # that costs more of it per FLOP than the others must be worth more to keep its channels.
-        # How much more is tried at a few strengths; the plan that spends the most of the FLOP
-        # budget wins, being the closest to the plan the paper's method would make. (The most
-        # summed score would not do: a global threshold already keeps the top channels by count,
-        # so it wins that even when a limit has cut its FLOPs in half.)
-        relative = space.relative_cost(widths, binding)
-        found = [(s, *space.search({i: ordered[i] / relative[i] ** s for i in space.free}, limits)) for s in strengths]
-        strength, widths, threshold = max(found, key=lambda f: (flop_model(f[1]), -f[0]))
-    return _plan(graph, scores, flop_model, space, widths, threshold, strength, ranking)
+        # How much more is tried at a few strengths per limit (limits pull different ways: the
+        # activations a stem writes, the weights a late stage reads), one limit at a time over
+        # two sweeps; the plan that spends the most of the FLOP budget wins, being the closest to
+        # the plan the paper's method would make. (The most summed score would not do: a global
+        # threshold already keeps the top channels by count, so it wins that even when a limit
+        # has cut its FLOPs in half.)
+        widths, threshold, powers = _cost_aware(space, ordered, widths, limits, strengths)
+        strength = max(powers)
+        if toward is not None and flop_model(widths) < least * target:
+            widths, blended = space.blend(widths, toward, least, limits)
+    plan = _plan(graph, scores, flop_model, space, widths, threshold, strength, ranking)
+    plan.blended = blended
+    return plan
 
 
 def _plan(
@@ -262,6 +273,37 @@ class _Space:
                 return widths
         return widths
 
+    def blend(
+        self, widths: np.ndarray, toward: np.ndarray, least: float, limits: Sequence[Limit]
+    ) -> tuple[np.ndarray, float]:
+        """`widths` moved the least part of the way to `toward` (each free group's width rounded
+        to its step, to the nearest or, where that breaks the target or a limit, down; within its
+        floor and size) that keeps `least` x the target FLOPs and every limit, and that part;
+        `widths` unchanged when not even all the way does (rounding, floors)."""
+
+        def at(part: float, rounding: Callable[[float], float]) -> np.ndarray:
+            mixed = widths.copy()
+            for i in self.free:
+                rounded = rounding(((1 - part) * widths[i] + part * toward[i]) / self.steps[i]) * self.steps[i]
+                mixed[i] = min(self.sizes[i], max(self.lows[i], rounded))
+            return self.follow(mixed)
+
+        for rounding in (round, math.floor):
+            if self._enough(at(1.0, rounding), least, limits):
+                lo, hi = 0.0, 1.0
+                for _ in range(30):
+                    mid = (lo + hi) / 2
+                    lo, hi = (lo, mid) if self._enough(at(mid, rounding), least, limits) else (mid, hi)
+                return at(hi, rounding), hi
+        return widths, 0.0
+
+    def _enough(self, widths: np.ndarray, least: float, limits: Sequence[Limit]) -> bool:
+        # The analytic count of the original's widths can sit a hair over fvcore's (its constant
+        # part): the target gets the search's tolerance here, and shrinking checks fvcore's count.
+        flops = self.flop_model(widths)
+        within = all(cost(widths) <= limit for cost, limit in limits)
+        return within and least * self.target <= flops <= (1 + self.tolerance) * self.target
+
     def uniform(self) -> np.ndarray:
         """Every free group at the largest common fraction of its size that meets the target:
         each width that fraction of its size rounded to its step, within its floor and size."""
@@ -304,6 +346,34 @@ class _Space:
             else 1.0
             for i in self.free
         }
+
+
+def _cost_aware(
+    space: _Space,
+    ordered: dict[int, np.ndarray],
+    widths: np.ndarray,
+    limits: Sequence[Limit],
+    strengths: Sequence[float],
+) -> tuple[np.ndarray, float, tuple[float, ...]]:
+    """The plan under every limit with the most FLOPs, ranking by saliency over each limit's
+    relative cost raised to its own strength; returns widths, threshold and the strengths."""
+    relative = [space.relative_cost(widths, [limit]) for limit in limits]
+
+    def plan(powers: tuple[float, ...]) -> tuple[float, float, np.ndarray, float, tuple[float, ...]]:
+        ranked = {
+            i: ordered[i] / (1 + sum(p * r[i] for r, p in zip(relative, powers, strict=True))) for i in space.free
+        }
+        found, threshold = space.search(ranked, limits)
+        return space.flop_model(found), -sum(powers), found, threshold, powers
+
+    best = plan((strengths[0],) * len(limits))
+    for _ in range(2):
+        for k in range(len(limits)):
+            for s in strengths:
+                powers = best[4][:k] + (s,) + best[4][k + 1 :]
+                if powers != best[4]:
+                    best = max(best, plan(powers), key=lambda b: b[:2])
+    return best[2], best[3], best[4]
 
 
 def floor_widths(

@@ -11,6 +11,7 @@ from pathlib import Path
 from .api import DEFAULTS, dissimilate
 from .budget import RANKINGS, Floors
 from .data import image_size, load_batches, num_classes
+from .footprint import Footprint
 from .latency import LatencyBudget
 from .memory import AUTO
 from .score import AGGREGATIONS, CRITERIA
@@ -89,7 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--floor", type=float, default=0.4, help="min fraction of each widened group kept (rho)")
     d.add_argument("--classifier-floor", type=float, default=0.45, help="min fraction for the classifier input (tau)")
     d.add_argument("--min-channels", type=int, default=4)
-    d.add_argument("--round-to", type=int, default=1, help="keep every width a multiple of this (e.g. 8)")
+    d.add_argument(
+        "--round-to",
+        type=int,
+        default=DEFAULTS["round_to"],
+        help=f"keep every width a multiple of this (default {DEFAULTS['round_to']}; 1 for any width)",
+    )
     d.add_argument(
         "--device",
         help="where to build, score and time the model (cpu, cuda, cuda:1, ...; default: cpu)",
@@ -112,6 +118,15 @@ def _parser() -> argparse.ArgumentParser:
         default=LatencyBudget.margin,
         help="aim this fraction under the --latency ratio, for timing noise (default 0.05)",
     )
+    d.add_argument(
+        "--footprint",
+        type=_footprint,
+        default="1.0,1.0",
+        metavar="ACTIVATIONS,PARAMS",
+        help="at most these multiples of the original's activations and parameters (default 1.0,1.0: no more, "
+        "so no more data moved), keeping at least 0.95 of the FLOP target; 'none' plans on FLOPs alone, "
+        "'none' for one of the two leaves it free",
+    )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", required=True, help="output directory")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -120,6 +135,20 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--python", required=True, help="output .py file")
     e.add_argument("--class-name", help="class name (default: LWDNA + the base model's name)")
     return parser
+
+
+def _footprint(text: str) -> Footprint | None:
+    if text.strip().lower() == "none":
+        return None
+    parts = [v.strip().lower() for v in text.split(",")]
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return Footprint(*(None if v == "none" else float(v) for v in parts))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give ACTIVATIONS,PARAMS multiples such as 1.0,1.0 (either may be none), or none"
+        ) from None
 
 
 def _flops(text: str) -> float | str:
@@ -234,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             latency=LatencyBudget(args.latency, tuple(args.latency_batch), margin=args.latency_margin)
             if args.latency is not None
             else None,
+            footprint=args.footprint,
         )
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         print(f"lwdna: error: {err}", file=sys.stderr)
@@ -248,6 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{result.report.model}: FLOPs {f['lwdna']:,} / original {f['original']:,} ({f['lwdna'] / f['original']:.4f}), "
         f"params {result.report.params['lwdna'] / result.report.params['original']:.4f} of the original"
     )
+    spent = result.spec["achieved"].get("footprint")
+    if spent:
+        print("footprint vs the original: " + ", ".join(f"{kind} {ratio:.3f}x" for kind, ratio in spent.items()))
     ratios = result.spec["achieved"].get("latency_ratios")
     if ratios:
         print("latency vs the original: " + ", ".join(f"{r:.3f}x at batch {b}" for b, r in ratios.items()))

@@ -77,7 +77,7 @@ class DissimilateHook(Hook):
         floor: float = 0.4,
         classifier_floor: float = 0.45,
         min_channels: int = 4,
-        round_to: int = 1,
+        round_to: int = DEFAULTS["round_to"],
         seed: int | None = None,
         out_dir: str = "lwdna",
     ) -> None:

@@ -119,7 +119,8 @@ def gate_saliency(
     (each batch cut as `pieces` says; whole by default)."""
     grads = _gate_gradients(graph, groups, batches, loss_fn, train=True, pieces=pieces or MicroBatch())
     _sum_across_ranks(list(grads.values()))
-    return {g.key: _aggregate(g, grads, aggregate) for g in groups}
+    # Rounded to float32 after aggregating: what the thread count changed of float64 sums is gone.
+    return {g.key: _aggregate(g, grads, aggregate).float() for g in groups}
 
 
 def synflow_saliency(
@@ -171,10 +172,42 @@ def _gate_gradients(
     """The loss gradient of a gate on every layer that outputs a group's channels, summed over
     batches, by layer name.
 
-    On CPU the pass runs in channels-last layout, where oneDNN's convolutions are faster (about
-    1.25x measured on the widened resnet50); a model whose forward cannot take that layout (a
-    `.view` of a feature map) is scored in the default layout instead.
+    On the CPU a float32 model is scored in float64: float32 gradients change in their last bits
+    with the thread count (oneDNN splits its sums by thread), near-equal channels then swap
+    ranks, and the same call and seed planned other widths at 1 and 2 threads. In float64 those
+    differences sit far below float32's precision, to which the scores are rounded, so a seed
+    gives one spec on any thread count. A forward that mixes in float32 tensors of its own is
+    scored in float32 instead.
     """
+    model = graph.model
+    dtype = next(model.parameters()).dtype
+    if dtype != torch.float32 or model_device(model).type != "cpu":
+        return _in_layout(graph, groups, batches, loss_fn, train, pieces)
+    model.double()
+    cast = model.register_forward_pre_hook(_to_float64, with_kwargs=True)
+    try:
+        return _in_layout(graph, groups, batches, loss_fn, train, pieces)
+    except RuntimeError:
+        pass  # a dtype error; any other failure repeats below in float32 and is raised from there
+    finally:
+        cast.remove()
+        model.to(dtype)
+    return _in_layout(graph, groups, batches, loss_fn, train, pieces)
+
+
+def _to_float64(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def cast(value):
+        return value.double() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+    return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+
+
+def _in_layout(
+    graph: GroupGraph, groups: list[ChannelGroup], batches: Iterable, loss_fn: LossFn, train: bool, pieces: MicroBatch
+) -> dict[str, torch.Tensor]:
+    """The gate pass, on the CPU in channels-last layout, where oneDNN's convolutions are faster
+    (about 1.25x measured on the widened resnet50); a model whose forward cannot take that
+    layout (a `.view` of a feature map) is scored in the default layout instead."""
     model = graph.model
     if _prefers_channels_last(model):
         try:

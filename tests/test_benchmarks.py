@@ -216,20 +216,21 @@ def test_latency_smoke(tmp_path):
     script = ROOT / "benchmarks" / "latency.py"
     args = ["--models", "resnet18", "--batch-sizes", "1", "--repeats", "2", "--score-batches", "1", "--threads", "1"]
     args += ["--score-batch-size", "4"]
-    args += ["--seconds", "2", "--out"]
+    args += ["--seconds", "2", "--variants", "default", "flops_only", "latency", "--out"]
     subprocess.run([sys.executable, str(script), *args, str(tmp_path)], check=True, env=env, timeout=600)
     result = json.loads((tmp_path / "latency.json").read_text())
     assert " 1 threads" in result["meta"]["machine"]
     (row,) = result["rows"]
-    for variant in ("lwdna_r1", "lwdna_r8", "lwdna_latency"):
+    for variant in ("default", "flops_only", "latency"):
         assert row[f"{variant}_flops_ratio"] <= 1.0 and row[f"{variant}_latency_ratio"] > 0
+    assert row["default_footprint"]["params"] <= 1.0 and row["flops_only_footprint"] == {}
     assert row["baseline_ms"] > 0 and row["control_latency_ratio"] > 0
     assert row["repeats"] >= 2  # at least --repeats; --seconds adds more where the machine is fast
-    for key in ("control", "lwdna_r1", "lwdna_r8", "lwdna_latency"):
+    for key in ("control", "default", "flops_only", "latency"):
         low, high = row[f"{key}_latency_interval"]
         assert low <= row[f"{key}_latency_ratio"] <= high
     table = (tmp_path / "latency.md").read_text()
-    assert "LW-DNA latency budget: at or below the baseline's latency in" in table
+    assert "LW-DNA latency budget: median at or below the baseline's latency in" in table
     assert "A copy of the baseline, timed the same way, read up to" in table
     assert "above it beyond the 95% interval in" in table and "its 95% interval held 1.00 in" in table
 

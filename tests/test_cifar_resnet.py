@@ -28,7 +28,7 @@ def test_dissimilate_build_and_register(tmp_path):
     kwargs = {"num_classes": 10, "in_chans": 1}
     result = lw.dissimilate("cifar_resnet20", data=batches, model_kwargs=kwargs)
     original = lw.count_flops(timm.create_model("cifar_resnet20", **kwargs), batches[0][0][:1])
-    assert 0.995 * original <= result.report.flops["lwdna"] <= original
+    assert 0.95 * original <= result.report.flops["lwdna"] <= original
     stage_widths = {k: v["kept"] for k, v in result.spec["groups"].items() if "downsample" in k or k == "conv1"}
     assert len(stage_widths) == 3 and len(set(stage_widths.values())) > 1
     result.save(tmp_path)

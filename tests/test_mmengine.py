@@ -43,7 +43,7 @@ def config_result(mnist):
 def test_config_dissimilated_through_its_loss_and_rebuilt(config_result, mnist, tmp_path):
     spec = config_result.spec
     assert spec["base"] == {"zoo": "mmengine", "name": "SmallConvNet", "kwargs": {"channels": [16, 32, 64]}}
-    assert 0.995 * spec["original"]["flops"] <= spec["achieved"]["flops"] <= spec["original"]["flops"]
+    assert 0.95 * spec["original"]["flops"] <= spec["achieved"]["flops"] <= spec["original"]["flops"]
     assert {g["kept"] for g in spec["groups"].values()} != {g["original"] for g in spec["groups"].values()}
     config_result.save(tmp_path)
     rebuilt = lw.build(tmp_path / "spec.json")

@@ -71,7 +71,7 @@ def test_synflow_needs_no_data_and_restores_the_model(graph):
 def test_dissimilate_data_free():
     result = lw.dissimilate("resnet18", criterion="synflow", input_size=(3, IMG, IMG), model_kwargs={"num_classes": 10})
     flops = result.report.flops
-    assert 0.995 * flops["original"] <= flops["lwdna"] <= flops["original"]
+    assert 0.95 * flops["original"] <= flops["lwdna"] <= flops["original"]
     assert result.spec["criterion"] == "synflow" and result.spec["batches"] == 0
     assert any("data-free: no data was used" in note for note in result.report.notes)
     with pytest.raises(ValueError, match="choose a data-free criterion"):
