@@ -670,6 +670,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tag", default=None, help="output stem (default hypothesis_regimes[_quick][_<device>])")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     p.add_argument(
+        "--combine",
+        default=None,
+        help="comma-separated study tags to write into one <--tag>.json/.md (flat runs, each with its budget); "
+        "trains nothing",
+    )
+    p.add_argument(
         "--baseline-from",
         default=None,
         help="a runs folder of another study whose baseline runs (same model, training protocol and seeds) are "
@@ -749,8 +755,30 @@ def borrowed_baselines(folder: str | None, protocols: dict[int, dict]) -> list[d
     ]
 
 
+def combine(tags: list[str], out: Path, tag: str) -> dict:
+    """One file for several studies (budgets, say): `<tag>.json` with each study's summary and
+    every run flat (each with its `budget`), `<tag>.md` their reports one after another."""
+    studies = {t: json.loads((out / f"{t}.json").read_text()) for t in tags if (out / f"{t}.json").is_file()}
+    missing = sorted(set(tags) - set(studies))
+    if missing:
+        raise SystemExit(f"--combine: no report yet for {missing} in {out} (run or --report those studies first)")
+    payload = {
+        "studies": {t: {k: v for k, v in p.items() if k != "runs"} for t, p in studies.items()},
+        "runs": [
+            {**run, "study": t, "budget": run.get("budget", p["config"]["flops"])}
+            for t, p in studies.items()
+            for run in p["runs"]
+        ],  # fmt: skip
+    }
+    (out / f"{tag}.json").write_text(json.dumps(payload, indent=1))
+    (out / f"{tag}.md").write_text("\n".join(f"## {t}\n\n" + (out / f"{t}.md").read_text() for t in studies))
+    return payload
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.combine:
+        return combine(args.combine.split(","), Path(args.out), args.tag or "hypothesis_combined")
     out = Path(args.out)
     # Results on another device differ in their last digits: they are a study of their own.
     on = "" if args.device == "cpu" else "_" + args.device.replace(":", "")

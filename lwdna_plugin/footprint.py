@@ -209,9 +209,10 @@ class FootprintPlan:
         widths = widths_vector(self.flop_model, plan.widths)
         return {kind: round(cost(widths) / max(cost(self.reference), 1e-12), 4) for kind, cost in self.costs.items()}
 
-    def achieved(self, plan: Plan) -> dict[str, dict[str, float]]:
-        """The spec's record: the plan's footprint over the reference's (empty when not limited)."""
-        return {"footprint": self.ratios(plan)} if self.footprint else {}
+    def achieved(self, plan: Plan) -> dict[str, dict[str, float] | float]:
+        """The spec's record: the plan's footprint over the reference's, and how far its widths
+        moved toward uniform thinning (empty when not limited)."""
+        return {"footprint": self.ratios(plan), "toward_uniform": round(plan.blended, 4)} if self.footprint else {}
 
     def notes(self, plan: Plan) -> list[str]:
         """The report's line on the footprint limits and what the plan spent of them."""

@@ -152,8 +152,13 @@ def test_a_report_replaces_lwdna_runs_made_under_other_defaults(tmp_path):
     folder.mkdir()
     for arm in ("baseline", "lwdna-sum", "lwdna-flops"):
         name = f"cifar_resnet20_n1000_{arm}_s0.json"
-        (folder / name).write_text((runs / name).read_text())
-    old = {**json.loads((runs / "cifar_resnet20_n1000_lwdna-sum_s0.json").read_text()), "arm": "lwdna"}
+        run = json.loads((runs / name).read_text())
+        # As if run after the footprint and round_to 8 became the defaults (the study's runs predate them).
+        run["protocol"]["round_to"] = None
+        if arm == "lwdna-flops":
+            run["settings"].update(footprint=hypothesis.DISSIMILATE_DEFAULTS["footprint"], round_to=8)
+        (folder / name).write_text(json.dumps(run))
+    old = {**json.loads((folder / "cifar_resnet20_n1000_lwdna-sum_s0.json").read_text()), "arm": "lwdna"}
     old["same_as"] = "lwdna-sum"
     assert old["settings"]["ranking"] == "saliency"
     (folder / "cifar_resnet20_n1000_lwdna_s0.json").write_text(json.dumps(old))
@@ -259,3 +264,23 @@ def test_width_sources_quick_controls_with_random_scores(tmp_path):
     assert random["seed_to_seed"] == random["vs_shuffled"] == random["vs_noise"] > 0
     assert scored["vs_random"] > 0 and set(scored["mean_widths"]) == set(payload["runs"][0]["widths"])
     assert "| lwdna-sum |" in (tmp_path / "width_sources_quick.md").read_text()
+
+
+def test_combine_writes_every_study_s_runs_flat_with_their_budget(tmp_path):
+    hypothesis = _benchmark("hypothesis")
+    for tag, flops in (("half", 0.5), ("three_quarters", 0.75)):
+        runs = [{"arm": "uniform", "seed": 0, "budget": flops}, {"arm": "baseline", "seed": 0}]
+        payload = {"config": {"flops": flops}, "summary": {}, "runs": runs}
+        (tmp_path / f"{tag}.json").write_text(json.dumps(payload))
+        (tmp_path / f"{tag}.md").write_text(f"table of {tag}\n")
+    combined = hypothesis.main(["--combine", "half,three_quarters", "--out", str(tmp_path), "--tag", "both"])
+    assert [(r["study"], r["arm"], r["budget"]) for r in combined["runs"]] == [
+        ("half", "uniform", 0.5), ("half", "baseline", 0.5),
+        ("three_quarters", "uniform", 0.75), ("three_quarters", "baseline", 0.75),
+    ]  # fmt: skip
+    assert json.loads((tmp_path / "both.json").read_text()) == combined
+    assert (
+        tmp_path / "both.md"
+    ).read_text() == "## half\n\ntable of half\n\n## three_quarters\n\ntable of three_quarters\n"
+    with pytest.raises(SystemExit, match="no report yet for \\['quarter'\\]"):
+        hypothesis.main(["--combine", "half,quarter", "--out", str(tmp_path), "--tag", "both"])

@@ -13,9 +13,7 @@ def test_dissimilate_and_rebuild(name, core_result, tmp_path):
     target = result.spec["target"]["flops"]
     measured = lw.count_flops(result.model, torch.zeros(1, 3, IMG, IMG))
     assert measured == result.spec["achieved"]["flops"]
-    # The default footprint may cost FLOPs (footprint=None plans within 0.5% of the target).
-    assert 0.95 * target <= measured <= target
-    assert all(ratio <= 1.0 for ratio in result.spec["achieved"]["footprint"].values())
+    assert 0.995 * target <= measured <= target
     assert result.model(example()).shape == (2, 10)
     assert any(e["kept"] != e["original"] for e in result.spec["groups"].values()), "nothing was dissimilated"
 
