@@ -86,8 +86,22 @@ VARIANTS: dict[str, dict] = {
     # Bounds on what widths alone can do here, not identification: channels scored by their
     # layer's depth (`depth_scores`), so the one threshold keeps early (or late) groups whole
     # and leaves the others at their floor, the most lopsided widths the budget allows.
-    "prior-early": {"criterion": "depth-early", "aggregate": "sum", "ranking": "saliency"},
-    "prior-late": {"criterion": "depth-late", "aggregate": "sum", "ranking": "saliency"},
+    # FLOPs alone and any width: the footprint would pull the widths back toward the original's,
+    # and steps of 8 would keep ResNet-20's 16-channel groups from their most lopsided widths.
+    "prior-early": {
+        "criterion": "depth-early",
+        "aggregate": "sum",
+        "ranking": "saliency",
+        "footprint": None,
+        "round_to": 1,
+    },
+    "prior-late": {
+        "criterion": "depth-late",
+        "aggregate": "sum",
+        "ranking": "saliency",
+        "footprint": None,
+        "round_to": 1,
+    },
 }
 ARMS = ("baseline", *VARIANTS)
 # What the `lwdna` arm measures; a finished `lwdna` run made under other defaults is run again.

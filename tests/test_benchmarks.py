@@ -124,6 +124,7 @@ def test_model_kwargs_build_every_arm_and_join_the_protocol():
     assert "model_kwargs" not in hypothesis.protocol_of(hypothesis.parse_args([]), 0)  # earlier runs still compare
     data = {"train_x": torch.randn(20, 1, 28, 28), "train_y": torch.arange(20) % 10}
     args.score_batch_size = 10
+    args.round_to = 1  # widths of 8 cannot shrink in steps of 8 (the study takes --round-to 1 for them)
     baseline, _ = hypothesis.make_arm("baseline", data, args, 0, hypothesis.protocol_of(args, 0))
     assert baseline.fc.in_features == 32
     model, result = hypothesis.make_arm("random", data, args, 0, hypothesis.protocol_of(args, 0))
@@ -237,7 +238,7 @@ def test_latency_smoke(tmp_path):
     table = (tmp_path / "latency.md").read_text()
     assert "LW-DNA latency budget: median at or below the baseline's latency in" in table
     assert "A copy of the baseline, timed the same way, read up to" in table
-    assert "above it beyond the 95% interval in" in table and "its 95% interval held 1.00 in" in table
+    assert "above it beyond the interval in" in table and "its 95% interval held 1.00 in" in table
 
 
 def test_device_check_runs_here(tmp_path):

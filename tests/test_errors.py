@@ -41,14 +41,14 @@ def test_float_targets_name_their_dtype(batches):
 
 def test_integer_targets_of_any_width_are_class_indices(batches, resnet18_result):
     images, targets = batches[0]
-    result = lw.dissimilate("resnet18", data=[(images, targets.int())], model_kwargs=TEN)
+    result = lw.dissimilate("resnet18", data=[(images, targets.int())], model_kwargs=TEN, footprint=None)
     assert result.spec["groups"] == resnet18_result.spec["groups"]
 
 
 def test_batches_with_more_than_images_and_targets_are_read_for_those_two(batches, resnet18_result):
     images, targets = batches[0]
     paths = [f"image_{i}.png" for i in range(len(targets))]
-    result = lw.dissimilate("resnet18", data=[(images, targets, paths)], model_kwargs=TEN)
+    result = lw.dissimilate("resnet18", data=[(images, targets, paths)], model_kwargs=TEN, footprint=None)
     assert result.spec["groups"] == resnet18_result.spec["groups"]
 
 
@@ -184,7 +184,7 @@ def test_target_above_the_widened_model_warns_with_both_numbers(batches):
     with pytest.warns(
         UserWarning, match=r"FLOP target [\d,]+ is above the widened model's [\d,]+ FLOPs.*Raise `width`"
     ):
-        result = lw.dissimilate("resnet18", width=2.0, flops=9.0, data=batches, model_kwargs=TEN)
+        result = lw.dissimilate("resnet18", width=2.0, flops=9.0, data=batches, model_kwargs=TEN, footprint=None)
     assert all(g["kept"] == g["widened"] for g in result.spec["groups"].values())
 
 
@@ -574,5 +574,5 @@ def test_a_layer_that_computes_nan_from_finite_images_is_named(batches):
 @pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
 def test_called_where_autograd_is_off_it_identifies_the_same(batches, resnet18_result, context):
     with context():
-        result = lw.dissimilate("resnet18", data=batches, model_kwargs=TEN)
+        result = lw.dissimilate("resnet18", data=batches, model_kwargs=TEN, footprint=None)
     assert result.spec["groups"] == resnet18_result.spec["groups"]

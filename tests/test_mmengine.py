@@ -37,13 +37,17 @@ def mnist():
 
 @pytest.fixture(scope="module")
 def config_result(mnist):
-    return lw.dissimilate({"type": "SmallConvNet", "channels": (16, 32, 64)}, data=loader(mnist))
+    # FLOPs alone: at flops 1.0 the default footprint keeps this small net at its own widths.
+    # Any width (steps of 8 leave a net this small little room) and FLOPs alone: at flops 1.0 the
+    # default footprint keeps it at its own widths.
+    config = {"type": "SmallConvNet", "channels": (16, 32, 64)}
+    return lw.dissimilate(config, data=loader(mnist), footprint=None, round_to=1)
 
 
 def test_config_dissimilated_through_its_loss_and_rebuilt(config_result, mnist, tmp_path):
     spec = config_result.spec
     assert spec["base"] == {"zoo": "mmengine", "name": "SmallConvNet", "kwargs": {"channels": [16, 32, 64]}}
-    assert 0.95 * spec["original"]["flops"] <= spec["achieved"]["flops"] <= spec["original"]["flops"]
+    assert 0.99 * spec["original"]["flops"] <= spec["achieved"]["flops"] <= spec["original"]["flops"]
     assert {g["kept"] for g in spec["groups"].values()} != {g["original"] for g in spec["groups"].values()}
     config_result.save(tmp_path)
     rebuilt = lw.build(tmp_path / "spec.json")
