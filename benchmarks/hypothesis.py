@@ -73,6 +73,9 @@ VARIANTS: dict[str, dict] = {
     "random": {"criterion": "random", "aggregate": "sum", "ranking": "saliency"},
     # No identification: the original thinned uniformly (scores are not read; l1 is the cheapest).
     "uniform": {"criterion": "l1", "ranking": "uniform", "width": 1.0, "round_to": 1},
+    # The same in steps of 8, as the LW-DNA arms round by default: separates allocation from
+    # rounding in the latency columns (coarse: cifar_resnet20 at flops 0.5 gets [8, 24, 48], 0.449).
+    "uniform-r8": {"criterion": "l1", "ranking": "uniform", "width": 1.0, "round_to": 8},
     "lwdna": {},
     "lwdna-sum": {"criterion": "gate", "aggregate": "sum", "ranking": "saliency"},
     "lwdna-mean": {"criterion": "gate", "aggregate": "mean", "ranking": "saliency"},
