@@ -171,11 +171,18 @@ def eval_epochs(epochs: int, evals: int) -> list[int]:
     return sorted({max(1, round(epochs * (k + 1) / evals)) for k in range(min(evals, epochs))})
 
 
-def train(model: nn.Module, data: dict[str, torch.Tensor], protocol: dict, seed: int) -> dict:
+def train(
+    model: nn.Module,
+    data: dict[str, torch.Tensor],
+    protocol: dict,
+    seed: int,
+    layout: torch.memory_format = torch.channels_last,
+) -> dict:
     """The one training protocol every arm goes through; returns the curves and seconds.
 
     Data order and augmentation are drawn on the CPU whatever the model's device, so a seed
-    draws the same batches everywhere; each batch then moves to the model's device."""
+    draws the same batches everywhere; each batch then moves to the model's device, in
+    `layout` (the model's: one-channel images would otherwise pick channels-last for it)."""
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(1000 + seed)
     steps_per_epoch = math.ceil(len(data["train_y"]) / protocol["batch_size"])
@@ -194,7 +201,7 @@ def train(model: nn.Module, data: dict[str, torch.Tensor], protocol: dict, seed:
             images, labels = data["train_x"][index], data["train_y"][index]
             if protocol["augment"] == "crop-flip":
                 images = augment(images, generator)
-            loss = F.cross_entropy(model(images.to(device)), labels.to(device))
+            loss = F.cross_entropy(model(lw.to_memory_format(images.to(device), layout)), labels.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -381,10 +388,13 @@ def run_one(args: argparse.Namespace, size: int, arm: str, seed: int, protocol: 
     start = time.perf_counter()
     model, result = make_arm(arm, data, args, seed, protocol)
     identify_s = time.perf_counter() - start if result is not None else 0.0
-    model = model.to(args.device, memory_format=torch.channels_last)
+    # Channels-last trains these nets faster on a CPU, unless a width hits a kernel defect there
+    # (a strided 1x1 conv with 2-7 inputs: wrong weight gradients, or a heap corruption on one thread).
+    layout = lw.training_memory_format(model)
+    model = model.to(args.device, memory_format=layout)
     example = data["train_x"][:1].to(args.device)
     flops, params = lw.count_flops(model, example), lw.count_params(model)
-    history = train(model, data, protocol, seed)
+    history = train(model, data, protocol, seed, layout)
     latency = time_against_uniform(model, data, args, protocol) if args.latency_batch else {}
     groups = result.spec["groups"] if result is not None else {}
     run = {
@@ -394,6 +404,7 @@ def run_one(args: argparse.Namespace, size: int, arm: str, seed: int, protocol: 
         "seed": seed,
         "budget": args.flops,
         "code": CODE,
+        "layout": "channels_last" if layout is torch.channels_last else "contiguous",
         "latency_ms": latency,
         "test_top1": history["test_acc"][-1],
         "train_top1": history["train_top1"],

@@ -15,6 +15,7 @@ from .flops import FLOP_CONVENTION, FlopModel, count_flops, count_params
 from .footprint import Footprint
 from .graph import ChannelGroup, GroupGraph
 from .grow import GROWERS, BaseGrowFunc
+from .kernels import KernelHazard, cpu_kernel_hazards, to_memory_format, training_memory_format
 from .latency import LatencyBudget, LatencyModel
 from .memory import MicroBatch
 from .report import Report
@@ -37,6 +38,7 @@ __all__ = [
     "RANKINGS",
     "FlopModel",
     "GroupGraph",
+    "KernelHazard",
     "LatencyBudget",
     "LatencyModel",
     "MicroBatch",
@@ -47,6 +49,7 @@ __all__ = [
     "build",
     "count_flops",
     "count_params",
+    "cpu_kernel_hazards",
     "dissimilate",
     "export_python",
     "floor_widths",
@@ -58,6 +61,8 @@ __all__ = [
     "register_timm",
     "resize",
     "score_channels",
+    "to_memory_format",
+    "training_memory_format",
     "widen",
 ]
 

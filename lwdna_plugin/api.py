@@ -25,6 +25,7 @@ from .graph import ChannelGroup, GroupGraph
 from .initialise import initialise
 from .inits import score_initialisations
 from .inputs import Inputs, check_device, check_ignored, prepare_inputs
+from .kernels import hazard_notes
 from .latency import LatencyBudget
 from .memory import AUTO, MicroBatch, check_widening_fits
 from .ranks import rendezvous
@@ -248,6 +249,10 @@ def dissimilate(
         notes += [warmup_note(warm, spent, inputs.batch_size)] if warm else []
         notes += [line for line in [pieces.note(inputs.batch_size)] if line]
         notes += memory.notes()
+        hazards = hazard_notes(lw)
+        for line in hazards:
+            warnings.warn(line, stacklevel=2)
+        notes += hazards
         report = _report(inputs, wide, lw, candidate, flop_model, base_groups, original_flops, target, notes)
         settings = _settings(inputs, width, criterion, aggregate, ranking, inits, seed, floors, round_to, ignore)
         settings["footprint"] = footprint.to_dict() if footprint else None
