@@ -5,7 +5,7 @@ The pipeline, one module per stage: adapter -> widen -> score -> budget -> shrin
 
 __version__ = "0.1.0.dev0"
 
-from . import cifar_resnet
+from . import cifar_densenet, cifar_resnet
 from .adapter import ZOOS, Recipe
 from .api import dissimilate
 from .budget import RANKINGS, Floors, floor_widths, parse_flops, plan_widths
@@ -31,6 +31,7 @@ __all__ = [
     "GROWERS",
     "ZOOS",
     "BaseGrowFunc",
+    "cifar_densenet",
     "cifar_resnet",
     "ChannelGroup",
     "Floors",
