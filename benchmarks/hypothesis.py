@@ -116,6 +116,38 @@ DISSIMILATE_DEFAULTS = {
 # Settings runs made before they were recorded had, as dissimilate's defaults then were.
 EARLIER_DEFAULTS = {"warmup": None, "footprint": None, "round_to": 1}
 DEFAULT_ARMS = "baseline,random,lwdna,lwdna-sum"
+# The paper's rows that fit one GPU, as `--preset NAME --data KIND:DIR`. The paper publishes no
+# per-row training commands; its reference code's defaults (github.com/ofsoundof/
+# Heterogeneity_Hypothesis, util/option.py: 300 epochs, batch 128, lr 0.1, x0.1 at epochs 150 and
+# 225, weight decay 1e-4; width 2, rho 0.4) stand for them, DenseNet's batch 64 is Huang et al.
+# 2017 (section 4.2), the 4-pixel crop and flip is He et al. 2016's CIFAR augmentation, FLOPs are
+# the paper's table rows. The README's preset table says the same, value by value.
+PAPER_TRAINING = {
+    "seeds": "3",
+    "epochs": "300",
+    "batch_size": 128,
+    "lr": 0.1,
+    "schedule": "step:150,225",
+    "weight_decay": 1e-4,
+}
+PRESETS = {
+    "cifar10-resnet56": {
+        **PAPER_TRAINING, "data_kind": "cifar10", "model": "cifar_resnet56", "sizes": "50000", "flops": 0.991,
+        "crop_pad": 4,
+    },
+    "cifar10-densenet40": {
+        **PAPER_TRAINING, "data_kind": "cifar10", "model": "cifar_densenet40", "sizes": "50000", "flops": 0.907,
+        "batch_size": 64, "crop_pad": 4, "round_to": 1,
+    },
+    "cifar100-densenet40": {
+        **PAPER_TRAINING, "data_kind": "cifar100", "model": "cifar_densenet40", "sizes": "50000", "flops": 0.909,
+        "batch_size": 64, "crop_pad": 4, "round_to": 1,
+    },
+    "tinyimagenet-mobilenetv2": {
+        **PAPER_TRAINING, "data_kind": "imagefolder", "model": "mobilenetv2_100", "sizes": "100000",
+        "flops": 0.938, "img_size": 64, "crop_pad": 8,
+    },
+}  # fmt: skip
 QUICK = {"sizes": "500", "epochs": "2", "seeds": "2", "test_size": 1000, "evals": 1, "arms": "baseline,lwdna,random"}
 # Seconds per training image-pass of cifar_resnet20 (REFERENCE_MACS at 28 x 28, one channel) on
 # one thread of this repository's CI machine, from earlier runs; only used to print the budget
@@ -124,20 +156,32 @@ SECONDS_PER_IMAGE = 3.5e-3
 REFERENCE_MACS = 31_332_416
 
 
-def load_data(train_size: int, test_size: int) -> dict[str, torch.Tensor]:
-    """A fixed stratified training subset (the same for every seed and arm) and the test images,
-    standardised by the subset's statistics."""
-    train_x, train_y = lw.load_fashion_mnist("train")
-    test_x, test_y = lw.load_fashion_mnist("test")
+def load_data(
+    train_size: int, test_size: int, source: str = "fashion-mnist", img_size: int | None = None
+) -> dict[str, torch.Tensor]:
+    """A fixed stratified training subset (the same for every seed and arm) and the first
+    `test_size` test images of `source` (`lw.data.SPLIT_SOURCES`), standardised by the subset's
+    statistics: one mean and deviation for one-channel images, one per channel otherwise."""
+    train_x, train_y = lw.data.load_split(source, "train", img_size)
+    test_x, test_y = lw.data.load_split(source, "test", img_size)
     classes = int(train_y.max()) + 1
     if train_size % classes:
         raise ValueError(f"--sizes {train_size}: a stratified subset needs a multiple of {classes} images")
+    fewest = int(torch.bincount(train_y, minlength=classes).min())
+    if train_size // classes > fewest:
+        raise ValueError(
+            f"--sizes {train_size}: {source} has {fewest} training images in its smallest class, "
+            f"fewer than the {train_size // classes} per class asked for"
+        )
     order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(0))
     picks = [order[train_y[order] == c][: train_size // classes] for c in range(classes)]
     index = torch.cat(picks)[torch.randperm(train_size, generator=torch.Generator().manual_seed(1))]
     train_x, train_y = train_x[index].float() / 255.0, train_y[index]
     test_x, test_y = test_x[:test_size].float() / 255.0, test_y[:test_size]
-    mean, std = train_x.mean(), train_x.std()
+    if train_x.shape[1] == 1:
+        mean, std = train_x.mean(), train_x.std()
+    else:
+        mean, std = train_x.mean((0, 2, 3), keepdim=True), train_x.std((0, 2, 3), keepdim=True)
     return {"train_x": (train_x - mean) / std, "train_y": train_y, "test_x": (test_x - mean) / std, "test_y": test_y}
 
 
@@ -189,7 +233,7 @@ def train(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=protocol["lr"], momentum=0.9, weight_decay=protocol["weight_decay"], nesterov=True
     )
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=protocol["epochs"] * steps_per_epoch)
+    schedule = lr_schedule(optimizer, protocol.get("schedule", "cosine"), protocol["epochs"], steps_per_epoch)
     checkpoints = eval_epochs(protocol["epochs"], protocol["evals"])
     history = {"eval_epochs": checkpoints, "test_acc": [], "train_loss": [], "train_s": 0.0}
     for epoch in range(1, protocol["epochs"] + 1):
@@ -200,7 +244,7 @@ def train(
             index = order[i : i + protocol["batch_size"]]
             images, labels = data["train_x"][index], data["train_y"][index]
             if protocol["augment"] == "crop-flip":
-                images = augment(images, generator)
+                images = augment(images, generator, protocol.get("crop_pad", 2))
             loss = F.cross_entropy(model(lw.to_memory_format(images.to(device), layout)), labels.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -217,10 +261,24 @@ def train(
     return history
 
 
-def same_settings(settings: dict) -> bool:
+def lr_schedule(optimizer: torch.optim.Optimizer, schedule: str, epochs: int, steps_per_epoch: int):
+    """Stepped once per training step: 'cosine' to zero over the run, or 'step:E1,E2,...' (the
+    learning rate times 0.1 after each listed epoch)."""
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    kind, _, epochs_text = schedule.partition(":")
+    if kind != "step" or not epochs_text:
+        raise ValueError(f"--schedule {schedule!r}: give 'cosine' or 'step:E1,E2' (epochs after which lr x 0.1)")
+    milestones = [int(e) * steps_per_epoch for e in epochs_text.split(",")]
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+
+
+def same_settings(settings: dict, round_to: int | None = None) -> bool:
     """Whether a run's dissimilate settings are dissimilate's defaults (runs from before a setting
-    was recorded had that setting at its default)."""
-    return all(settings.get(k, EARLIER_DEFAULTS.get(k)) == v for k, v in DISSIMILATE_DEFAULTS.items())
+    was recorded had that setting at its default). A study's `--round-to` is part of its protocol,
+    every arm's: the `lwdna` arm then has dissimilate's defaults but that one."""
+    expected = {**DISSIMILATE_DEFAULTS, **({"round_to": round_to} if round_to is not None else {})}
+    return all(settings.get(k, EARLIER_DEFAULTS.get(k)) == v for k, v in expected.items())
 
 
 def has_defaults(options: dict | None) -> bool:
@@ -232,10 +290,18 @@ def has_defaults(options: dict | None) -> bool:
     )
 
 
+def input_shape(args: argparse.Namespace) -> tuple[int, int, int]:
+    """(channels, height, width) of the study's images, known before they are read."""
+    kind = args.data.partition(":")[0]
+    side = args.img_size or 64
+    return {"fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}.get(kind, (3, side, side))
+
+
 def model_macs(args: argparse.Namespace) -> int:
-    """MACs of one training image through the studied model (fvcore, 28 x 28 Fashion-MNIST)."""
-    model = timm.create_model(args.model, pretrained=False, num_classes=10, in_chans=1, **args.model_kwargs)
-    return lw.count_flops(model, torch.zeros(1, 1, 28, 28))
+    """MACs of one training image through the studied model (fvcore, at the data's image size)."""
+    shape = input_shape(args)
+    model = timm.create_model(args.model, pretrained=False, num_classes=10, in_chans=shape[0], **args.model_kwargs)
+    return lw.count_flops(model, torch.zeros(1, *shape))
 
 
 def seconds_per_image(args: argparse.Namespace, finished: list[dict]) -> tuple[float, str]:
@@ -279,7 +345,8 @@ def depth_scores(model_name: str, kwargs: dict, early: bool, seed: int):
 
 def make_arm(arm: str, data: dict[str, torch.Tensor], args: argparse.Namespace, seed: int, protocol: dict):
     """The arm's freshly initialised model and its `dissimilate` result (None for the baseline)."""
-    kwargs = {"num_classes": 10, "in_chans": 1, **args.model_kwargs}
+    classes, channels = int(data["train_y"].max()) + 1, data["train_x"].shape[1]
+    kwargs = {"num_classes": classes, "in_chans": channels, **args.model_kwargs}
     if arm == "baseline":
         torch.manual_seed(seed)
         return timm.create_model(args.model, pretrained=False, **kwargs), None
@@ -383,7 +450,7 @@ def run_one(args: argparse.Namespace, size: int, arm: str, seed: int, protocol: 
     torch.set_num_threads(args.threads)
     key = (size, args.test_size)
     if key not in _DATA:
-        _DATA[key] = load_data(*key)
+        _DATA[key] = load_data(*key, args.data, args.img_size)
     data = _DATA[key]
     start = time.perf_counter()
     model, result = make_arm(arm, data, args, seed, protocol)
@@ -526,6 +593,9 @@ def _interval(p: dict | None) -> str:
     return f"{p['mean']:+.2f} [{p['low']:+.2f}, {p['high']:+.2f}] (n={p['n']})" if p else "-"
 
 
+DATA_NAMES = {"fashion-mnist": "Fashion-MNIST"}
+
+
 def _latencies(ratios: dict | None) -> str:
     return ", ".join(f"{batch}: {ratio:.3f}" for batch, ratio in ratios.items()) if ratios else "-"
 
@@ -534,9 +604,11 @@ def to_markdown(payload: dict) -> str:
     cfg = payload["config"]
     model = cfg["model"] + (f" {json.dumps(cfg['model_kwargs'])}" if cfg.get("model_kwargs") else "")
     lines = [
-        f"{model} on Fashion-MNIST, stratified training subsets, all {cfg['test_size']} test images; "
+        f"{model} on {DATA_NAMES.get(cfg.get('data', 'fashion-mnist'), cfg.get('data'))}, stratified training "
+        f"subsets, the first {cfg['test_size']} test images; "
         f"batch {cfg['batch_size']}, SGD lr {cfg['lr']} (momentum 0.9, Nesterov, wd {cfg['weight_decay']}) with a "
-        f"per-step cosine schedule, augment {cfg['augment']}; LW-DNA arms: width {cfg['width']}, flops {cfg['flops']}, "
+        f"per-step {cfg.get('schedule', 'cosine')} schedule, augment {cfg['augment']} (pad {cfg.get('crop_pad', 2)}); "
+        f"LW-DNA arms: width {cfg['width']}, flops {cfg['flops']}, "
         f"floor {cfg['floor']}, scoring batches of {cfg['score_batch_size']} training images. "
         "Paired differences are test top-1 points, seed by seed, with 95% t-intervals.",
         "",
@@ -666,6 +738,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default={},
         help="JSON keyword arguments of the model, e.g. '{\"widths\": [8, 16, 32]}' for a half-width ResNet",
     )
+    p.add_argument(
+        "--data",
+        default="fashion-mnist",
+        help="fashion-mnist, cifar10:DIR, cifar100:DIR or imagefolder:DIR (read from disk, never downloaded; "
+        "DIR/train and DIR/val with a folder per class); channels and classes come from the data",
+    )
+    p.add_argument("--img-size", type=int, default=None, help="imagefolder: resize and centre-crop to this size")
+    p.add_argument("--crop-pad", type=int, default=2, help="crop-flip augmentation: zero padding before the crop")
+    p.add_argument(
+        "--schedule", default="cosine", help="learning rate: cosine, or step:E1,E2 (x0.1 after those epochs)"
+    )
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="a paper row's model, budget and training (README: preset table); give --data KIND:DIR with it",
+    )
     p.add_argument("--sizes", default="1000,4000,16000", help="training subset sizes (stratified, fixed)")
     p.add_argument("--epochs", default="100,100,30", help="epochs per size (one value: every size)")
     p.add_argument("--seeds", default="8,8,5", help="paired seeds per size (one value: every size)")
@@ -711,6 +800,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "hypothesis_regimes_runs",
     )
     args = p.parse_args(argv)
+    if args.preset:
+        preset = dict(PRESETS[args.preset])
+        kind = preset.pop("data_kind")
+        if args.data.partition(":")[0] != kind or not args.data.partition(":")[2]:
+            p.error(f"--preset {args.preset} trains on {kind}: give --data {kind}:DIR")
+        # A flag given on the command line wins over the preset's value.
+        for key, value in preset.items():
+            if getattr(args, key) == p.get_default(key):
+                setattr(args, key, value)
     if args.quick:
         for key, value in QUICK.items():
             if getattr(args, key) == p.get_default(key):
@@ -739,6 +837,9 @@ def protocol_of(args: argparse.Namespace, index: int) -> dict:
         protocol["warmup_batch_size"] = args.warmup_batch_size
     if args.model_kwargs:
         protocol["model_kwargs"] = args.model_kwargs
+    # Likewise the data options: runs on Fashion-MNIST with 2-pixel crops compare as before.
+    defaults = {"data": "fashion-mnist", "img_size": None, "crop_pad": 2, "schedule": "cosine"}
+    protocol.update({k: getattr(args, k) for k, v in defaults.items() if getattr(args, k) != v})
     return protocol
 
 
@@ -748,7 +849,7 @@ def record_twin(path: Path, model: str, size: int, seed: int, protocol: dict) ->
     training run (seen here: seed 3 at 1,000 images trained twice, test top-1 equal to the digit)."""
     for twin in sorted(path.parent.glob(f"{model}_n{size}_lwdna-*_s{seed}.json")):
         run = json.loads(twin.read_text())
-        if same_settings(run["settings"]) and run["protocol"] == protocol:
+        if same_settings(run["settings"], protocol["round_to"]) and run["protocol"] == protocol:
             record = {**run, "arm": "lwdna", "same_as": run["arm"]}
             path.write_text(json.dumps(record, indent=1))
             return record
@@ -810,7 +911,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     # Results on another device differ in their last digits: they are a study of their own.
     on = "" if args.device == "cpu" else "_" + args.device.replace(":", "")
-    tag = args.tag or f"hypothesis_regimes{'_quick' if args.quick else ''}{on}"
+    study = "regimes" if args.data == "fashion-mnist" else args.data.partition(":")[0]
+    tag = args.tag or f"hypothesis_{study}{'_quick' if args.quick else ''}{on}"
     folder = out / f"{tag}_runs"
     folder.mkdir(parents=True, exist_ok=True)
     jobs, done = [], 0
@@ -824,10 +926,10 @@ def main(argv: list[str] | None = None) -> dict:
                 finished = json.loads(path.read_text()) if path.is_file() else None
                 # An `lwdna` run made under other defaults (the default changed since) is replaced
                 # by its twin under today's defaults when one has finished, else trained again.
-                if arm == "lwdna" and (finished is None or not same_settings(finished["settings"])):
+                if arm == "lwdna" and (finished is None or not same_settings(finished["settings"], args.round_to)):
                     finished = record_twin(path, args.model, size, seed, protocol) or finished
                 if finished is not None:
-                    if arm == "lwdna" and not same_settings(finished["settings"]):
+                    if arm == "lwdna" and not same_settings(finished["settings"], args.round_to):
                         print(f"{path.name}: made under other defaults {finished['settings']}, run again")
                         jobs.append((size, arm, seed, protocol, path))
                         continue
@@ -862,7 +964,7 @@ def main(argv: list[str] | None = None) -> dict:
     def write_summary() -> dict:
         # Every finished run of the study, not only this call's: a partial call never shrinks the report.
         # An `lwdna` run made under other defaults is not today's `lwdna` (reported only after a rerun).
-        current = [r for r in load_runs(folder) if r["arm"] != "lwdna" or same_settings(r["settings"])]
+        current = [r for r in load_runs(folder) if r["arm"] != "lwdna" or same_settings(r["settings"], args.round_to)]
         own = {(r["train_size"], r["seed"]) for r in current if r["arm"] == "baseline"}
         current += [
             r for r in borrowed_baselines(args.baseline_from, protocols) if (r["train_size"], r["seed"]) not in own

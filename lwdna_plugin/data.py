@@ -94,6 +94,96 @@ def _fit(images: torch.Tensor, in_chans: int, size: tuple[int, int] | None) -> t
     return images.contiguous()
 
 
+# A study's training and test data: the source's syntax, and where each kind is read from.
+SPLIT_SOURCES = {
+    "fashion-mnist": "Debian's dataset-fashion-mnist package (or $LWDNA_FASHION_MNIST)",
+    "cifar10:DIR": "torchvision's python format: DIR (or DIR/cifar-10-batches-py) holds data_batch_1 ... "
+    "data_batch_5 and test_batch",
+    "cifar100:DIR": "torchvision's python format: DIR (or DIR/cifar-100-python) holds train and test",
+    "imagefolder:DIR": "DIR/train/<class>/<image> and DIR/val/<class>/<image>, the same class folders in both",
+}
+_CIFAR = {
+    "cifar10": ("cifar-10-batches-py", {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]},
+                b"labels"),
+    "cifar100": ("cifar-100-python", {"train": ["train"], "test": ["test"]}, b"fine_labels"),
+}  # fmt: skip
+
+
+def load_split(source: str, split: str, img_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split ('train' or 'test') of a study's data as uint8 images (N, C, H, W) and labels.
+
+    `source` is one of `SPLIT_SOURCES`: 'fashion-mnist', 'cifar10:DIR', 'cifar100:DIR' or
+    'imagefolder:DIR' (its 'test' split is DIR/val; `img_size` resizes the shorter side and
+    centre-crops, and is required there). Read from disk, never downloaded.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split={split!r}: choose 'train' or 'test'")
+    kind, _, folder = source.partition(":")
+    if source == "fashion-mnist":
+        return load_fashion_mnist(split)
+    if kind in _CIFAR and folder:
+        return _read_cifar(Path(folder), kind, split)
+    if kind == "imagefolder" and folder:
+        if img_size is None:
+            raise ValueError(f"data {source!r}: give the image size to train at (--img-size), e.g. 64")
+        return _read_image_folder(Path(folder), split, img_size)
+    raise ValueError(f"data {source!r}: choose one of {', '.join(SPLIT_SOURCES)}")
+
+
+def _read_cifar(folder: Path, kind: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    import pickle
+
+    nested, files, label_key = _CIFAR[kind]
+    root = folder / nested if (folder / nested).is_dir() else folder
+    paths = [root / name for name in files[split]]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{kind} in {folder}: missing {', '.join(missing)}; expected {SPLIT_SOURCES[kind + ':DIR']} "
+            "(the archive from the CIFAR page, unpacked; nothing is downloaded)"
+        )
+    images, labels = [], []
+    for path in paths:
+        with path.open("rb") as handle:
+            # The CIFAR archive's own format (pickled dicts of arrays), as torchvision reads it.
+            batch = pickle.load(handle, encoding="bytes")
+        if b"data" not in batch or label_key not in batch:
+            raise ValueError(f"{path}: not a {kind} batch (no {b'data'!r} and {label_key!r} entries)")
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
+def _read_image_folder(folder: Path, split: str, img_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision import datasets, transforms
+
+    layout = SPLIT_SOURCES["imagefolder:DIR"]
+    sub = {"train": "train", "test": "val"}[split]
+    if not (folder / "train").is_dir() or not (folder / sub).is_dir():
+        raise FileNotFoundError(f"ImageFolder {folder}: no {sub}/ folder; expected {layout}")
+    transform = transforms.Compose(
+        [transforms.Resize(img_size), transforms.CenterCrop(img_size), transforms.PILToTensor()]
+    )
+    classes = sorted(p.name for p in (folder / "train").iterdir() if p.is_dir())
+    try:
+        dataset = datasets.ImageFolder(str(folder / sub), transform=lambda image: transform(image.convert("RGB")))
+    except FileNotFoundError as err:  # torchvision's: no class folder, or a class without images
+        raise ValueError(f"ImageFolder {folder / sub}: {err} (expected {layout})") from None
+    unknown = sorted(set(dataset.classes) - set(classes))
+    if unknown:
+        raise ValueError(
+            f"ImageFolder {folder}: {sub}/ has classes {unknown[:3]} that train/ lacks (expected {layout})"
+        )
+    index = [classes.index(name) for name in dataset.classes]  # val/ may hold fewer classes than train/
+    try:
+        pairs = [(image, index[label]) for image, label in dataset]
+    except OSError as err:  # PIL's UnidentifiedImageError or a truncated file; its message names the file
+        raise ValueError(
+            f"ImageFolder {folder / sub}: an image could not be read ({err}); remove or replace it"
+        ) from None
+    return torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs], dtype=torch.long)
+
+
 def image_size(img_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     """`img_size` as (height, width): one number is a square, two are (height, width)."""
     sizes = [img_size] if isinstance(img_size, int) and not isinstance(img_size, bool) else img_size

@@ -285,3 +285,55 @@ def test_combine_writes_every_study_s_runs_flat_with_their_budget(tmp_path):
     ).read_text() == "## half\n\ntable of half\n\n## three_quarters\n\ntable of three_quarters\n"
     with pytest.raises(SystemExit, match="no report yet for \\['quarter'\\]"):
         hypothesis.main(["--combine", "half,quarter", "--out", str(tmp_path), "--tag", "both"])
+
+
+def test_hypothesis_on_cifar_files_takes_channels_and_classes_from_the_data(tmp_path):
+    from test_data import write_cifar
+
+    write_cifar(tmp_path / "cifar", "cifar10", per_class=2)
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MPLBACKEND": "Agg"}
+    command = [
+        sys.executable, str(ROOT / "benchmarks" / "hypothesis.py"), "--data", f"cifar10:{tmp_path / 'cifar'}",
+        "--sizes", "50", "--epochs", "1", "--seeds", "1", "--test-size", "20", "--evals", "1", "--crop-pad", "4",
+        "--schedule", "step:1", "--arms", "baseline,uniform", "--flops", "0.5", "--floor", "0.2",
+        "--latency-batch", "0", "--workers", "1", "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, env=env, timeout=600)
+    runs = [json.loads(p.read_text()) for p in sorted((tmp_path / "out" / "hypothesis_cifar10_runs").glob("*.json"))]
+    assert [r["arm"] for r in runs] == ["baseline", "uniform"]
+    protocol = runs[0]["protocol"]
+    assert protocol["data"] == f"cifar10:{tmp_path / 'cifar'}" and protocol["crop_pad"] == 4
+    assert protocol["schedule"] == "step:1"
+    # Three channels at 32 px: the full ResNet-20's MACs at CIFAR's size, uniform at half of them.
+    import timm
+
+    import lwdna_plugin as lw
+
+    full = timm.create_model("cifar_resnet20", num_classes=10, in_chans=3)
+    assert runs[0]["flops"] == lw.count_flops(full, torch.zeros(1, 3, 32, 32))
+    assert 0.45 < runs[1]["flops"] / runs[0]["flops"] <= 0.5
+
+
+def test_presets_set_a_paper_row_and_flags_win():
+    hypothesis = _benchmark("hypothesis")
+    args = hypothesis.parse_args(["--preset", "cifar10-densenet40", "--data", "cifar10:/data/cifar"])
+    assert (args.model, args.batch_size, args.flops, args.schedule) == ("cifar_densenet40", 64, 0.907, "step:150,225")
+    assert args.epochs == [300] and args.sizes == [50000] and args.crop_pad == 4
+    own = hypothesis.parse_args(["--preset", "cifar10-densenet40", "--data", "cifar10:/d", "--batch-size", "32"])
+    assert own.batch_size == 32
+    with pytest.raises(SystemExit):
+        hypothesis.parse_args(["--preset", "cifar100-densenet40", "--data", "cifar10:/d"])
+
+
+def test_step_schedule_multiplies_by_a_tenth_after_each_listed_epoch():
+    hypothesis = _benchmark("hypothesis")
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = hypothesis.lr_schedule(optimizer, "step:1,2", epochs=3, steps_per_epoch=2)
+    rates = []
+    for _ in range(6):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+    with pytest.raises(ValueError, match="step:E1,E2"):
+        hypothesis.lr_schedule(optimizer, "linear", 3, 2)
