@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import __version__
 from .api import DEFAULTS, dissimilate
 from .budget import RANKINGS, Floors
 from .data import image_size, load_batches, num_classes
@@ -23,6 +24,7 @@ from .warmup import Warmup
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lwdna", description="Layer-wise dissimilation (LW-DNA) of timm models.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser(
         "dissimilate",
@@ -46,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULTS["batches"],
         help=f"mini-batches scored at initialisation (default {DEFAULTS['batches']})",
     )
-    d.add_argument("--batch-size", type=int, default=64)
+    d.add_argument("--batch-size", type=int, default=64, help="images per scoring batch (default 64)")
     d.add_argument(
         "--score-batch-size",
         type=_micro_batch,
@@ -65,20 +67,23 @@ def _parser() -> argparse.ArgumentParser:
         "--criterion", choices=CRITERIA, help="channel scores (default: gate with --data, synflow with --data none)"
     )
     d.add_argument(
-        "--aggregate", default=DEFAULTS["aggregate"], choices=AGGREGATIONS, help="how coupled layers' scores combine"
+        "--aggregate",
+        default=DEFAULTS["aggregate"],
+        choices=AGGREGATIONS,
+        help=f"how coupled layers' scores combine (default {DEFAULTS['aggregate']})",
     )
     d.add_argument(
         "--ranking",
         default=DEFAULTS["ranking"],
         choices=RANKINGS,
-        help="what the global threshold compares: flops = saliency per FLOP of the channel (default), saliency = "
-        "raw saliency (the paper's), uniform = no threshold, every group thinned by one fraction (a baseline)",
+        help="what the global threshold compares: saliency = raw saliency (the paper's), flops = saliency per FLOP "
+        "of the channel (default), uniform = no threshold, every group thinned by one fraction (a baseline)",
     )
     d.add_argument(
         "--inits",
         type=int,
         default=DEFAULTS["inits"],
-        help="initialisations of the widened model to score and average rank by rank",
+        help=f"initialisations of the widened model to score and average rank by rank (default {DEFAULTS['inits']})",
     )
     d.add_argument(
         "--warmup",
@@ -87,9 +92,24 @@ def _parser() -> argparse.ArgumentParser:
         help="SGD steps to train the widened model on further batches of --data before scoring (default 0: none)",
     )
     d.add_argument("--warmup-lr", type=float, default=Warmup.lr, help=f"the warm-up's learning rate ({Warmup.lr})")
-    d.add_argument("--floor", type=float, default=0.4, help="min fraction of each widened group kept (rho)")
-    d.add_argument("--classifier-floor", type=float, default=0.45, help="min fraction for the classifier input (tau)")
-    d.add_argument("--min-channels", type=int, default=4)
+    d.add_argument(
+        "--floor",
+        type=float,
+        default=Floors.rho,
+        help=f"min fraction of each widened group kept (rho, default {Floors.rho})",
+    )
+    d.add_argument(
+        "--classifier-floor",
+        type=float,
+        default=Floors.tau,
+        help=f"min fraction for the classifier input (tau, default {Floors.tau})",
+    )
+    d.add_argument(
+        "--min-channels",
+        type=int,
+        default=Floors.min_channels,
+        help=f"no group below this many channels (default {Floors.min_channels})",
+    )
     d.add_argument(
         "--round-to",
         type=int,
@@ -127,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
         "so no more data moved), keeping at least 0.95 of the FLOP target; 'none' plans on FLOPs alone, "
         "'none' for one of the two leaves it free",
     )
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="seed of initialisation and scoring (default 0)")
     d.add_argument("--out", required=True, help="output directory")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     e = sub.add_parser("export", help="write an LW-DNA spec as a standalone PyTorch module (no lwdna_plugin needed)")

@@ -289,7 +289,7 @@ def register_timm(spec: str | Path | Mapping[str, Any], name: str, overwrite: bo
         if not overwrite:
             raise ValueError(
                 f"timm already has a model named {name!r}: registering over it would replace it for the whole "
-                "process. Choose another name (such as '{name}_lwdna') or pass overwrite=True"
+                f"process. Choose another name (such as '{name}_lwdna') or pass overwrite=True"
             )
         current = model_entrypoint(name)
         if current.__module__ != __name__:  # timm's own, not an LW-DNA model registered earlier

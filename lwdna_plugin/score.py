@@ -39,7 +39,6 @@ _IMPORTANCES: dict[str, Callable[[], Callable]] = {
     "random": lambda: tp.importance.RandomImportance(),
 }
 CRITERIA = ("gate", "synflow", *_IMPORTANCES)
-DATA_FREE = ("synflow", *_IMPORTANCES)
 
 _NORMS = (ops.TORCH_BATCHNORM, ops.TORCH_LAYERNORM, ops.TORCH_GROUPNORM, ops.TORCH_INSTANCENORM)
 

@@ -177,3 +177,20 @@ def test_cli_a_bad_image_size_names_the_form(size, capsys):
     with pytest.raises(SystemExit):
         main(["dissimilate", "resnet18", "--img-size", size, "--out", "x"])
     assert "HEIGHTxWIDTH, e.g. 64x96" in capsys.readouterr().err
+
+
+def test_help_shows_every_option_with_its_default_and_the_version(capsys):
+    import lwdna_plugin as lw
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"lwdna {lw.__version__}"
+    with pytest.raises(SystemExit):
+        main(["dissimilate", "--help"])
+    text = " ".join(capsys.readouterr().out.split()).split("options:", 1)[1]  # past the usage line
+    for option, default in [
+        ("--batch-size", "64"), ("--aggregate", "sum"), ("--floor", "0.4"), ("--classifier-floor", "0.45"),
+        ("--min-channels", "4"), ("--inits", "1"), ("--round-to", "8"), ("--seed", "0"),
+    ]:  # fmt: skip
+        assert f"default {default}" in text.split(option, 1)[1].split(" --", 1)[0], option
+    assert text.index("saliency = raw") < text.index("flops = saliency per FLOP") < text.index("uniform = no")

@@ -228,7 +228,9 @@ def test_unknown_schema_says_which_it_reads(resnet18_result):
 
 def test_register_timm_refuses_a_timm_name_and_never_recurses(resnet18_result, tmp_path):
     resnet18_result.save(tmp_path)
-    with pytest.raises(ValueError, match="timm already has a model named 'resnet18'.*overwrite=True"):
+    with pytest.raises(
+        ValueError, match="timm already has a model named 'resnet18'.*such as 'resnet18_lwdna'.*overwrite=True"
+    ):
         lw.register_timm(tmp_path, name="resnet18")
     assert timm.create_model("resnet18", num_classes=10).conv1.out_channels == 64  # timm's own, untouched
     # Overwriting is only done on request, and then in a fresh process: it changes timm for the process.

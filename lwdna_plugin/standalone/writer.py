@@ -34,10 +34,6 @@ class Standalone:
     class_name: str
     timm_imports: list[str] = field(default_factory=list)
 
-    @property
-    def imports_timm(self) -> bool:
-        return bool(self.timm_imports)
-
 
 def write_source(
     model: nn.Module, spec: dict[str, Any] | None, class_name: str, dtype: torch.dtype = torch.float32
