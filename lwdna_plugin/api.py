@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from .adapter import default_loss, model_device
 from .arguments import is_number
-from .budget import RANKINGS, Floors, Plan, parse_flops, plan_widths
+from .budget import RANKINGS, Floors, Plan, check_flop_target, parse_flops, plan_widths
 from .calibrate import Calibration, Limits
 from .data import Batch
 from .export import Result, assemble_spec
@@ -185,6 +185,7 @@ def dissimilate(
     with timer("score"):
         loss = loss_fn or default_loss(wide)
         flop_model = FlopModel(graph, example)
+        check_flop_target(graph, flop_model, target, original_flops, floors, round_to)
         spent: list[WarmupCost] = []
         pieces = score_batch_size if isinstance(score_batch_size, MicroBatch) else MicroBatch.parse(score_batch_size)
 

@@ -406,6 +406,45 @@ def floor_widths(
     return lows
 
 
+def check_flop_target(
+    graph: GroupGraph, flop_model: FlopModel, target: float, original: float, floors: Floors, round_to: int
+) -> None:
+    """Before any scoring: a FLOP target the floors and `round_to` cannot reach is an error that
+    gives the reachable range as fractions of the original and floors that would reach it.
+
+    Analytic (the FLOP model at the floors' widths), so it costs no forward pass; the plan
+    checks again after scoring, with the footprint and latency limits."""
+    prunable = {g.key: None for g in graph.groups if g.prunable}
+    lowest = flop_model(floor_widths(graph, prunable, flop_model, floors, round_to))
+    if lowest <= target:
+        return
+    settings = f"rho={floors.rho}, tau={floors.tau}, min_channels={floors.min_channels}, round_to={round_to}"
+    top = flop_model(flop_model.sizes)
+    found = None
+    # The gentlest change that reaches it: lower floors first, then any width (round_to=1) as well.
+    for step in dict.fromkeys((round_to, 1)):
+        for rho in (0.3, 0.2, 0.1, 0.05):
+            lower = Floors(rho=min(rho, floors.rho), tau=min(rho, floors.tau), min_channels=floors.min_channels)
+            if flop_model(floor_widths(graph, prunable, flop_model, lower, step)) <= target:
+                found = (lower, step)
+                break
+        if found:
+            break
+    advice = "no floors reach it: raise `flops`"
+    if found:
+        lower, step = found
+        advice = (
+            f"floors=Floors(rho={lower.rho}, tau={lower.tau})"
+            + (f" with round_to={step}" if step != round_to else "")
+            + " reaches it (or raise `flops`)"
+        )
+    raise ValueError(
+        f"the FLOP target {target:,.0f} ({target / original:.3f} of the original) is below what the floors allow "
+        f"({lowest:,.0f} FLOPs, {lowest / original:.3f} of the original, with {settings}): this call can reach "
+        f"{lowest / original:.3f}-{top / original:.3f} of the original's FLOPs; {advice}"
+    )
+
+
 def _uniform_widths(flop_model: FlopModel, lows: np.ndarray, target: float) -> np.ndarray:
     """Every group at one fraction of its size (not below its floor) such that the FLOPs meet `target`."""
     sizes = flop_model.sizes

@@ -578,3 +578,25 @@ def test_called_where_autograd_is_off_it_identifies_the_same(batches, resnet18_r
     with context():
         result = lw.dissimilate("resnet18", data=batches, model_kwargs=TEN, footprint=None)
     assert result.spec["groups"] == resnet18_result.spec["groups"]
+
+
+def test_an_unreachable_flop_target_is_refused_before_scoring_with_the_reachable_range():
+    data = lw.load_batches("mnist5k", batches=1, batch_size=16, img_size=28, in_chans=1)
+    scored = []
+
+    def criterion(group):  # a custom score: called only if scoring starts
+        scored.append(group)
+        return torch.ones(len(group[0].idxs))
+
+    kwargs = {"num_classes": 10, "in_chans": 1}
+    with pytest.raises(ValueError, match=r"0\.500 of the original.*reach 0\.960-3\.97\d.*Floors\(rho=0\.2, tau=0\.2\)"):
+        lw.dissimilate("cifar_resnet20", flops=0.5, data=data, criterion=criterion, model_kwargs=kwargs)
+    assert scored == []
+    # DenseNet-40's 12-channel growth layers in steps of 8: the floors round up past the original.
+    with pytest.raises(ValueError, match=r"1\.397 of the original.*round_to=8.*Floors\(rho=0\.3, tau=0\.3\) reaches"):
+        lw.dissimilate("cifar_densenet40", flops=0.91, data=data, criterion=criterion, model_kwargs=kwargs)
+    assert scored == []
+    result = lw.dissimilate(
+        "cifar_resnet20", flops=0.5, data=data, floors=lw.Floors(rho=0.2, tau=0.2), model_kwargs=kwargs
+    )  # the advice works
+    assert result.spec["achieved"]["flops"] <= result.spec["target"]["flops"]
