@@ -185,7 +185,7 @@ def dissimilate(
     with timer("score"):
         loss = loss_fn or default_loss(wide)
         flop_model = FlopModel(graph, example)
-        check_flop_target(graph, flop_model, target, original_flops, floors, round_to)
+        check_flop_target(graph, flop_model, target, original_flops, floors, round_to, tuple(example.shape[1:]))
         spent: list[WarmupCost] = []
         pieces = score_batch_size if isinstance(score_batch_size, MicroBatch) else MicroBatch.parse(score_batch_size)
 
@@ -330,6 +330,7 @@ def _report(
         convention=FLOP_CONVENTION,
         fixed_groups={g.key: g.fixed for g in base_groups if g.fixed},
         notes=notes,
+        input_size=tuple(inputs.shape),
     )
 
 

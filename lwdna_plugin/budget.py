@@ -407,7 +407,13 @@ def floor_widths(
 
 
 def check_flop_target(
-    graph: GroupGraph, flop_model: FlopModel, target: float, original: float, floors: Floors, round_to: int
+    graph: GroupGraph,
+    flop_model: FlopModel,
+    target: float,
+    original: float,
+    floors: Floors,
+    round_to: int,
+    input_size: tuple[int, ...] = (),
 ) -> None:
     """Before any scoring: a FLOP target the floors and `round_to` cannot reach is an error that
     gives the reachable range as fractions of the original and floors that would reach it.
@@ -439,7 +445,9 @@ def check_flop_target(
             + " reaches it (or raise `flops`)"
         )
     raise ValueError(
-        f"the FLOP target {target:,.0f} ({target / original:.3f} of the original) is below what the floors allow "
+        f"the FLOP target {target:,.0f} ({target / original:.3f} of the original"
+        + (f" at input {'x'.join(map(str, input_size))}" if input_size else "")
+        + ") is below what the floors allow "
         f"({lowest:,.0f} FLOPs, {lowest / original:.3f} of the original, with {settings}): this call can reach "
         f"{lowest / original:.3f}-{top / original:.3f} of the original's FLOPs; {advice}"
     )

@@ -295,7 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     f = result.report.flops
     print(
-        f"{result.report.model}: FLOPs {f['lwdna']:,} / original {f['original']:,} ({f['lwdna'] / f['original']:.4f}), "
+        f"{result.report.model}: FLOPs {f['lwdna']:,} / original {f['original']:,} ({f['lwdna'] / f['original']:.4f}) "
+        f"at input {'x'.join(map(str, result.report.input_size))}, "
         f"params {result.report.params['lwdna'] / result.report.params['original']:.4f} of the original"
     )
     spent = result.spec["achieved"].get("footprint")

@@ -34,13 +34,19 @@ class Report:
     convention: str
     fixed_groups: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    input_size: tuple[int, ...] | None = None  # (C, H, W) the FLOPs were counted at
 
     def to_markdown(self) -> str:
         f, p = self.flops, self.params
         lines = [
             f"# LW-DNA report: {self.model}",
             "",
-            f"FLOPs counted by {self.convention}.",
+            f"FLOPs counted by {self.convention}"
+            + (
+                f", at input {'x'.join(map(str, self.input_size))} (channels x height x width)."
+                if self.input_size
+                else "."
+            ),
             "",
             "| | original | widened | LW-DNA | LW-DNA / original |",
             "|---|---:|---:|---:|---:|",

@@ -589,7 +589,10 @@ def test_an_unreachable_flop_target_is_refused_before_scoring_with_the_reachable
         return torch.ones(len(group[0].idxs))
 
     kwargs = {"num_classes": 10, "in_chans": 1}
-    with pytest.raises(ValueError, match=r"0\.500 of the original.*reach 0\.960-3\.97\d.*Floors\(rho=0\.2, tau=0\.2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"0\.500 of the original at input 1x28x28\).*reach 0\.960-3\.97\d.*Floors\(rho=0\.2, tau=0\.2\)",
+    ):
         lw.dissimilate("cifar_resnet20", flops=0.5, data=data, criterion=criterion, model_kwargs=kwargs)
     assert scored == []
     # DenseNet-40's 12-channel growth layers in steps of 8: the floors round up past the original.
@@ -600,3 +603,5 @@ def test_an_unreachable_flop_target_is_refused_before_scoring_with_the_reachable
         "cifar_resnet20", flops=0.5, data=data, floors=lw.Floors(rho=0.2, tau=0.2), model_kwargs=kwargs
     )  # the advice works
     assert result.spec["achieved"]["flops"] <= result.spec["target"]["flops"]
+    assert "FLOPs counted by fvcore" in result.report.to_markdown()
+    assert "at input 1x28x28 (channels x height x width)" in result.report.to_markdown()
