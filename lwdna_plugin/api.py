@@ -15,7 +15,16 @@ import torch.nn as nn
 
 from .adapter import default_loss, model_device
 from .arguments import is_number
-from .budget import RANKINGS, Floors, Plan, check_flop_target, parse_flops, plan_widths
+from .budget import (
+    RANKINGS,
+    Floors,
+    Plan,
+    check_flop_target,
+    check_round_to,
+    is_fraction,
+    parse_flops,
+    plan_widths,
+)
 from .calibrate import Calibration, Limits
 from .data import Batch
 from .export import Result, assemble_spec
@@ -161,6 +170,13 @@ def dissimilate(
         original_flops = count_flops(base, example)
         target = parse_flops(flops, original_flops)
         base_groups = GroupGraph(base, example, ignore).groups
+        check_round_to(base_groups, width, round_to)
+        if is_fraction(flops) and target > original_flops:
+            warnings.warn(
+                f"flops={flops!r}: the target is {target / original_flops:.2f}x the original's FLOPs, so the model "
+                "grows; give a fraction of at most 1.0 to prune",
+                stacklevel=2,
+            )
         if not any(g.prunable for g in base_groups):
             reasons = sorted({g.fixed for g in base_groups})
             warnings.warn(
@@ -186,6 +202,12 @@ def dissimilate(
         loss = loss_fn or default_loss(wide)
         flop_model = FlopModel(graph, example)
         check_flop_target(graph, flop_model, target, original_flops, floors, round_to, tuple(example.shape[1:]))
+        if not is_fraction(flops) and target > flop_model.total:
+            raise ValueError(
+                f"flops={flops!r}: {target:,} FLOPs is above even the widened model's {flop_model.total:,} at input "
+                f"{'x'.join(map(str, inputs.shape))} (the original's: {original_flops:,}). FLOPs grow with the "
+                "input size: count the target at this input, or give a fraction of the original such as 0.9"
+            )
         spent: list[WarmupCost] = []
         pieces = score_batch_size if isinstance(score_batch_size, MicroBatch) else MicroBatch.parse(score_batch_size)
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .flops import FlopModel
-from .graph import GroupGraph
+from .graph import ChannelGroup, GroupGraph
 from .resize import top_channels
 
 
@@ -86,6 +86,25 @@ def parse_flops(flops: float | str, original: int) -> int:
     if scale is not None:
         return int(value * scale)
     return int(value * original) if value <= 10 else int(value)
+
+
+def is_fraction(flops: float | str) -> bool:
+    """Whether `parse_flops` reads `flops` as a fraction of the original (else as a count)."""
+    if isinstance(flops, str):
+        text = flops.strip().upper()
+        return text[-1:] not in _SI and float(text) <= 10
+    return flops <= 10
+
+
+def check_round_to(groups: Sequence[ChannelGroup], width: float, round_to: int) -> None:
+    """Before widening: a step larger than every widened group would round each one up to it."""
+    sizes = [math.ceil(g.size * width) for g in groups if g.prunable]
+    if sizes and round_to > max(sizes):
+        raise ValueError(
+            f"round_to={round_to} is larger than every channel group widened by {width} (largest: {max(sizes)} "
+            f"channels): each would be rounded up to {round_to} channels. Choose a step of at most {max(sizes)} "
+            "(8 is the default, 1 gives any width)"
+        )
 
 
 def plan_widths(

@@ -605,3 +605,20 @@ def test_an_unreachable_flop_target_is_refused_before_scoring_with_the_reachable
     assert result.spec["achieved"]["flops"] <= result.spec["target"]["flops"]
     assert "FLOPs counted by fvcore" in result.report.to_markdown()
     assert "at input 1x28x28 (channels x height x width)" in result.report.to_markdown()
+
+
+def test_a_step_larger_than_every_group_is_refused_before_widening():
+    data = lw.load_batches("mnist5k", batches=1, batch_size=16, img_size=28, in_chans=1)
+    kwargs = {"num_classes": 10, "in_chans": 1}
+    with pytest.raises(ValueError, match=r"round_to=4096 is larger than every channel group.*largest: 128"):
+        lw.dissimilate("cifar_resnet20", round_to=4096, data=data, model_kwargs=kwargs)
+
+
+def test_a_count_beyond_this_input_names_the_input_and_a_fraction_above_one_grows():
+    data = lw.load_batches("mnist5k", batches=1, batch_size=16, img_size=28, in_chans=1)
+    kwargs = {"num_classes": 10, "in_chans": 1}
+    # resnet18's well-known 224 px figure, given for a 28 px one-channel model.
+    with pytest.raises(ValueError, match=r"flops='1.8G'.*above even the widened model's .* at input 1x28x28"):
+        lw.dissimilate("cifar_resnet20", flops="1.8G", data=data, model_kwargs=kwargs)
+    with pytest.warns(UserWarning, match=r"flops=1.5: the target is 1.50x the original's FLOPs, so the model grows"):
+        lw.dissimilate("cifar_resnet20", flops=1.5, round_to=1, data=data, model_kwargs=kwargs)
