@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import sys
 import warnings
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -172,18 +174,16 @@ def dissimilate(
         base_groups = GroupGraph(base, example, ignore).groups
         check_round_to(base_groups, width, round_to)
         if is_fraction(flops) and target > original_flops:
-            warnings.warn(
+            _warn(
                 f"flops={flops!r}: the target is {target / original_flops:.2f}x the original's FLOPs, so the model "
-                "grows; give a fraction of at most 1.0 to prune",
-                stacklevel=2,
+                "grows; give a fraction of at most 1.0 to prune"
             )
         if not any(g.prunable for g in base_groups):
             reasons = sorted({g.fixed for g in base_groups})
-            warnings.warn(
+            _warn(
                 f"no channel group of {type(base).__name__} can change width ({len(base_groups)} groups, all "
                 f"fixed: {'; '.join(reasons[:2])}{'; ...' if len(reasons) > 2 else ''}): the result keeps the "
-                "original architecture (see the report's fixed groups)",
-                stacklevel=2,
+                "original architecture (see the report's fixed groups)"
             )
 
     with timer("widen"):
@@ -239,10 +239,9 @@ def dissimilate(
     with timer("search"):
         plan = replan(target)
     if plan.max_flops < target:
-        warnings.warn(
+        _warn(
             f"the FLOP target {target:,} is above the widened model's {int(plan.max_flops):,} FLOPs (width={width}): "
-            "every channel is kept. Raise `width` to use the whole budget",
-            stacklevel=2,
+            "every channel is kept. Raise `width` to use the whole budget"
         )
 
     with timer("shrink"):
@@ -274,7 +273,7 @@ def dissimilate(
         notes += memory.notes()
         hazards = hazard_notes(lw)
         for line in hazards:
-            warnings.warn(line, stacklevel=2)
+            _warn(line)
         notes += hazards
         report = _report(inputs, wide, lw, candidate, flop_model, base_groups, original_flops, target, notes)
         settings = _settings(inputs, width, criterion, aggregate, ranking, inits, seed, floors, round_to, ignore)
@@ -292,6 +291,18 @@ def dissimilate(
         spec["achieved"].update(timed.achieved() if timed else {})
         spec["achieved"].update(limited.achieved(candidate.plan))
     return Result(lw, spec, report, timer.close(), memory.peak_mb())
+
+
+def _warn(message: str) -> None:
+    """Warn at the caller's line: the first frame outside this package and torch's decorator
+    wrappers (`dissimilate` runs inside two), not a line of ours or of torch's."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and (
+        frame.f_globals.get("__name__", "").startswith("lwdna_plugin")
+        or Path(frame.f_code.co_filename).parts[-3:] == ("torch", "utils", "_contextlib.py")
+    ):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)
 
 
 # dissimilate's keyword defaults, which the CLI and the mmengine hook default to as well.

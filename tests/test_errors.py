@@ -620,5 +620,8 @@ def test_a_count_beyond_this_input_names_the_input_and_a_fraction_above_one_grow
     # resnet18's well-known 224 px figure, given for a 28 px one-channel model.
     with pytest.raises(ValueError, match=r"flops='1.8G'.*above even the widened model's .* at input 1x28x28"):
         lw.dissimilate("cifar_resnet20", flops="1.8G", data=data, model_kwargs=kwargs)
-    with pytest.warns(UserWarning, match=r"flops=1.5: the target is 1.50x the original's FLOPs, so the model grows"):
+    with pytest.warns(
+        UserWarning, match=r"flops=1.5: the target is 1.50x the original's FLOPs, so the model grows"
+    ) as seen:
         lw.dissimilate("cifar_resnet20", flops=1.5, round_to=1, data=data, model_kwargs=kwargs)
+    assert {w.filename for w in seen} == {__file__}  # the caller's line, not torch's wrapper
