@@ -446,11 +446,14 @@ def check_flop_target(
     settings = f"rho={floors.rho}, tau={floors.tau}, min_channels={floors.min_channels}, round_to={round_to}"
     top = flop_model(flop_model.sizes)
     found = None
-    # The gentlest change that reaches it: lower floors first, then any width (round_to=1) as well.
+    # The gentlest change that reaches it: lower floors first, then any width (round_to=1) with
+    # the floors as they are, then lower as well.
     for step in dict.fromkeys((round_to, 1)):
-        for rho in (0.3, 0.2, 0.1, 0.05):
-            lower = Floors(rho=min(rho, floors.rho), tau=min(rho, floors.tau), min_channels=floors.min_channels)
-            if flop_model(floor_widths(graph, prunable, flop_model, lower, step)) <= target:
+        for rho in sorted({floors.rho, *(r for r in (0.3, 0.2, 0.1, 0.05) if r < floors.rho)}, reverse=True):
+            lower = Floors(rho=rho, tau=min(rho, floors.tau), min_channels=floors.min_channels)
+            if (step, rho) != (round_to, floors.rho) and flop_model(
+                floor_widths(graph, prunable, flop_model, lower, step)
+            ) <= target:
                 found = (lower, step)
                 break
         if found:
@@ -458,11 +461,9 @@ def check_flop_target(
     advice = "no floors reach it: raise `flops`"
     if found:
         lower, step = found
-        advice = (
-            f"floors=Floors(rho={lower.rho}, tau={lower.tau})"
-            + (f" with round_to={step}" if step != round_to else "")
-            + " reaches it (or raise `flops`)"
-        )
+        floors_text = f"floors=Floors(rho={lower.rho}, tau={lower.tau})" if lower.rho != floors.rho else ""
+        step_text = f"round_to={step}" if step != round_to else ""
+        advice = " with ".join(t for t in (floors_text, step_text) if t) + " reaches it (or raise `flops`)"
     raise ValueError(
         f"the FLOP target {target:,.0f} ({target / original:.3f} of the original"
         + (f" at input {'x'.join(map(str, input_size))}" if input_size else "")

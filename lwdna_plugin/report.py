@@ -64,10 +64,15 @@ class Report:
             "",
             "## Output channels per layer",
             "",
-            "| layer | original | widened | kept | kept / original |",
-            "|---|---:|---:|---:|---:|",
+            "`#` is the layer's position on the x axis of `channels.png`.",
+            "",
+            "| # | layer | original | widened | kept | kept / original |",
+            "|---:|---|---:|---:|---:|---:|",
         ]
-        lines += [f"| `{r.name}` | {r.original} | {r.widened} | {r.kept} | {r.ratio:.2f} |" for r in self.layers]
+        lines += [
+            f"| {i} | `{r.name}` | {r.original} | {r.widened} | {r.kept} | {r.ratio:.2f} |"
+            for i, r in enumerate(self.layers)
+        ]
         return "\n".join(lines) + "\n"
 
     __str__ = to_markdown
@@ -87,12 +92,13 @@ class Report:
         for i in stage_starts([r.name for r in self.layers])[1:]:
             ax.axvline(i - 0.5, color="#bbbbbb", lw=0.8, ls=":")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("layer (network order; dotted lines: stage boundaries)")
+        ax.set_xlabel("layer # (as in report.md; dotted lines: stage boundaries)")
         ax.set_ylabel("channels / original")
         ratio = self.flops["lwdna"] / self.flops["original"]
         ax.set_title(f"{self.model}: per-layer width, FLOPs {ratio:.3f}x of the original")
         ax.set_xlim(-1, len(self.layers))
-        ax.legend(loc="upper right", fontsize=8)
+        # Beside the axes, never over a bar.
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0.0)
         fig.tight_layout()
         return fig
 

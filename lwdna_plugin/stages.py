@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 
 
 class StageTimer:
-    """Seconds per stage (`seconds`), with one progress-bar step per top-level stage finished."""
+    """Seconds per stage (`seconds`), with one progress-bar step per top-level stage finished; the
+    bar names the stage that is running."""
 
     def __init__(self, stages: Sequence[str], progress: bool = False, desc: str = "dissimilate") -> None:
         self.seconds: dict[str, float] = {stage: 0.0 for stage in stages}
@@ -29,6 +30,8 @@ class StageTimer:
         if stage not in self.seconds:
             raise KeyError(f"stage {stage!r} is not one of {list(self.seconds)}")
         self._charge()
+        if not self._open:
+            self._bar.set_postfix_str(stage)  # the stage running now
         self._open.append(stage)
         try:
             yield
@@ -36,7 +39,6 @@ class StageTimer:
             self._charge()
             self._open.pop()
             if not self._open:
-                self._bar.set_postfix_str(stage)
                 self._bar.update()
 
     def close(self) -> dict[str, float]:

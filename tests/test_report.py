@@ -21,3 +21,22 @@ def test_plot_has_integer_ticks_and_stage_lines(resnet18_result, tmp_path):
     lines = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
     starts = stage_starts([r.name for r in resnet18_result.report.layers])
     assert len(starts) > 2 and len(lines) == len(starts) - 1
+
+
+def test_table_index_matches_the_plot_and_the_legend_covers_no_bar(resnet18_result):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    report = resnet18_result.report
+    rows = [line for line in report.to_markdown().splitlines() if line.startswith("| ") and "`" in line]
+    assert [int(row.split("|")[1]) for row in rows] == list(range(len(report.layers)))
+    assert rows[19].split("|")[2].strip() == f"`{report.layers[19].name}`"  # x = 19 in the plot
+    fig = report.figure()
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    (ax,) = fig.axes
+    assert ax.get_legend().get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1
+
+
+def test_the_report_names_how_channels_were_ranked(resnet18_result):
+    text = resnet18_result.report.to_markdown()
+    assert "channels ranked by saliency per FLOP they cost" in text
+    assert "flops per FLOP" not in text

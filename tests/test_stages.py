@@ -42,3 +42,13 @@ def test_unknown_stage_is_refused():
 def test_dissimilate_timings_cover_every_stage(resnet18_result):
     assert list(resnet18_result.timings) == ["graph", "widen", "score", "search", "shrink", "verify"]
     assert all(seconds > 0 for seconds in resnet18_result.timings.values())
+
+
+def test_the_progress_bar_names_the_running_stage(capsys):
+    timer = StageTimer(["graph", "score"], progress=True)
+    with timer("graph"):
+        pass
+    with timer("score"):
+        running = capsys.readouterr().err
+    timer.close()
+    assert running.rstrip().endswith("score]") or "score]" in running.split("\r")[-1]
