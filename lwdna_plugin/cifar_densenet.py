@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from .cifar import CifarNet, cifar_cfg
 
 __all__ = ["CifarDenseNet"]
 
@@ -57,7 +58,7 @@ class Transition(nn.Sequential):
         )
 
 
-class CifarDenseNet(nn.Module):
+class CifarDenseNet(CifarNet):
     """A CIFAR DenseNet of depth 3n + 4 with the timm classifier interface."""
 
     def __init__(
@@ -73,9 +74,6 @@ class CifarDenseNet(nn.Module):
         if depth < 7 or (depth - 4) % 3:
             raise ValueError(f"depth={depth}: a CIFAR DenseNet has depth 3n + 4 (40, 100)")
         layers = (depth - 4) // 3
-        self.num_classes = num_classes
-        self.drop_rate = drop_rate
-        self.grad_checkpointing = False
         chs = 16
         self.conv1 = nn.Conv2d(in_chans, chs, 3, 1, 1, bias=False)
         stages: list[nn.Module] = []
@@ -90,57 +88,15 @@ class CifarDenseNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.norm = nn.BatchNorm2d(chs)
         self.act = nn.ReLU(inplace=True)
-        self.num_features = self.head_hidden_size = chs
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        self.fc = nn.Linear(chs, num_classes) if num_classes else nn.Identity()
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.zeros_(module.bias)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
-        self.num_classes = num_classes
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        self.init_head(chs, num_classes, drop_rate, global_pool)
+        self.init_weights()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(self.stages(self.conv1(x))))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate:
-            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 10,
-        "input_size": (3, 32, 32),
-        "pool_size": (8, 8),
-        "crop_pct": 1.0,
-        "interpolation": "bilinear",
-        "mean": (0.4914, 0.4822, 0.4465),
-        "std": (0.2470, 0.2435, 0.2616),
-        "first_conv": "conv1",
-        "classifier": "fc",
-        **kwargs,
-    }
-
 
 DEPTHS = (40, 100)
-default_cfgs = generate_default_cfgs({f"cifar_densenet{depth}.untrained": _cfg() for depth in DEPTHS})
+default_cfgs = generate_default_cfgs({f"cifar_densenet{depth}.untrained": cifar_cfg() for depth in DEPTHS})
 
 
 def _create(depth: int, pretrained: bool, **kwargs: Any) -> CifarDenseNet:

@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from .cifar import CifarNet, cifar_cfg
 
 __all__ = ["CifarResNet"]
 
@@ -41,7 +42,7 @@ class BasicBlock(nn.Module):
         return self.act2(out + self.downsample(x))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(CifarNet):
     """A CIFAR ResNet of depth 6n + 2 with the timm classifier interface."""
 
     def __init__(
@@ -57,9 +58,6 @@ class CifarResNet(nn.Module):
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"depth={depth}: a CIFAR ResNet has depth 6n + 2 (20, 32, 44, 56, 110)")
         blocks = (depth - 2) // 6
-        self.num_classes = num_classes
-        self.drop_rate = drop_rate
-        self.grad_checkpointing = False
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.act1 = nn.ReLU(inplace=True)
@@ -70,56 +68,16 @@ class CifarResNet(nn.Module):
             stages.append(nn.Sequential(*stage))
             in_chs = out_chs
         self.stages = nn.Sequential(*stages)
-        self.num_features = self.head_hidden_size = in_chs
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        self.fc = nn.Linear(in_chs, num_classes) if num_classes else nn.Identity()
+        self.init_head(in_chs, num_classes, drop_rate, global_pool)
         self.feature_info = [{"num_chs": w, "reduction": 2**i, "module": f"stages.{i}"} for i, w in enumerate(widths)]
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
-        self.num_classes = num_classes
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        self.init_weights()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.act1(self.bn1(self.conv1(x))))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate:
-            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 10,
-        "input_size": (3, 32, 32),
-        "pool_size": (8, 8),
-        "crop_pct": 1.0,
-        "interpolation": "bilinear",
-        "mean": (0.4914, 0.4822, 0.4465),
-        "std": (0.2470, 0.2435, 0.2616),
-        "first_conv": "conv1",
-        "classifier": "fc",
-        **kwargs,
-    }
-
 
 DEPTHS = (20, 32, 44, 56, 110)
-default_cfgs = generate_default_cfgs({f"cifar_resnet{depth}.untrained": _cfg() for depth in DEPTHS})
+default_cfgs = generate_default_cfgs({f"cifar_resnet{depth}.untrained": cifar_cfg() for depth in DEPTHS})
 
 
 def _create(depth: int, pretrained: bool, **kwargs: Any) -> CifarResNet:
