@@ -271,7 +271,7 @@ def dissimilate(
         notes += [warmup_note(warm, spent, inputs.batch_size)] if warm else []
         notes += [line for line in [pieces.note(inputs.batch_size)] if line]
         notes += memory.notes()
-        hazards = hazard_notes(lw)
+        hazards = hazard_notes(lw, base)
         for line in hazards:
             _warn(line)
         notes += hazards

@@ -97,15 +97,19 @@ def to_memory_format(tensor: torch.Tensor, layout: torch.memory_format) -> torch
     return torch.empty_like(tensor, memory_format=layout).copy_(tensor)
 
 
-def hazard_notes(model: nn.Module) -> list[str]:
-    """The report's lines on the hazards of `model`, with what to do about them."""
-    hazards = cpu_kernel_hazards(model)
+def hazard_notes(model: nn.Module, original: nn.Module | None = None) -> list[str]:
+    """The report's lines on the hazards of `model` that its widths made (those of layers that
+    were hazards in `original` already, such as a stem reading the image's 3 channels, are the
+    architecture's, not the plan's), with what to do about them."""
+    before = {h.layer for h in cpu_kernel_hazards(original)} if original is not None else set()
+    hazards = [h for h in cpu_kernel_hazards(model) if h.layer not in before]
     if not hazards:
         return []
     listed = "; ".join(h.message() for h in hazards[:3]) + ("; ..." if len(hazards) > 3 else "")
     return [
-        f"{len(hazards)} layer(s) hit a known CPU kernel defect: {listed}. To train on a CPU, keep the "
-        "default memory layout, model and inputs (`lw.training_memory_format(model)` says which is safe, "
+        f"the widths found make {len(hazards)} layer(s) hit a known CPU kernel defect: {listed}. "
+        "To train on a CPU, keep the default memory layout, model and inputs "
+        "(`lw.training_memory_format(model)` says which is safe, "
         "`lw.to_memory_format(images, layout)` puts one-channel images in it), or dissimilate "
         "with round_to=8 so no such width is chosen; GPUs are not concerned"
     ]

@@ -82,3 +82,32 @@ def test_training_in_the_chosen_layout_is_correct_and_does_not_crash(threads):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("ok")
+
+
+class StridedPointwiseStem(torch.nn.Module):
+    """A stem that reads the image's 3 channels with a strided 1x1 conv: a hazard by design."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 16, 1, 2, bias=False)
+        self.bn = torch.nn.BatchNorm2d(16)
+        self.conv = torch.nn.Conv2d(16, 32, 3, padding=1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(32)
+        self.fc = torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn2(self.conv(torch.relu(self.bn(self.stem(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_hazard_of_the_original_architecture_is_not_blamed_on_the_widths():
+    import warnings
+
+    model = StridedPointwiseStem()
+    assert [h.layer for h in lw.cpu_kernel_hazards(model)] == ["stem"]
+    data = lw.load_batches("mnist5k", batches=1, batch_size=8, img_size=16)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = lw.dissimilate(model, data=data, round_to=1)
+    assert not [w for w in seen if "kernel defect" in str(w.message)]
+    assert not [n for n in result.report.notes if "kernel defect" in n]
