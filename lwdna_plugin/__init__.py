@@ -5,6 +5,10 @@ The pipeline, one module per stage: adapter -> widen -> score -> budget -> shrin
 
 __version__ = "0.1.0.dev0"
 
+# First, before anything imports torch: the `lwdna` command's process settings.
+from . import command_env  # noqa: F401
+
+# isort: split
 from . import cifar_densenet, cifar_resnet
 from .adapter import ZOOS, Recipe
 from .api import dissimilate

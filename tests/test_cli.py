@@ -194,3 +194,17 @@ def test_help_shows_every_option_with_its_default_and_the_version(capsys):
     ]:  # fmt: skip
         assert f"default {default}" in text.split(option, 1)[1].split(" --", 1)[0], option
     assert text.index("saliency = raw") < text.index("flops = saliency per FLOP") < text.index("uniform = no")
+
+
+@pytest.mark.parametrize(("argv0", "given", "seen"), [("/venv/bin/lwdna", None, "PASSIVE"),
+                                                       ("/venv/bin/lwdna", "ACTIVE", "ACTIVE"),
+                                                       ("train.py", None, "None")])  # fmt: skip
+def test_the_command_sets_openmp_passive_before_torch_loads_unless_told(argv0, given, seen):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    code = f"import sys; sys.argv[0] = {argv0!r}; import lwdna_plugin, os; print(os.environ.get('OMP_WAIT_POLICY'))"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == seen
