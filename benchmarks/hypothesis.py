@@ -21,7 +21,9 @@ runs, so the study spans sessions. After every finished run the study's summary 
 `<tag>.json` (config and a flat `runs` list), `<tag>.md` (a table per size: mean +- std, the
 paired difference from the baseline and from random widths with 95% t-intervals), the paired
 gain against training-set size (`<tag>_gain.png`) and the widths of each arm (`<tag>_widths.png`).
-Fashion-MNIST comes from Debian's `dataset-fashion-mnist` package.
+Fashion-MNIST comes from Debian's `dataset-fashion-mnist` package. `--data cifar10:DIR`,
+`cifar100:DIR` or `imagefolder:DIR` runs the same study on data read from disk (channels and
+classes from the data), and `--preset` sets one of the paper's one-GPU rows (`PRESETS`).
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/hypothesis.py --estimate        # print the compute budget, run nothing
     OMP_WAIT_POLICY=PASSIVE python benchmarks/hypothesis.py                   # the full study (many hours on 2 cores)
@@ -29,6 +31,7 @@ Fashion-MNIST comes from Debian's `dataset-fashion-mnist` package.
         --arms baseline,lwdna-sum,lwdna-mean,lwdna-flops                      # screen variants cheaply
     OMP_WAIT_POLICY=PASSIVE python benchmarks/hypothesis.py --quick           # CI smoke test, about a minute
     python benchmarks/hypothesis.py --device cuda --workers 8                  # on a GPU: hypothesis_regimes_cuda*
+    python benchmarks/hypothesis.py --preset cifar10-densenet40 --data cifar10:/data/cifar --device cuda
 
 Data order, augmentation and initialisation are drawn on the CPU whatever `--device`, so a seed
 means the same batches everywhere; results on a GPU still differ in their last digits, so they go
