@@ -16,7 +16,7 @@ def test_registered_with_timm_at_the_published_size():
     model = timm.create_model("cifar_densenet40", num_classes=10)
     # Huang et al. 2017, table 2: DenseNet (L = 40, k = 12), 1.0M parameters.
     assert lw.count_params(model) == 1_019_722
-    # Pruning papers quote 5.33e8 FLOPs (2 per multiply-add, convolutions only): 266M MACs.
+    # fvcore's count (one per multiply-accumulate), measured when the model was registered.
     assert lw.count_flops(model, torch.randn(1, 3, 32, 32)) == 269_354_368
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
