@@ -12,7 +12,9 @@ magnitude pruning followed by a forward pass, the anchor we compare with.
 models, its smallest model by parameter count (counted on the meta device, cached in
 `coverage_timm_selection.json`), skipping modules whose smallest model has over `--max-params`.
 Each model runs in its own process under `--timeout` seconds and an address-space limit; its
-row (ok, the stage that failed, seconds, error, fixed groups, peak memory, scoring images) is
+row (ok, the stage that failed, seconds, error, peak memory, scoring images, and the depth: free
+and fixed groups, the channel-weighted free share, each fixed group's reason, see
+`lwdna_plugin.graph.Depth`) is
 written to `coverage_timm_runs/<model>.json`, so a rerun skips finished models (unless they
 scored other batches than it would); the table goes to `coverage_timm.{json,md}`.
 
@@ -84,6 +86,7 @@ def worker(name: str, batches: int, batch_size: int) -> dict:
         row["dissimilate"] = True
         row["fixed_groups"] = len(result.report.fixed_groups)
         row["groups"] = len(result.spec["groups"])
+        row["depth"] = result.report.depth.to_dict()
         with tempfile.TemporaryDirectory() as tmp:
             result.save(tmp)
             row["save"] = True
@@ -238,7 +241,9 @@ def sweep_timm(args: argparse.Namespace) -> None:
     runs.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     entries = selection["selected"]
-    for i, entry in enumerate([] if args.table_only else entries, 1):
+    # `--models` with `--timm-all`: run only these models or modules (the table keeps every row).
+    chosen = [e for e in entries if not args.models or e["model"] in args.models or e["module"] in args.models]
+    for i, entry in enumerate([] if args.table_only else chosen, 1):
         path = runs / f"{entry['model']}.json"
         if path.is_file() and not args.rerun and not _rerun(json.loads(path.read_text()), args):
             continue
@@ -253,18 +258,21 @@ def sweep_timm(args: argparse.Namespace) -> None:
             row["stage"] = "worker"
         path.write_text(json.dumps(row, indent=1) + "\n")
         status = "ok" if row["ok"] else f"FAIL at {row['stage']}: {row.get('error', '')}"
-        print(f"[{i}/{len(entries)}] {entry['module']}/{entry['model']}: {status} ({row['seconds']} s)", flush=True)
+        print(f"[{i}/{len(chosen)}] {entry['module']}/{entry['model']}: {status} ({row['seconds']} s)", flush=True)
     rows = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
-    chosen = {e["model"] for e in entries}
-    rows = [r for r in rows if r["model"] in chosen]
+    selected = {e["model"] for e in entries}
+    rows = [r for r in rows if r["model"] in selected]
     write_timm_table(rows, selection, args, time.perf_counter() - started)
 
 
 def _rerun(row: dict, args: argparse.Namespace) -> bool:
     """Whether a finished row is run again: it failed and `--rerun-failed` says so, or it scored
     other batches than this sweep would (rows from before `scoring_images` was recorded scored
-    `--batches` batches of `--batch-size` at every input size)."""
+    `--batches` batches of `--batch-size` at every input size), or it passed before depth was
+    recorded."""
     if args.rerun_failed and not row["ok"]:
+        return True
+    if row["ok"] and "depth" not in row:
         return True
     wanted = scoring_images(row["model"], args.batches, args.batch_size)
     return row.get("scoring_images", [args.batch_size] * args.batches) != wanted
@@ -277,14 +285,29 @@ def scoring_images(name: str, batches: int, batch_size: int) -> list[int]:
     return [scoring_batch_size(batch_size, timm.get_pretrained_cfg_value(name, "input_size"))] * batches
 
 
+def _depth_cells(row: dict) -> list[str]:
+    """Free / all groups, the channel-weighted free share, and the two most frequent reasons."""
+    d = row.get("depth")
+    if not d:
+        return ["", "", ""]
+    reasons = [f"{why} ({n})" for why, n in d["reasons"].items() if why != "model output"][:2]
+    return [
+        f"{d['free_groups']} / {d['free_groups'] + d['fixed_groups']}",
+        f"{d['free_share']:.2f}",
+        ", ".join(reasons),
+    ]
+
+
 def write_timm_table(rows: list[dict], selection: dict, args: argparse.Namespace, wall: float) -> None:
     import timm
+
+    from lwdna_plugin.graph import Why
 
     passed = sum(r["ok"] for r in rows)
     slow = [r["model"] for r in rows if r.get("seconds", 0) >= args.timeout]
     heavy = [r["model"] for r in rows if r.get("peak_mb", 0) > 8192]
     header = ["module", "model", "params (M)", "input", "scoring images", "ok", "failed at", "seconds", "peak MB",
-              "fixed groups", "error"]  # fmt: skip
+              "free / all groups", "free share", "main reasons fixed (groups)", "error"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in sorted(rows, key=lambda r: (r["ok"], r["module"])):
         error = r.get("error") or ""
@@ -296,8 +319,26 @@ def write_timm_table(rows: list[dict], selection: dict, args: argparse.Namespace
         cells = [r["module"], r["model"], f"{r['params'] / 1e6:.2f}", str(r.get("input", "")),
                  " + ".join(map(str, scored)), "ok" if r["ok"] else "-",
                  r.get("stage") or "", str(r.get("seconds", "")), str(r.get("peak_mb", "")),
-                 str(r.get("fixed_groups", "")), error.replace("|", "/")]  # fmt: skip
+                 *_depth_cells(r), error.replace("|", "/")]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
+    depths = [r["depth"] for r in rows if r.get("depth")]
+    reasons: dict[str, int] = {}
+    for d in depths:
+        for why, n in d["reasons"].items():
+            reasons[why] = reasons.get(why, 0) + n
+    deep = sum(d["free_share"] >= 0.9 for d in depths)
+    shallow = [r["model"] for r in rows if r.get("depth") and r["depth"]["free_share"] < 0.5]
+    depth_summary = [
+        f"Depth: {deep}/{len(depths)} models with a channel-weighted free share >= 0.9; "
+        f"{len(shallow)} below 0.5 ({', '.join(shallow) or 'none'}); "
+        f"{sum(d['free_groups'] == 0 for d in depths)} with no free group.",
+        "",
+        "Fixed groups across the zoo, by reason (`lwdna_plugin.graph.Why`):",
+        "",
+        "| reason | groups | what it means |",
+        "|---|---:|---|",
+        *[f"| {why} | {n} | {Why(why).advice} |" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])],
+    ]
     skipped = [f"- {s['module']}/{s['model']}: {s['reason']}" for s in selection["skipped"] if "params" in s]
     summary = (
         f"timm {selection['timm']}: {passed}/{len(rows)} of the swept models pass end to end "
@@ -309,14 +350,18 @@ def write_timm_table(rows: list[dict], selection: dict, args: argparse.Namespace
     payload = {"command": command, "summary": summary, "wall_s": round(wall, 1), "rows": rows,
                "skipped": selection["skipped"]}  # fmt: skip
     (args.out / "coverage_timm.json").write_text(json.dumps(payload, indent=1) + "\n")
-    text = "\n".join([summary, "", *lines, "", "Skipped:", *skipped, "", f"`{command}`", ""])
+    text = "\n".join([summary, "", *depth_summary, "", *lines, "", "Skipped:", *skipped, "", f"`{command}`", ""])
     (args.out / "coverage_timm.md").write_text(text)
     print(text)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", help="default: every name in ../shared/zoo.txt")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        help="default: every name in ../shared/zoo.txt; with --timm-all: only these models or modules",
+    )
     parser.add_argument("--zoo", type=Path, default=ZOO)
     parser.add_argument("--batches", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)

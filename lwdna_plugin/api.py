@@ -32,7 +32,7 @@ from .data import Batch
 from .export import Result, assemble_spec
 from .flops import FLOP_CONVENTION, FlopModel, count_flops, count_params
 from .footprint import DEFAULT_FOOTPRINT, Footprint, FootprintPlan
-from .graph import ChannelGroup, GroupGraph
+from .graph import ChannelGroup, Depth, GroupGraph
 from .initialise import initialise
 from .inits import score_initialisations
 from .inputs import Inputs, check_device, check_ignored, prepare_inputs
@@ -178,13 +178,6 @@ def dissimilate(
                 f"flops={flops!r}: the target is {target / original_flops:.2f}x the original's FLOPs, so the model "
                 "grows; give a fraction of at most 1.0 to prune"
             )
-        if not any(g.prunable for g in base_groups):
-            reasons = sorted({g.fixed for g in base_groups})
-            _warn(
-                f"no channel group of {type(base).__name__} can change width ({len(base_groups)} groups, all "
-                f"fixed: {'; '.join(reasons[:2])}{'; ...' if len(reasons) > 2 else ''}): the result keeps the "
-                "original architecture (see the report's fixed groups)"
-            )
 
     with timer("widen"):
         check_widening_fits(base, width, example.device)
@@ -194,6 +187,10 @@ def dissimilate(
         graph = GroupGraph(wide, example, ignore, widened.unwidenable)
         if widened.unwidenable:
             base_groups = GroupGraph(base, example, ignore, widened.unwidenable).groups
+        depth = Depth.of(base_groups)
+        shallow = depth.warning(inputs.recipe.name if inputs.recipe else type(base).__name__)
+        if shallow:
+            _warn(shallow)
 
     if budget is None:
         _off_device(base)  # from here only its layer shapes are read (the report): the widened model needs the room
@@ -275,6 +272,7 @@ def dissimilate(
         for line in hazards:
             _warn(line)
         notes += hazards
+        notes += [shallow] if shallow else []
         report = _report(inputs, wide, lw, candidate, flop_model, base_groups, original_flops, target, notes)
         settings = _settings(inputs, width, criterion, aggregate, ranking, inits, seed, floors, round_to, ignore)
         settings["footprint"] = footprint.to_dict() if footprint else None
@@ -361,7 +359,8 @@ def _report(
         },
         params={"original": count_params(base), "widened": count_params(wide), "lwdna": count_params(lw)},
         convention=FLOP_CONVENTION,
-        fixed_groups={g.key: g.fixed for g in base_groups if g.fixed},
+        fixed_groups={g.key: str(g.fixed) for g in base_groups if g.fixed},
+        depth=Depth.of(base_groups),
         notes=notes,
         input_size=tuple(inputs.shape),
     )

@@ -299,6 +299,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"at input {'x'.join(map(str, result.report.input_size))}, "
         f"params {result.report.params['lwdna'] / result.report.params['original']:.4f} of the original"
     )
+    depth = result.report.depth
+    if depth is not None:
+        print(
+            f"channel groups: {depth.free_groups} of {depth.free_groups + depth.fixed_groups} can change width, "
+            f"holding {depth.free_share:.0%} of the channels"
+        )
     spent = result.spec["achieved"].get("footprint")
     if spent:
         print("footprint vs the original: " + ", ".join(f"{kind} {ratio:.3f}x" for kind, ratio in spent.items()))

@@ -9,6 +9,7 @@ import torch.nn as nn
 from torch_pruning import ops
 
 from .budget import Plan
+from .graph import Depth, Why
 
 
 @dataclass
@@ -35,6 +36,8 @@ class Report:
     fixed_groups: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     input_size: tuple[int, ...] | None = None  # (C, H, W) the FLOPs were counted at
+    # How much of the model could change width (None: a report made without its groups).
+    depth: Depth | None = None
 
     def to_markdown(self) -> str:
         f, p = self.flops, self.params
@@ -57,8 +60,19 @@ class Report:
             "",
         ]
         lines += [f"- {note}" for note in self.notes]
+        if self.depth is not None:
+            d = self.depth
+            lines += [
+                "",
+                f"Channel groups: {d.free_groups} of {d.free_groups + d.fixed_groups} can change width, holding "
+                f"{d.free_share:.0%} of the channels (the model's output left out).",
+            ]
         if self.fixed_groups:
             lines += ["", "## Channel groups left at their original width", ""]
+            if self.depth is not None and self.depth.reasons:
+                lines += ["| reason | groups | what it means |", "|---|---:|---|"]
+                lines += [f"| {why} | {n} | {Why(why).advice} |" for why, n in self.depth.reasons.items()]
+                lines += [""]
             lines += [f"- `{k}`: {why}" for k, why in sorted(self.fixed_groups.items())]
         lines += [
             "",

@@ -13,8 +13,11 @@ from .adapter import copy_model
 from .budget import Plan
 from .flops import count_flops
 from .graph import GroupGraph
+from .graph.constants import INPUT_SUFFIX
+from .modes import in_mode
 from .resize import resize
 from .stages import StageTimer
+from .widen import WIDEN_ERRORS, breaking_groups
 
 _MAX_ROUNDS = 4
 
@@ -53,6 +56,7 @@ def shrink_to_target(
     for _ in range(_MAX_ROUNDS):
         lw = copy_model(wide)
         shrink(GroupGraph(lw, example, ignore), plan)
+        check_shrunk_runs(lw, wide, plan, example, ignore)
         achieved = count_flops(lw, example)
         if achieved <= target:
             return Candidate(lw, plan, achieved)
@@ -60,3 +64,25 @@ def shrink_to_target(
         with timer("search"):
             plan = replan(planned)
     raise RuntimeError(f"could not get under {target:,} FLOPs (last try {achieved:,}); please report this model")
+
+
+def check_shrunk_runs(lw: nn.Module, wide: nn.Module, plan: Plan, example: torch.Tensor, ignore: Iterable[str]) -> None:
+    """Raise, naming the groups to blame and what to pass, if the shrunk model `lw` fails on
+    `example`, which the original model took: a width constraint in the model's code that the
+    graph did not see (a group count or head count written as a number), never the caller's input."""
+    try:
+        with torch.no_grad(), in_mode(lw, training=False):
+            lw(example)
+        return
+    except WIDEN_ERRORS as err:
+        error = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}" if str(err) else type(err).__name__
+    ignore = tuple(ignore)
+    found = breaking_groups(wide, example, lambda g: plan.widths.get(g.key, g.size), ignore, {}, error, "shrinking")
+    layers = sorted({key.partition("#")[0].removesuffix(INPUT_SUFFIX) for key in found})
+    blamed = "; ".join(f"{key}: {why}" for key, why in sorted(found.items())) or error
+    raise RuntimeError(
+        f"the shrunk {type(lw).__name__} fails its forward pass, which the original passes on the same input, "
+        f"so the cause is a width the model's code constrains where lwdna_plugin cannot see it ({blamed}). "
+        f"Keep those groups at their width with ignore={[*ignore, *layers]!r}, or try round_to=8; please "
+        "report the model so the constraint can be read from it"
+    )

@@ -96,7 +96,9 @@ def widen_or_fix(
                 wide(example_inputs)
         except WIDEN_ERRORS as err:
             error = _first_line(err)
-            found = _culprits(model, example_inputs, width, round_to, ignored, fixed, error)
+            found = breaking_groups(
+                model, example_inputs, lambda g: widened_size(g, width, round_to), ignored, fixed, error, "widening"
+            )
             if not found:
                 raise RuntimeError(f"widening {type(model).__name__} fails ({error}), but no group alone does") from err
             fixed.update(found)
@@ -114,20 +116,20 @@ def _first_line(err: BaseException) -> str:
 
 
 class _Trials:
-    """Widening trials on one copy of the model: grow some groups, run the copy, shrink them back.
+    """Resizing trials on one copy of the model: resize some groups, run the copy, size them back.
 
-    Building a group graph costs more than growing a few groups and running the model, so the
+    Building a group graph costs more than resizing a few groups and running the model, so the
     copy and its graph are kept across trials; only a trial whose resize itself failed, or that
     leaves a copy that no longer runs, has them rebuilt.
     """
 
-    def __init__(self, model, example, width, round_to, ignored, fixed) -> None:
+    def __init__(self, model, example, target: Callable[[ChannelGroup], int], ignored, fixed) -> None:
         self.source, self.example, self.ignored, self.fixed = model, example, ignored, fixed
         self._rebuild()
-        groups = [g for g in self.graph.groups if g.prunable]
+        groups = [g for g in self.graph.groups if g.prunable and target(g) != g.size]
         self.keys = [g.key for g in groups]
         self.original = {g.key: g.size for g in groups}
-        self.grown = {g.key: widened_size(g, width, round_to) for g in groups}
+        self.resized = {g.key: target(g) for g in groups}
 
     def _rebuild(self) -> None:
         self.copy = copy_model(self.source)
@@ -138,9 +140,9 @@ class _Trials:
             self.copy(self.example)
 
     def error(self, keys: Sequence[str]) -> str | None:
-        """The first line of what widening `keys` raises, in the resize or the forward pass."""
+        """The first line of what resizing `keys` raises, in the resize or the forward pass."""
         try:
-            resize(self.graph, {k: self.grown[k] for k in keys})
+            resize(self.graph, {k: self.resized[k] for k in keys})
         except WIDEN_ERRORS as err:
             self._rebuild()
             return _first_line(err)
@@ -157,26 +159,36 @@ class _Trials:
         return failure
 
 
-def _culprits(model, example, width, round_to, ignored, fixed, error: str) -> dict[str, str]:
-    """Groups that break widening on their own, by widening halves (about 2 log2(groups) trials
-    per culprit). A failure that needs two groups together fixes the smallest such set found."""
-    trials = _Trials(model, example, width, round_to, ignored, fixed)
+def breaking_groups(
+    model: nn.Module,
+    example: torch.Tensor,
+    target: Callable[[ChannelGroup], int],
+    ignored: Sequence[str],
+    fixed: Mapping[str, str],
+    error: str,
+    action: str,
+) -> dict[str, str]:
+    """Groups of `model` that break it on their own when resized to `target(group)`, each with
+    the reason (`action` names the resizing: "widening", "shrinking"), found by resizing halves
+    (about 2 log2(groups) trials per culprit). A failure that needs two groups together gives
+    the smallest such set found."""
+    trials = _Trials(model, example, target, ignored, fixed)
     found: dict[str, str] = {}
-    _bisect(trials, trials.keys, error, found)
+    _bisect(trials, trials.keys, error, found, action)
     return found
 
 
-def _bisect(trials: _Trials, subset: list[str], failure: str, found: dict[str, str]) -> None:
+def _bisect(trials: _Trials, subset: list[str], failure: str, found: dict[str, str], action: str) -> None:
     # A plain recursive function, not a closure over itself: that cycle would keep the trials'
     # model copy and graph alive until the garbage collector's next full pass.
     if len(subset) == 1:
-        found[subset[0]] = f"widening it breaks the model ({failure})"
+        found[subset[0]] = f"{action} it breaks the model ({failure})"
         return
     halves = subset[: len(subset) // 2], subset[len(subset) // 2 :]
     errors = [trials.error(half) for half in halves]
     for half, half_error in zip(halves, errors, strict=True):
         if half_error is not None:
-            _bisect(trials, list(half), half_error, found)
+            _bisect(trials, list(half), half_error, found, action)
     if all(e is None for e in errors):
         for key in subset:
-            found[key] = f"widening it together with {len(subset) - 1} other group(s) breaks the model ({failure})"
+            found[key] = f"{action} it together with {len(subset) - 1} other group(s) breaks the model ({failure})"

@@ -192,17 +192,19 @@ def test_the_estimate_learns_from_the_finished_runs_of_the_same_model():
     assert per_image == pytest.approx(2.0 / 1000) and "3 finished runs" in source
 
 
-def test_coverage_scores_as_many_pixels_at_any_input_and_reruns_rows_that_scored_more():
+def test_coverage_scores_as_many_pixels_at_any_input_and_reruns_rows_that_scored_more_or_lack_depth():
     coverage = _benchmark("coverage")
     assert coverage.scoring_batch_size(8, (3, 224, 224)) == 8
     assert coverage.scoring_batch_size(8, (3, 299, 299)) == 4  # 8 * 224^2 / 299^2 = 4.5
     assert coverage.scoring_batch_size(8, (3, 768, 768)) == 1  # never fewer than one image
     assert coverage.scoring_batch_size(8, (3, 160, 160)) == 8  # never more than asked
     args = coverage.argparse.Namespace(batches=2, batch_size=8, rerun_failed=False)
-    old = {"model": "inception_v3", "ok": True}  # a row from before `scoring_images`: 2 x 8 at 299 px
+    old = {"model": "inception_v3", "ok": True, "depth": {}}  # from before `scoring_images`: 2 x 8 at 299 px
     assert coverage._rerun(old, args)
     assert not coverage._rerun({**old, "model": "resnet18"}, args)  # 224 px: 2 x 8 is what it scores now
     assert not coverage._rerun({**old, "scoring_images": [4, 4]}, args)
+    # A passed row from before the depth was recorded runs again; a failed one has none to record.
+    assert coverage._rerun({"model": "resnet18", "ok": True}, args)
     failed = {**old, "scoring_images": [4, 4], "ok": False}
     assert not coverage._rerun(failed, args)
     assert coverage._rerun(failed, coverage.argparse.Namespace(batches=2, batch_size=8, rerun_failed=True))

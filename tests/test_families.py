@@ -8,6 +8,8 @@ import torch
 
 import lwdna_plugin as lw
 from conftest import IMG
+from lwdna_plugin.graph import Why
+from lwdna_plugin.widen import widen_or_fix
 
 X = torch.zeros(1, 3, IMG, IMG)
 
@@ -140,10 +142,12 @@ def test_channels_last_patch_merging_maps_each_channel_to_every_quarter():
     graph = lw.GroupGraph(model, X)
     group = graph.group("layers.0.blocks.1.mlp.fc2")
     assert group.prunable
-    # A fixed group names a bare parameter it reaches by the model's name for it.
-    assert graph.group("layers.0.blocks.0.attn.qkv").fixed == (
-        "channel mapping at layers.0.blocks.0.attn.relative_position_bias_table points past its 3 channels"
-    )
+    # The relative position bias table has one column per head: the attention's channels are a
+    # group of their own (rooted at the output projection's input), the table stays out of it.
+    attention = graph.group("layers.0.blocks.0.attn.proj:in")
+    assert attention.prunable and attention.divisor % 3 == 0
+    assert not [m for g in graph.groups for m in g.members if "relative_position_bias_table" in (m.name or "")]
+    table = model.layers[0].blocks[0].attn.relative_position_bias_table.shape
     norm = next(m for m in group.members if m.name == "layers.1.downsample.norm")
     c = group.size
     assert sorted(p for p, r in zip(norm.positions, norm.root_idxs, strict=True) if r == 5) == [
@@ -155,6 +159,9 @@ def test_channels_last_patch_merging_maps_each_channel_to_every_quarter():
     lw.resize(graph, {g.key: g.size * 3 // 2 for g in graph.groups if g.prunable})
     lw.resize(graph, {g.key: g.size // 2 for g in graph.groups if g.prunable})
     assert model.layers[1].downsample.norm.normalized_shape[0] == 4 * model.layers[0].blocks[1].mlp.fc2.out_features
+    assert model.layers[0].blocks[0].attn.relative_position_bias_table.shape == table
+    attn = model.layers[0].blocks[0].attn
+    assert attn.proj.in_features == 96 // 2 and attn.qkv.out_features == 3 * attn.proj.in_features
     assert model(X).shape == (1, 10)
 
 
@@ -162,7 +169,7 @@ def test_partial_residual_sums_are_left_fixed():
     """RexNet adds its shortcut to the first channels only (`x[:, :C] += shortcut`): those groups stay fixed."""
     model = timm.create_model("rexnet_100", pretrained=False, num_classes=10)
     graph = lw.GroupGraph(model, X)
-    fixed = {g.key: g.fixed for g in graph.groups if g.fixed}
+    fixed = {g.key: str(g.fixed) for g in graph.groups if g.fixed}
     assert "features.2.conv_pwl.conv" in fixed and "points past" in fixed["features.2.conv_pwl.conv"]
     lw.resize(graph, {g.key: 2 * g.size for g in graph.groups if g.prunable})
     assert model.eval()(X).shape == (1, 10)  # eval: its squeeze-excite BatchNorm sees one value per channel
@@ -184,3 +191,29 @@ def test_concatenations_of_slices_are_sized_from_autograd():
     assert sum(g.prunable for g in graph.groups) > len(graph.groups) // 2
     lw.resize(graph, {g.key: 2 * g.size for g in graph.groups if g.prunable})
     assert model(X).shape == (1, 10)
+
+
+def test_talking_heads_keep_the_head_count():
+    """CaiT mixes attention logits across heads with `proj_l`/`proj_w` (Linear(heads, heads)):
+    their groups are the head count, which LW-DNA keeps, and say so."""
+    model = timm.create_model("cait_xxs24_224", pretrained=False, num_classes=10, img_size=32, depth=2)
+    x = torch.zeros(1, 3, 32, 32)
+    graph = lw.GroupGraph(model, x)
+    for key in ("blocks.0.attn.proj_l", "blocks.1.attn.proj_w"):
+        assert graph.group(key).fixed.why is Why.PER_HEAD and graph.group(key).size == 4
+    wide = widen_or_fix(model, x, 1.5).model
+    assert wide.blocks[0].attn.proj_l.in_features == wide.blocks[0].attn.proj_l.out_features == 4
+    assert wide.blocks[0].mlp.fc1.out_features == 1152 and wide(x).shape == (1, 10)
+
+
+def test_a_deep_residual_stream_and_a_class_token_slice_leave_the_stream_free():
+    """BEiT's residual stream couples about 1,400 layers and parameters (12 blocks with layer
+    scales and per-head relative position tables): its search carries each channel once a step,
+    within the budget. Its pooled head slices the class token off along the tokens, which
+    leaves the channels whole."""
+    model = timm.create_model(
+        "beit_base_patch16_224", pretrained=False, num_classes=10, img_size=32, embed_dim=384, num_heads=6
+    )
+    graph = lw.GroupGraph(model, torch.zeros(1, 3, 32, 32))
+    assert [g.key for g in graph.groups if g.fixed] == ["head"]
+    assert graph.group("blocks.11.mlp.fc2").size == 384

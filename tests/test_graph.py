@@ -12,6 +12,7 @@ import lwdna_plugin as lw
 from conftest import IMG
 from lwdna_plugin.graph import CachedWidth, growth_slots, search
 from lwdna_plugin.graph.layout import member_layout
+from lwdna_plugin.graph.reasons import Fixed, Why
 from lwdna_plugin.graph.search import BoundedSearch, SearchStalled
 from lwdna_plugin.graph.tracing import trace
 
@@ -55,7 +56,7 @@ def test_groups_of_a_resnet(resnet):
         ("layer1.1.bn2", "tied"),
         ("layer2.0.downsample.0", "in"),
     }
-    assert graph.group("fc").fixed == "fc produces the model output"
+    assert graph.group("fc").fixed == Fixed(Why.OUTPUT, "fc produces the model output")
     last = graph.group("layer4.0.downsample.0")
     assert last.classifier_input and not stem.classifier_input
     with pytest.raises(KeyError, match="no channel group rooted at layer 'nope'"):
@@ -240,7 +241,7 @@ def test_bounded_search_notes_indices_past_a_layer():
     _, overflow = bounded.run(model.conv1, dg.get_pruner_of_module(model.conv1).prune_out_channels, [0])
     assert overflow == []
     graph = lw.GroupGraph(PartialSum(), X)
-    assert graph.group("conv2").fixed == "channel mapping at conv2 points past its 6 channels"
+    assert graph.group("conv2").fixed == Fixed(Why.IRREGULAR, "channel mapping at conv2 points past its 6 channels")
 
 
 def test_a_search_past_its_step_limit_stalls(monkeypatch, resnet):
@@ -252,7 +253,7 @@ def test_a_search_past_its_step_limit_stalls(monkeypatch, resnet):
         BoundedSearch(dg).run(model.conv1, pruner.prune_out_channels, list(range(64)))
     assert model.bn1 in stalled.value.reached
     graph = lw.GroupGraph(model, torch.zeros(1, 3, IMG, IMG))
-    assert "did not settle" in graph.group("conv1").fixed
+    assert graph.group("conv1").fixed.why is Why.STALLED and "did not settle" in str(graph.group("conv1").fixed)
     # Layers a stalled search reached are not roots of groups of their own.
     assert "layer1.0.conv1" not in [g.key for g in graph.groups]
 
@@ -272,7 +273,7 @@ def test_a_search_past_its_index_budget_stalls_before_a_flatten_expands(monkeypa
     with pytest.raises(SearchStalled, match="from 0 did not settle"):
         bounded.run(model[0], pruner.prune_out_channels, list(range(16)))
     assert bounded.indices <= 1_001 + 16  # the flatten's 1,024 indices were never built
-    assert "did not settle" in lw.GroupGraph(model, example).group("0").fixed
+    assert "did not settle" in str(lw.GroupGraph(model, example).group("0").fixed)
 
 
 def test_attention_heads_are_rooted_at_the_projection_input():
@@ -350,8 +351,8 @@ def test_a_layer_spanning_a_concatenation_leaves_each_input_its_group():
 def test_a_piece_whose_search_stalls_is_left_at_its_width(monkeypatch):
     monkeypatch.setattr(search, "SEARCH_STEPS", 1)
     graph = lw.GroupGraph(EqualSplit(), X)
-    assert "did not settle" in graph.group("stem#0").fixed
-    assert "did not settle" in graph.group("stem#1").fixed
+    assert "did not settle" in str(graph.group("stem#0").fixed)
+    assert "did not settle" in str(graph.group("stem#1").fixed)
 
 
 def test_a_reshape_torch_pruning_sizes_at_zero_is_mapped_by_probing():

@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import timm
 import torch
 
@@ -49,3 +50,32 @@ def test_replans_lower_when_the_count_is_over_the_target():
     assert timer.seconds["search"] > 0
     # The widened model itself is left as it was.
     assert lw.count_flops(wide, X) == flop_model.total
+
+
+class _GroupNormInCode(torch.nn.Module):
+    """A functional group norm whose group count is a number in the code: widening by 2 keeps
+    the width divisible by it, a shrunk width need not be, and no layer tells the graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.mid = torch.nn.Conv2d(16, 24, 3, padding=1)
+        self.out = torch.nn.Conv2d(24, 16, 3, padding=1)
+        self.head = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.nn.functional.group_norm(self.mid(x), 8)
+        return self.head(torch.relu(self.out(x)).mean((2, 3)))
+
+
+def test_a_shrunk_model_that_fails_is_blamed_on_the_width_not_the_input():
+    kwargs = dict(criterion="synflow", input_size=(3, 16, 16), flops=0.8, round_to=1)
+    with pytest.raises(RuntimeError) as info:
+        lw.dissimilate(_GroupNormInCode(), **kwargs)
+    message = str(info.value)
+    assert "shrunk _GroupNormInCode fails its forward pass" in message and "num_groups=8" in message
+    assert "ignore=['mid']" in message and "input" not in message.partition("(")[0].replace("same input", "")
+    # The advice it gives works.
+    result = lw.dissimilate(_GroupNormInCode(), ignore=["mid"], **{**kwargs, "floors": lw.Floors(rho=0.2, tau=0.2)})
+    assert result.model.mid.out_channels == 24

@@ -8,13 +8,18 @@ One module per concept, in the style of torch-pruning's `dependency` package:
 - `index_mapping`: those mappings (segments of splits and concatenations, rearrangements);
 - `splits`, `rearrange`: where those mappings go; `pieces`: equal-piece splits tied to one width;
 - `search`: torch-pruning's group search, bounded in indices and steps;
+- `heads`: attention tensors with one entry per head, where a channel search stops;
+- `reasons`: `Why` a group keeps its width (a closed set) and `Fixed`, the reason with its detail;
 - `cached_widths`: block attributes that cache a width, kept in step after a resize;
-- `group_graph`: `GroupGraph`, which ties them together.
+- `group_graph`: `GroupGraph`, which ties them together;
+- `depth`: how much of a model its free groups hold, weighted by channels.
 """
 
 from .cached_widths import CachedWidth
+from .depth import Depth
 from .group_graph import GroupGraph
 from .groups import ChannelGroup, Member
 from .layout import growth_slots
+from .reasons import Fixed, Why
 
-__all__ = ["CachedWidth", "ChannelGroup", "GroupGraph", "Member", "growth_slots"]
+__all__ = ["CachedWidth", "ChannelGroup", "Depth", "Fixed", "GroupGraph", "Member", "Why", "growth_slots"]

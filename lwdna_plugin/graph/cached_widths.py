@@ -115,14 +115,15 @@ def sync_cached_widths(dg: tp.DependencyGraph, cached: list[CachedWidth]) -> lis
 def head_owner(model: nn.Module, key: str) -> nn.Module | None:
     """The attention block whose heads a group rooted at an output projection's input spans.
 
-    timm's attention blocks keep `num_heads` and `head_dim` (and often `attn_dim` and
-    `scale`); the group keeps the head count and resizes every head's dimension.
+    timm's attention blocks keep `num_heads`, and `head_dim` (often `attn_dim` and `scale`)
+    or read each head's dimension off the tensor's shape (Swin's `reshape(B, N, 3, heads, -1)`);
+    the group keeps the head count and resizes every head's dimension.
     """
     if not key.endswith(INPUT_SUFFIX):
         return None
     owner = model.get_submodule(key[: -len(INPUT_SUFFIX)].rpartition(".")[0])
     heads, dim = getattr(owner, "num_heads", None), getattr(owner, "head_dim", None)
-    if type(heads) is int and type(dim) is int:
+    if type(heads) is int and heads > 0 and (dim is None or type(dim) is int):
         return owner
     return None
 
@@ -132,8 +133,10 @@ def sync_head_dims(dg: tp.DependencyGraph, model: nn.Module, roots: dict[str, tu
     changed = []
     for key, (root, as_input) in roots.items():
         owner = head_owner(model, key) if as_input else None
-        width = dg.get_pruner_of_module(root).get_in_channels(root) if owner is not None else None
-        if owner is None or width == owner.num_heads * owner.head_dim:
+        if owner is None or getattr(owner, "head_dim", None) is None:
+            continue  # no head dimension kept, or one read off the tensor's shape
+        width = dg.get_pruner_of_module(root).get_in_channels(root)
+        if width == owner.num_heads * owner.head_dim:
             continue
         old_dim, owner.head_dim = owner.head_dim, width // owner.num_heads
         if getattr(owner, "attn_dim", None) == old_dim * owner.num_heads:

@@ -20,7 +20,9 @@ from ..arguments import check_module
 from .cached_widths import find_cached_widths, head_owner, sync_cached_widths, sync_head_dims
 from .constants import INPUT_SUFFIX
 from .groups import ChannelGroup, describe
+from .heads import per_head_tensors
 from .pieces import split_root, tie_pieces
+from .reasons import Fixed, Why
 from .search import BoundedSearch, Overflow, SearchStalled
 from .tracing import trace
 
@@ -35,16 +37,20 @@ class GroupGraph:
         model: nn.Module,
         example_inputs: torch.Tensor,
         ignored: Iterable[str] = (),
-        fixed: Mapping[str, str] | None = None,
+        fixed: Mapping[str, str | Fixed] | None = None,
     ) -> None:
         """`ignored`: layer names whose groups keep their width; `fixed`: group keys that keep
-        their width, each with the reason the report gives (groups found not to widen)."""
+        their width, each with the reason the report gives (groups found not to widen; a reason
+        given as text, as a spec records it, is one of those)."""
         check_module("GroupGraph(model, example_inputs)", model, example_inputs)
         self.model = model
         traced = trace(model, example_inputs)
         self.dg = traced.dg
         self._splits = traced.splits
-        self._search = BoundedSearch(self.dg)
+        self.per_head = per_head_tensors(self.dg, model)
+        # A search stops at per-head parameters (tables, scales added to the logits, off the
+        # main path); a per-head layer sits on it (CaiT's talking heads) and keeps its own group.
+        self._search = BoundedSearch(self.dg, {t for t in self.per_head if isinstance(t, nn.Parameter)})
         self.cached_widths = find_cached_widths(self.dg, model, traced.block_widths, self._splits)
         nodes = {node.grad_fn: node for node in self.dg.module2node.values() if node.grad_fn is not None}
         # Layers torch-pruning does not know (a blur filter applied with F.conv2d) show up as
@@ -65,10 +71,17 @@ class GroupGraph:
             if g.prunable:
                 near = next((stalled[m] for m in self._member_modules(g) if m in stalled), None)
                 if near is not None:
-                    g.fixed = f"shares layers with {near}, whose channel coupling torch-pruning could not resolve"
+                    g.fixed = Fixed(
+                        Why.STALLED,
+                        f"shares layers with {near}, whose channel coupling torch-pruning could not resolve",
+                    )
+        for g in self.groups:
+            if g.prunable and self._roots[g.key][0] in self.per_head:
+                g.fixed = Fixed(Why.PER_HEAD, f"{g.key} maps between attention heads")
         for g in self.groups:
             if g.prunable and g.key in (fixed or {}):
-                g.fixed = fixed[g.key]
+                reason = fixed[g.key]
+                g.fixed = reason if isinstance(reason, Fixed) else Fixed(Why.BREAKS, reason)
 
     def group(self, key: str) -> ChannelGroup:
         """The channel group rooted at layer `key` (KeyError naming a few known roots if none), as
@@ -163,12 +176,14 @@ class GroupGraph:
                 )
             except SearchStalled as stall:
                 visited.update(stall.reached)
-                self.groups.append(ChannelGroup(key, self.dg.get_out_channels(module), fixed=str(stall)))
+                self.groups.append(
+                    ChannelGroup(key, self.dg.get_out_channels(module), fixed=Fixed(Why.STALLED, str(stall)))
+                )
                 self._roots[key] = (module, False)
                 stalled.update({m: key for m in stall.reached})
                 continue
             root, as_input, group = module, False, self._describe(key, found)
-            if group.fixed and group.fixed.startswith("irregular"):
+            if group.fixed and group.fixed.why is Why.IRREGULAR:
                 root, as_input, group, found = self._reroot(found, module, group)
             visited.update(
                 item.dep.target.module
@@ -213,7 +228,10 @@ class GroupGraph:
                 # evenly. Without one it reads the group's channels whole (split attention's sum
                 # over its paths feeding `conv3`).
                 continue
-            narrower = self._search.run(module, fn, list(range(width)))
+            try:
+                narrower = self._search.run(module, fn, list(range(width)))
+            except SearchStalled:
+                continue  # no better root: the group stays as described, fixed
             candidate = self._describe(key, narrower)
             if candidate.prunable:
                 return module, as_input, candidate, narrower
@@ -238,7 +256,7 @@ class GroupGraph:
             name = self.dg._module2name[root]
             touched = {k for g in self.groups for o, pieces in g.splits if o is op for k in pieces}
             whole = [g for g in self.groups if self._roots[g.key][0] is root and g.key not in self._pieces]
-            for g in [g for g in whole if g.fixed and g.fixed.startswith("irregular")]:
+            for g in [g for g in whole if g.fixed and g.fixed.why is Why.IRREGULAR]:
                 self.groups.remove(g)
                 del self._roots[g.key]
                 touched -= {k for o, pieces in g.splits if o is op for k in pieces}
@@ -251,10 +269,10 @@ class GroupGraph:
                 try:
                     group = self._describe(key, self._find(key))
                 except SearchStalled as stall:
-                    self.groups.append(ChannelGroup(key, op.split_sizes[piece], fixed=str(stall)))
+                    self.groups.append(ChannelGroup(key, op.split_sizes[piece], fixed=Fixed(Why.STALLED, str(stall))))
                     stalled.update({m: key for m in stall.reached})
                     continue
                 if group.splits != [(op, (piece,))] and not group.fixed:
-                    group.fixed = f"piece {piece} of a split reaches other pieces"
+                    group.fixed = Fixed(Why.SIZED_IN_PYTHON, f"piece {piece} of a split reaches other pieces")
                 self.groups.append(group)
         return stalled

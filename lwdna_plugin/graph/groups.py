@@ -20,6 +20,7 @@ from torch_pruning import ops
 from ..grow import GROWERS
 from .constants import PASS_THROUGH
 from .layout import member_layout
+from .reasons import Fixed, Why
 
 
 @dataclass
@@ -42,7 +43,7 @@ class ChannelGroup:
     size: int
     members: list[Member] = field(default_factory=list)
     divisor: int = 1
-    fixed: str | None = None
+    fixed: Fixed | None = None
     classifier_input: bool = False
     # A grouped conv sees its channels in `balance` contiguous blocks: each keeps an equal share.
     balance: int = 1
@@ -80,26 +81,31 @@ def describe(
     group = ChannelGroup(key=key, size=size)
     divisors = [1]
     reasons = [
-        f"channel mapping at {_name(dg, node) or node.name.splitlines()[0]} points past its {width} channels"
+        Fixed(
+            Why.IRREGULAR,
+            f"channel mapping at {_name(dg, node) or node.name.splitlines()[0]} points past its {width} channels",
+        )
         for node, width in overflow
     ]
     unsized = getattr(dg, "unsized_concats", set())
     for item in tp_group:
         node = item.dep.target
         if node.module in unsized:
-            reasons.append("passes through a concatenation whose input sizes could not be read")
+            reasons.append(
+                Fixed(Why.SIZED_IN_PYTHON, "passes through a concatenation whose input sizes could not be read")
+            )
             continue
         if node.type == ops.OPTYPE.OUTPUT:
-            reasons.append("feeds the model output")
+            reasons.append(Fixed(Why.OUTPUT, "feeds the model output"))
             continue
-        if node.type in PASS_THROUGH:
+        if node.type in PASS_THROUGH or slices_tokens(node):
             continue
         if node.type == ops.OPTYPE.SPLIT and splits.get(node.module, False):
             group.splits.append((node.module, _pieces(node.module.split_sizes, item.idxs)))
         member, found = _member(dg, item, size)
         reasons += found
         if member.name in ignored:
-            reasons.append(f"layer {member.name} is ignored")
+            reasons.append(Fixed(Why.IGNORED, f"layer {member.name} is ignored"))
         if member.name is None:
             continue
         if isinstance(node.module, ops.TORCH_LINEAR) and member.dim == "in" and _is_classifier(node):
@@ -115,9 +121,21 @@ def describe(
         divisors.append(heads.num_heads)
     group.divisor = math.lcm(*divisors)
     if size % group.divisor:
-        reasons.append(f"{size} channels are not divisible by the layer groups ({group.divisor})")
+        reasons.append(
+            Fixed(Why.LAYER_GROUPS, f"{size} channels are not divisible by the layer groups ({group.divisor})")
+        )
     group.fixed = reasons[0] if reasons else None
     return group
+
+
+def slices_tokens(node: tp.dependency.Node) -> bool:
+    """A slice along a dimension other than the channels' (`x[:, 1:]` dropping a class token from
+    (batch, tokens, channels)): channels pass it unchanged, as torch-pruning's own mapping says."""
+    if node.type != ops.OPTYPE.SLICE:
+        return False
+    shape = getattr(node.grad_fn, "_saved_self_sym_sizes", None)
+    channels = {3: 2, 4: 1}.get(len(shape)) if shape is not None else None
+    return channels is not None and node.module.dim % len(shape) != channels
 
 
 def _name(dg: tp.DependencyGraph, node: tp.dependency.Node) -> str | None:
@@ -126,7 +144,7 @@ def _name(dg: tp.DependencyGraph, node: tp.dependency.Node) -> str | None:
     return names.get(node.module)
 
 
-def _member(dg: tp.DependencyGraph, item: object, size: int) -> tuple[Member, list[str]]:
+def _member(dg: tp.DependencyGraph, item: object, size: int) -> tuple[Member, list[Fixed]]:
     """One group item as a member (its name None for a layer the model does not name), and what
     keeps it from growing in place."""
     node, handler = item.dep.target, item.dep.handler
@@ -138,18 +156,18 @@ def _member(dg: tp.DependencyGraph, item: object, size: int) -> tuple[Member, li
     dim = "tied" if tied else ("out" if dg.is_out_channel_pruning_fn(handler) else "in")
     reasons = []
     if dim != "in" and not node.outputs and optype != ops.OPTYPE.PARAMETER:
-        reasons.append(f"{name} produces the model output")
+        reasons.append(Fixed(Why.OUTPUT, f"{name} produces the model output"))
     repeat, reason = member_layout(list(item.idxs), list(item.root_idxs), size)
     if reason:
-        reasons.append(f"irregular channel mapping at {where}: {reason}")
+        reasons.append(Fixed(Why.IRREGULAR, f"irregular channel mapping at {where}: {reason}"))
     if optype == ops.OPTYPE.PARAMETER:
         width = module.shape[node.pruning_dim]
     else:
         width = pruner.get_in_channels(module) if dim == "in" else pruner.get_out_channels(module)
     if width is not None and max(item.idxs, default=0) >= width:
-        reasons.append(f"channel mapping at {where} points past its {width} channels")
+        reasons.append(Fixed(Why.IRREGULAR, f"channel mapping at {where} points past its {width} channels"))
     if optype not in GROWERS:
-        reasons.append(f"no grow function for {type(module).__name__} ({where})")
+        reasons.append(Fixed(Why.NO_GROWER, f"no grow function for {type(module).__name__} ({where})"))
     member = Member(name, dim, optype.name.lower(), list(item.idxs), list(item.root_idxs), repeat)
     return member, reasons
 

@@ -13,6 +13,7 @@ import torch_pruning as tp
 from torch_pruning import ops
 
 from .groups import ChannelGroup
+from .reasons import Fixed, Why
 
 
 def split_root(node: tp.dependency.Node) -> nn.Module | None:
@@ -44,15 +45,16 @@ def tie_pieces(groups: list[ChannelGroup]) -> None:
             k = parent[k]
         return k
 
-    reasons: dict[str, str] = {}
+    reasons: dict[str, Fixed] = {}
     for op, touching in _pieces_by_split(groups).items():
         keys = [g.key for g, _ in touching]
         for k in keys[1:]:
             parent[find(k)] = find(keys[0])
         covered = sorted(p for _, pieces in touching for p in pieces)
         if covered != list(range(len(op.split_sizes))) or any(len(p) > 1 for _, p in touching):
-            reasons[find(keys[0])] = (
-                "its channels are split into equal pieces sized in Python, and the pieces are not one group each"
+            reasons[find(keys[0])] = Fixed(
+                Why.SIZED_IN_PYTHON,
+                "its channels are split into equal pieces sized in Python, and the pieces are not one group each",
             )
     members: dict[str, list[ChannelGroup]] = {}
     for g in groups:
@@ -65,9 +67,13 @@ def tie_pieces(groups: list[ChannelGroup]) -> None:
         fixed = next((g for g in tied if g.fixed), None)
         reason = reasons.get(label)
         if reason is None and fixed is not None:
-            reason = f"tied to {fixed.key} (equal pieces of one split), which is fixed: {fixed.fixed}"
+            reason = Fixed(
+                fixed.fixed.why, f"tied to {fixed.key} (equal pieces of one split), which is fixed: {fixed.fixed}"
+            )
         if reason is None and len({g.size for g in tied}) > 1:
-            reason = "its channels are split by one size in Python into pieces of different widths"
+            reason = Fixed(
+                Why.SIZED_IN_PYTHON, "its channels are split by one size in Python into pieces of different widths"
+            )
         for g in tied:
             g.tie, g.divisor = tied[0].key, divisor
             if reason and not g.fixed:

@@ -12,7 +12,7 @@ search of hours and gigabytes).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from functools import partial
 
 import torch.nn as nn
@@ -25,10 +25,12 @@ from .constants import PASS_THROUGH
 # Dependency steps one group search may take: DenseNet-121 needs about 500 and ResNet-50 under 100;
 # a search circling through ops that mix channels with other dimensions can run for hours.
 SEARCH_STEPS = 5_000
-# Indices one group search may carry in all, at least, and per channel of its root: timm's CNNs
-# and ViTs carry under 130,000 (convnext_atto at 224 and 384: 120,053, about 375 per channel).
+# Indices one group search may carry in all, at least, and per channel of its root. A search
+# that carries each channel once a step stays within `SEARCH_STEPS` a channel (BEiT-Base's
+# residual stream: about 1,080 steps and 1,080 a channel); only mappings that multiply indices
+# (a flatten of a feature map) go past it.
 SEARCH_INDICES = 250_000
-SEARCH_INDICES_PER_CHANNEL = 1_000
+SEARCH_INDICES_PER_CHANNEL = SEARCH_STEPS
 
 # Where an index mapping pointed past a layer's channels: (the layer's node, its width).
 Overflow = list[tuple[tp.dependency.Node, int]]
@@ -56,8 +58,11 @@ class BoundedSearch:
     graph's own index mappings first.
     """
 
-    def __init__(self, dg: tp.DependencyGraph) -> None:
+    def __init__(self, dg: tp.DependencyGraph, per_head: Collection[object] = ()) -> None:
+        """`per_head`: layers and parameters that hold one entry per attention head, where a
+        search of channels stops (see `heads.per_head_tensors`)."""
         self.dg = dg
+        self.per_head = set(per_head)
         self.active = False
         self.steps = self.indices = 0
         self.budget = SEARCH_INDICES
@@ -93,6 +98,10 @@ class BoundedSearch:
 
     def bound(self, dep: tp.dependency.Dependency, idxs: Sequence[_HybridIndex]) -> Sequence[_HybridIndex]:
         """Count one step of the search into `dep`'s target and drop indices past its width."""
+        if self.active and dep.target.module in self.per_head and dep.source.module not in self.per_head:
+            # Reached through the attention logits, whose second dimension torch-pruning takes
+            # for channels: a head count, which no channel group changes.
+            return []
         if self.active:
             self.steps += 1
             self.indices += len(idxs)
