@@ -29,7 +29,9 @@ def test_cli_dissimilate_writes_outputs(tmp_path, capsys):
     assert code == 0
     for name in ("spec.json", "report.md", "channels.png"):
         assert (tmp_path / name).is_file()
-    assert "at input 3x64x64" in capsys.readouterr().out  # what the FLOPs were counted at
+    out = capsys.readouterr().out
+    assert "at input 3x64x64" in out  # what the FLOPs were counted at
+    assert "channel groups: 12 of 13 can change width, holding 100% of the channels" in out
 
 
 def test_cli_ranking_inits_and_warmup_reach_the_spec(tmp_path):
