@@ -11,7 +11,6 @@ import torch_pruning as tp
 from torch_pruning import ops
 
 from .graph import GroupGraph, growth_slots
-from .graph.groups import slices_tokens
 from .grow import GROWERS, ParameterGrower, insert_along, like
 
 # Tensors the layer functions of torch-pruning and `grow` already resize.
@@ -218,8 +217,6 @@ def _grow(graph: GroupGraph, tp_group, size: int, n: int, blocks: int) -> None:
     dg = graph.dg
     for item in tp_group:
         node, handler = item.dep.target, item.dep.handler
-        if slices_tokens(node):
-            continue  # a slice along tokens: the channels pass it whole
         grower = GROWERS[node.type]
         slots = growth_slots(list(item.idxs), list(item.root_idxs), size, n, blocks)
         if _grouped_conv_input(dg, item):

@@ -86,9 +86,10 @@ def widen_or_fix(
     ignored: Iterable[str] = (),
 ) -> Widened:
     """`widen`, checked by one forward pass; groups whose widening breaks the model are found
-    (see the module) and left at their width. Costs one forward pass when nothing breaks."""
+    (see the module) and left at their width. Costs one forward pass when nothing breaks, and
+    two more for each attention group whose block reads its head width off a tensor."""
     ignored = tuple(ignored)
-    fixed: dict[str, str] = {}
+    fixed: dict[str, str] = _tied_heads(model, example_inputs, width, round_to, ignored)
     for _ in range(_ROUNDS):
         try:
             wide, sizes = _grown_copy(model, example_inputs, width, round_to, ignored, fixed)
@@ -108,6 +109,25 @@ def widen_or_fix(
     raise RuntimeError(
         f"widening {type(model).__name__} still fails after leaving {len(fixed)} group(s) at their width"
     )
+
+
+def _tied_heads(model, example, width, round_to, ignored) -> dict[str, str]:
+    """Attention groups whose block reads each head's width off a tensor (no `head_dim`) and
+    breaks when the group is widened alone: the tensor it reads is another group's (DaVit's and
+    CrossViT's `C // num_heads`, C the block's input width), so the two widths are tied in a
+    way the graph does not show. Widening every group by one factor hides it; a plan that
+    shrinks them apart breaks. Swin reads the width off the group's own tensor and passes."""
+    graph = GroupGraph(model, example, ignored)
+    keys = [g.key for g in graph.groups if g.prunable and g.heads_from_shape]
+    if not keys:
+        return {}
+    trials = _Trials(model, example, lambda g: widened_size(g, width, round_to), ignored, {})
+    found = {}
+    for key in keys:
+        failure = trials.error([key])
+        if failure is not None:
+            found[key] = f"widening it alone breaks the model ({failure}): its attention reads the head width elsewhere"
+    return found
 
 
 def _first_line(err: BaseException) -> str:

@@ -204,16 +204,3 @@ def test_talking_heads_keep_the_head_count():
     wide = widen_or_fix(model, x, 1.5).model
     assert wide.blocks[0].attn.proj_l.in_features == wide.blocks[0].attn.proj_l.out_features == 4
     assert wide.blocks[0].mlp.fc1.out_features == 1152 and wide(x).shape == (1, 10)
-
-
-def test_a_deep_residual_stream_and_a_class_token_slice_leave_the_stream_free():
-    """BEiT's residual stream couples about 1,400 layers and parameters (12 blocks with layer
-    scales and per-head relative position tables): its search carries each channel once a step,
-    within the budget. Its pooled head slices the class token off along the tokens, which
-    leaves the channels whole."""
-    model = timm.create_model(
-        "beit_base_patch16_224", pretrained=False, num_classes=10, img_size=32, embed_dim=384, num_heads=6
-    )
-    graph = lw.GroupGraph(model, torch.zeros(1, 3, 32, 32))
-    assert [g.key for g in graph.groups if g.fixed] == ["head"]
-    assert graph.group("blocks.11.mlp.fc2").size == 384

@@ -8,6 +8,7 @@ import torch
 
 import lwdna_plugin as lw
 from conftest import IMG
+from lwdna_plugin.widen import widen_or_fix
 
 X = torch.zeros(1, 3, IMG, IMG)
 
@@ -95,3 +96,50 @@ def test_groups_that_break_the_model_when_widened_are_left_at_their_width(batche
     assert "widening it breaks the model" in result.report.fixed_groups["mid"]
     assert set(result.spec["groups"]) == {"stem"}
     assert result.model(torch.zeros(2, 3, IMG, IMG)).shape == (2, 10)
+
+
+class _Attention(torch.nn.Module):
+    """Multi-head self-attention that keeps `num_heads` but no `head_dim`: each head's width is
+    read off a tensor, the block's input (as DaVit and CrossViT do) or its own `qkv` (as Swin)."""
+
+    def __init__(self, dim: int, heads: int, own: bool):
+        super().__init__()
+        self.num_heads, self.own = heads, own
+        self.qkv = torch.nn.Linear(dim, 3 * dim)
+        self.proj = torch.nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        per_head = -1 if self.own else c // self.num_heads
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, per_head).permute(2, 0, 3, 1, 4).unbind(0)
+        x = (q @ k.transpose(-2, -1)).softmax(-1) @ v
+        return self.proj(x.transpose(1, 2).reshape(b, n, -1))
+
+
+class _Tokens(torch.nn.Module):
+    def __init__(self, own: bool):
+        super().__init__()
+        self.embed = torch.nn.Linear(8, 32)
+        self.attn = _Attention(32, 4, own)
+        self.head = torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.embed(x)
+        return self.head((x + self.attn(x)).mean(1))
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_attention_that_reads_its_head_width_from_another_tensor_keeps_it(own):
+    """Widening every group by one factor keeps the block's input and its heads in step; a
+    plan that sizes them apart would break the model. The group is tried alone first."""
+    model, x = _Tokens(own), torch.randn(2, 5, 8)
+    group = lw.GroupGraph(model, x).group("attn.proj:in")
+    assert group.prunable and group.heads_from_shape
+    widened = widen_or_fix(model, x, 2.0)
+    if own:
+        assert "attn.proj:in" not in widened.unwidenable
+        assert widened.model.attn.proj.in_features == 64
+    else:
+        assert "widening it alone breaks the model" in widened.unwidenable["attn.proj:in"]
+        assert widened.model.attn.proj.in_features == 32
+    assert widened.model(x).shape == (2, 10)

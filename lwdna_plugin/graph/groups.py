@@ -49,6 +49,9 @@ class ChannelGroup:
     balance: int = 1
     # Groups with the same `tie` keep one width: the pieces of a split sized by one number in Python.
     tie: str | None = None
+    # An attention block's group whose block keeps no `head_dim`: it reads each head's width
+    # off a tensor, which may be another group's (see `widen._tied_heads`).
+    heads_from_shape: bool = False
     # (split op, pieces) for every equal-piece split the group passes through.
     splits: list[tuple[nn.Module, tuple[int, ...]]] = field(default_factory=list, repr=False)
 
@@ -98,7 +101,7 @@ def describe(
         if node.type == ops.OPTYPE.OUTPUT:
             reasons.append(Fixed(Why.OUTPUT, "feeds the model output"))
             continue
-        if node.type in PASS_THROUGH or slices_tokens(node):
+        if node.type in PASS_THROUGH:
             continue
         if node.type == ops.OPTYPE.SPLIT and splits.get(node.module, False):
             group.splits.append((node.module, _pieces(node.module.split_sizes, item.idxs)))
@@ -119,6 +122,7 @@ def describe(
         group.members.append(member)
     if heads is not None:
         divisors.append(heads.num_heads)
+        group.heads_from_shape = type(getattr(heads, "head_dim", None)) is not int
     group.divisor = math.lcm(*divisors)
     if size % group.divisor:
         reasons.append(
@@ -126,16 +130,6 @@ def describe(
         )
     group.fixed = reasons[0] if reasons else None
     return group
-
-
-def slices_tokens(node: tp.dependency.Node) -> bool:
-    """A slice along a dimension other than the channels' (`x[:, 1:]` dropping a class token from
-    (batch, tokens, channels)): channels pass it unchanged, as torch-pruning's own mapping says."""
-    if node.type != ops.OPTYPE.SLICE:
-        return False
-    shape = getattr(node.grad_fn, "_saved_self_sym_sizes", None)
-    channels = {3: 2, 4: 1}.get(len(shape)) if shape is not None else None
-    return channels is not None and node.module.dim % len(shape) != channels
 
 
 def _name(dg: tp.DependencyGraph, node: tp.dependency.Node) -> str | None:
