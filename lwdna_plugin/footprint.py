@@ -116,7 +116,9 @@ def layer_costs(flop_model: FlopModel, model: nn.Module, example: torch.Tensor) 
         pairs += [(first, second), (out, unit)]
     return {
         "activations": LayerCost("activations", flop_model, written_amounts, slots[:, 2:]),
-        "params": LayerCost("params", flop_model, np.array(amounts, dtype=np.float64), np.array(pairs, dtype=int)),
+        "params": LayerCost(
+            "params", flop_model, np.array(amounts, dtype=np.float64), np.array(pairs, dtype=int).reshape(-1, 2)
+        ),
     }
 
 

@@ -92,3 +92,14 @@ def test_default_footprint_on_core_models(name, batches):
     assert 0.95 * target <= measured <= target
     assert all(ratio <= 1.0 for ratio in result.spec["achieved"]["footprint"].values())
     assert all(g["kept"] % 8 == 0 or g["kept"] == g["widened"] for g in result.spec["groups"].values())
+
+
+def test_a_model_with_no_group_to_change_gets_its_footprint_plan():
+    """SHViT's coupling searches all stall: no layer depends on a width, and the footprint's
+    per-layer costs are empty tables, which used to fail (numpy AxisError) before planning."""
+    with pytest.warns(UserWarning, match="only 0% of shvit_s1's channels can change width"):
+        result = lw.dissimilate(
+            "shvit_s1", criterion="synflow", input_size=(3, 224, 224), model_kwargs={"num_classes": 10}
+        )
+    assert result.report.depth.free_groups == 0
+    assert result.report.flops["lwdna"] == result.report.flops["original"]
