@@ -43,7 +43,7 @@ def widen(
     check_module("widen(model, example_inputs)", model, example_inputs)
     if not is_number(width) or width <= 0:
         raise ValueError(f"width={width!r}: must be a positive number (the paper uses 2.0)")
-    wide, sizes = _grown_copy(model, example_inputs, width, round_to, tuple(ignored), {})
+    wide, sizes, _ = _grown_copy(model, example_inputs, width, round_to, tuple(ignored), {})
     initialise(wide, create)
     return wide, sizes
 
@@ -56,15 +56,17 @@ def _grown_copy(
     ignored: Sequence[str],
     fixed: Mapping[str, str],
     keys: Sequence[str] | None = None,
-) -> tuple[nn.Module, dict[str, int]]:
+) -> tuple[nn.Module, dict[str, int], list[str]]:
     """A copy of `model` with `keys` (None: every prunable group) grown by `width`, not yet
-    initialised, and the grown sizes."""
+    initialised, the grown sizes, and the grown attention groups whose block reads its head
+    width off a tensor (see `_tied_heads`)."""
     wide = copy_model(model)
     graph = GroupGraph(wide, example, ignored, fixed)
     sizes = {g.key: widened_size(g, width, round_to) for g in graph.groups if g.prunable}
     sizes = {k: v for k, v in sizes.items() if keys is None or k in keys}
+    heads = [g.key for g in graph.groups if g.key in sizes and g.heads_from_shape]
     resize(graph, sizes)
-    return wide, sizes
+    return wide, sizes, heads
 
 
 @dataclass
@@ -89,10 +91,11 @@ def widen_or_fix(
     (see the module) and left at their width. Costs one forward pass when nothing breaks, and
     two more for each attention group whose block reads its head width off a tensor."""
     ignored = tuple(ignored)
-    fixed: dict[str, str] = _tied_heads(model, example_inputs, width, round_to, ignored)
-    for _ in range(_ROUNDS):
+    fixed: dict[str, str] = {}
+    probed = False
+    for _ in range(_ROUNDS + 1):
         try:
-            wide, sizes = _grown_copy(model, example_inputs, width, round_to, ignored, fixed)
+            wide, sizes, heads = _grown_copy(model, example_inputs, width, round_to, ignored, fixed)
             with torch.no_grad(), in_mode(wide, training=False):
                 wide(example_inputs)
         except WIDEN_ERRORS as err:
@@ -104,6 +107,12 @@ def widen_or_fix(
                 raise RuntimeError(f"widening {type(model).__name__} fails ({error}), but no group alone does") from err
             fixed.update(found)
             continue
+        if heads and not probed:
+            probed = True
+            found = _tied_heads(model, example_inputs, width, round_to, ignored, fixed, heads)
+            if found:
+                fixed.update(found)
+                continue
         initialise(wide, create)
         return Widened(wide, sizes, fixed)
     raise RuntimeError(
@@ -111,17 +120,13 @@ def widen_or_fix(
     )
 
 
-def _tied_heads(model, example, width, round_to, ignored) -> dict[str, str]:
+def _tied_heads(model, example, width, round_to, ignored, fixed, keys: Sequence[str]) -> dict[str, str]:
     """Attention groups whose block reads each head's width off a tensor (no `head_dim`) and
     breaks when the group is widened alone: the tensor it reads is another group's (DaVit's and
     CrossViT's `C // num_heads`, C the block's input width), so the two widths are tied in a
     way the graph does not show. Widening every group by one factor hides it; a plan that
     shrinks them apart breaks. Swin reads the width off the group's own tensor and passes."""
-    graph = GroupGraph(model, example, ignored)
-    keys = [g.key for g in graph.groups if g.prunable and g.heads_from_shape]
-    if not keys:
-        return {}
-    trials = _Trials(model, example, lambda g: widened_size(g, width, round_to), ignored, {})
+    trials = _Trials(model, example, lambda g: widened_size(g, width, round_to), ignored, fixed)
     found = {}
     for key in keys:
         failure = trials.error([key])

@@ -27,10 +27,11 @@ from .constants import PASS_THROUGH
 SEARCH_STEPS = 5_000
 # Indices one group search may carry in all, at least, and per channel of its root: timm's CNNs
 # and ViTs carry under 130,000 (convnext_atto at 224 and 384: 120,053, about 375 per channel).
-# BEiT-Base's residual stream needs about 1,400 a channel; 5,000 made HaloNet's stalled
-# searches (that reach 65,536 a channel) run past coverage.py's 300 s.
+# BEiT-Base's residual stream carries about 1,390 a channel once per-head tables no longer cut
+# its search short; a larger bound slows the searches that stall (HaloNet's graph: 50 s at
+# 1,000 a channel, 58 s at 1,500; 5,000 ran past coverage.py's 300 s).
 SEARCH_INDICES = 250_000
-SEARCH_INDICES_PER_CHANNEL = 1_000
+SEARCH_INDICES_PER_CHANNEL = 1_500
 
 # Where an index mapping pointed past a layer's channels: (the layer's node, its width).
 Overflow = list[tuple[tp.dependency.Node, int]]
