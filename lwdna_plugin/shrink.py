@@ -17,7 +17,7 @@ from .graph.constants import INPUT_SUFFIX
 from .modes import in_mode
 from .resize import resize
 from .stages import StageTimer
-from .widen import WIDEN_ERRORS, breaking_groups
+from .widen import WIDEN_ERRORS, breaking_groups, first_line
 
 _MAX_ROUNDS = 4
 
@@ -75,7 +75,7 @@ def check_shrunk_runs(lw: nn.Module, wide: nn.Module, plan: Plan, example: torch
             lw(example)
         return
     except WIDEN_ERRORS as err:
-        error = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}" if str(err) else type(err).__name__
+        error = first_line(err)
     ignore = tuple(ignore)
     found = breaking_groups(wide, example, lambda g: plan.widths.get(g.key, g.size), ignore, {}, error, "shrinking")
     layers = sorted({key.partition("#")[0].removesuffix(INPUT_SUFFIX) for key in found})

@@ -99,7 +99,7 @@ def widen_or_fix(
             with torch.no_grad(), in_mode(wide, training=False):
                 wide(example_inputs)
         except WIDEN_ERRORS as err:
-            error = _first_line(err)
+            error = first_line(err)
             found = breaking_groups(
                 model, example_inputs, lambda g: widened_size(g, width, round_to), ignored, fixed, error, "widening"
             )
@@ -135,7 +135,8 @@ def _tied_heads(model, example, width, round_to, ignored, fixed, keys: Sequence[
     return found
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """`Type: message` of an error, its first line cut to 160 characters."""
     text = str(err).splitlines()[0][:160] if str(err) else ""
     return f"{type(err).__name__}: {text}"
 
@@ -170,12 +171,12 @@ class _Trials:
             resize(self.graph, {k: self.resized[k] for k in keys})
         except WIDEN_ERRORS as err:
             self._rebuild()
-            return _first_line(err)
+            return first_line(err)
         try:
             self._run()
             failure = None
         except WIDEN_ERRORS as err:
-            failure = _first_line(err)
+            failure = first_line(err)
         try:
             resize(self.graph, {k: self.original[k] for k in keys})
             self._run()
