@@ -224,12 +224,18 @@ def train(
     protocol: dict,
     seed: int,
     layout: torch.memory_format = torch.channels_last,
+    checkpoint: Path | None = None,
+    save_every_s: float = 60.0,
 ) -> dict:
     """The one training protocol every arm goes through; returns the curves and seconds.
 
     Data order and augmentation are drawn on the CPU whatever the model's device, so a seed
     draws the same batches everywhere; each batch then moves to the model's device, in
-    `layout` (the model's: one-channel images would otherwise pick channels-last for it)."""
+    `layout` (the model's: one-channel images would otherwise pick channels-last for it).
+    With a `checkpoint` file, the state after an epoch (model, optimizer, schedule, data-order
+    generator, curves) is written there at most every `save_every_s` seconds, and a call that
+    finds one goes on from it: a run longer than a session finishes over several, with the
+    same batches and steps as one uninterrupted call."""
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(1000 + seed)
     steps_per_epoch = math.ceil(len(data["train_y"]) / protocol["batch_size"])
@@ -239,7 +245,16 @@ def train(
     schedule = lr_schedule(optimizer, protocol.get("schedule", "cosine"), protocol["epochs"], steps_per_epoch)
     checkpoints = eval_epochs(protocol["epochs"], protocol["evals"])
     history = {"eval_epochs": checkpoints, "test_acc": [], "train_loss": [], "train_s": 0.0}
-    for epoch in range(1, protocol["epochs"] + 1):
+    first = 1
+    state = load_checkpoint(checkpoint, protocol, seed, model)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        generator.set_state(state["generator"])
+        history, first = state["history"], state["epoch"] + 1
+        print(f"{checkpoint.name}: going on after epoch {state['epoch']} of {protocol['epochs']}", flush=True)
+    saved = time.perf_counter()
+    for epoch in range(first, protocol["epochs"] + 1):
         model.train()
         start, loss_sum = time.perf_counter(), 0.0
         order = torch.randperm(len(data["train_y"]), generator=generator)
@@ -260,8 +275,42 @@ def train(
             raise RuntimeError(f"training diverged at epoch {epoch}: loss {history['train_loss'][-1]}")
         if epoch in checkpoints:
             history["test_acc"].append(accuracy(model, data["test_x"], data["test_y"]))
+        if checkpoint is not None and epoch < protocol["epochs"] and time.perf_counter() - saved >= save_every_s:
+            state = {
+                "epoch": epoch,
+                "seed": seed,
+                "protocol": json.dumps(protocol, sort_keys=True),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "generator": generator.get_state(),
+                "history": history,
+            }
+            torch.save(state, checkpoint.with_suffix(".tmp"))
+            checkpoint.with_suffix(".tmp").replace(checkpoint)
+            saved = time.perf_counter()
     history["train_top1"] = accuracy(model, data["train_x"], data["train_y"])
     return history
+
+
+def load_checkpoint(path: Path | None, protocol: dict, seed: int, model: nn.Module) -> dict | None:
+    """The training state `train` left in `path`, loaded into `model`; None (and the file
+    removed) when there is none, or it belongs to another protocol, seed or architecture."""
+    if path is None or not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state["seed"] != seed or state["protocol"] != json.dumps(protocol, sort_keys=True):
+        print(f"{path.name}: left by another protocol or seed, training from the start", flush=True)
+        path.unlink()
+        return None
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        # The run's model changed since (identification code or defaults): its state is of no use.
+        print(f"{path.name}: left by another architecture ({str(error).splitlines()[0]}), training from the start")
+        path.unlink()
+        return None
+    return state
 
 
 def lr_schedule(optimizer: torch.optim.Optimizer, schedule: str, epochs: int, steps_per_epoch: int):
@@ -464,7 +513,8 @@ def run_one(args: argparse.Namespace, size: int, arm: str, seed: int, protocol: 
     model = model.to(args.device, memory_format=layout)
     example = data["train_x"][:1].to(args.device)
     flops, params = lw.count_flops(model, example), lw.count_params(model)
-    history = train(model, data, protocol, seed, layout)
+    checkpoint = path.with_suffix(".partial.pt")
+    history = train(model, data, protocol, seed, layout, checkpoint)
     latency = time_against_uniform(model, data, args, protocol) if args.latency_batch else {}
     groups = result.spec["groups"] if result is not None else {}
     run = {
@@ -495,6 +545,7 @@ def run_one(args: argparse.Namespace, size: int, arm: str, seed: int, protocol: 
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(run, indent=1))
     tmp.replace(path)
+    checkpoint.unlink(missing_ok=True)
     print(
         f"n={size:<6} seed {seed} {arm:16s} test {run['test_top1']:6.2f} train {run['train_top1']:6.2f} "
         f"flops {flops:,} train {run['train_s']:7.1f} s identify {identify_s:5.2f} s",

@@ -339,3 +339,57 @@ def test_step_schedule_multiplies_by_a_tenth_after_each_listed_epoch():
     assert rates == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
     with pytest.raises(ValueError, match="step:E1,E2"):
         hypothesis.lr_schedule(optimizer, "linear", 3, 2)
+
+
+class _Interrupted(Exception):
+    """A session ending in the middle of an epoch."""
+
+
+def test_training_goes_on_from_its_checkpoint_as_if_never_stopped(tmp_path):
+    import timm
+
+    hypothesis = _benchmark("hypothesis")
+    args = hypothesis.parse_args(["--sizes", "40", "--epochs", "4", "--seeds", "1", "--batch-size", "16"])
+    protocol = hypothesis.protocol_of(args, 0)
+    generator = torch.Generator().manual_seed(0)
+    data = {
+        "train_x": torch.randn(40, 1, 16, 16, generator=generator),
+        "train_y": torch.arange(40) % 10,
+        "test_x": torch.randn(20, 1, 16, 16, generator=generator),
+        "test_y": torch.arange(20) % 10,
+    }
+
+    def model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return timm.create_model("cifar_resnet20", num_classes=10, in_chans=1, widths=[4, 8, 16])
+
+    # Contiguous: a strided 1x1 conv with 4 inputs is one of the channels-last kernel defects
+    # `lw.training_memory_format` steers the study around.
+    layout = torch.contiguous_format
+    straight = model()
+    expected = hypothesis.train(straight, data, protocol, 0, layout)
+
+    checkpoint = tmp_path / "run.partial.pt"
+    stopped, calls = model(), []
+
+    def stop_in_epoch_three(module, inputs):
+        calls.append(1)
+        if module.training and len(calls) > 2 * 3 + 1:  # 3 batches an epoch: one batch into epoch 3
+            raise _Interrupted
+
+    hook = stopped.register_forward_pre_hook(stop_in_epoch_three)
+    with pytest.raises(_Interrupted):
+        hypothesis.train(stopped, data, protocol, 0, layout, checkpoint=checkpoint, save_every_s=0)
+    hook.remove()
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 2
+
+    resumed, steps = model(), []  # a new process: the run's model rebuilt at its initialisation
+    resumed.register_forward_pre_hook(lambda module, inputs: steps.append(1) if module.training else None)
+    history = hypothesis.train(resumed, data, protocol, 0, layout, checkpoint=checkpoint, save_every_s=0)
+    assert len(steps) == 2 * 3  # epochs 3 and 4 only
+    assert history["train_loss"] == expected["train_loss"] and history["test_acc"] == expected["test_acc"]
+    pairs = zip(resumed.state_dict().values(), straight.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+    other = {**protocol, "lr": protocol["lr"] / 2}  # another protocol's state is never picked up
+    assert hypothesis.load_checkpoint(checkpoint, other, 0, model()) is None and not checkpoint.exists()
