@@ -11,6 +11,7 @@ import torch_pruning as tp
 from torch_pruning import ops
 
 from .graph import GroupGraph, growth_slots
+from .graph.internals import drop_items
 from .grow import GROWERS, ParameterGrower, insert_along, like
 
 # Tensors the layer functions of torch-pruning and `grow` already resize.
@@ -78,9 +79,7 @@ def resize(
                 for item in tp_removal
                 if _grouped_conv_input(graph.dg, item) and not item.dep.target.module.transposed
             ]
-            # `Group.items` is torch-pruning's own list of the group's items: removing the grouped
-            # convs' inputs there leaves `prune` everything else (bare parameters included).
-            tp_removal.items[:] = [item for item in tp_removal if not any(item is g for g in grouped)]
+            drop_items(tp_removal, grouped)
             with _placeholder_biases(tp_removal):
                 tp_removal.prune(record_history=False)
             for item in grouped:

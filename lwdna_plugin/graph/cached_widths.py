@@ -16,6 +16,7 @@ from torch_pruning import ops
 from torch_pruning.dependency import shape_infer
 
 from .constants import INPUT_SUFFIX
+from .internals import module_name
 from .splits import MappedSplits
 
 
@@ -28,7 +29,7 @@ class CachedWidth(NamedTuple):
     kind: str
 
 
-def _named_neighbour(node: tp.dependency.Node, names: dict, direction: str) -> str | None:
+def _named_neighbour(dg: tp.DependencyGraph, node: tp.dependency.Node, direction: str) -> str | None:
     """The nearest named layer from `node` (itself included), walking `direction` ('inputs' or
     'outputs') through unnamed ops such as activations."""
     stack, seen = [node], set()
@@ -37,8 +38,9 @@ def _named_neighbour(node: tp.dependency.Node, names: dict, direction: str) -> s
         if n in seen:
             continue
         seen.add(n)
-        if names.get(n.module):
-            return names[n.module]
+        name = module_name(dg, n.module)
+        if name:
+            return name
         stack.extend(getattr(n, direction))
     return None
 
@@ -69,16 +71,16 @@ def find_cached_widths(
     block, and its attribute by the block's output width (`block_widths`); a split by where its
     pieces go, the block that holds every consumer, and its attribute by the pieces' sizes.
     """
-    names = dg._module2name
+
     concat_owner: dict[str, tp.dependency.Node] = {}
     found = []
     for node in dg.module2node.values():
         if node.type == ops.OPTYPE.CONCAT:
-            producers = [_named_neighbour(n, names, "inputs") for n in node.inputs]
+            producers = [_named_neighbour(dg, n, "inputs") for n in node.inputs]
             if all(producers):
                 concat_owner.setdefault(_common_parent(producers), node)
         elif node.type == ops.OPTYPE.SPLIT and splits.get(node.module, False):
-            consumers = [_named_neighbour(n, names, "outputs") for n in node.outputs]
+            consumers = [_named_neighbour(dg, n, "outputs") for n in node.outputs]
             if not all(consumers):
                 continue
             owner = model.get_submodule(_common_parent(consumers))
@@ -87,7 +89,7 @@ def find_cached_widths(
                 if type(value) is int and value > 1 and value in (sizes[0], sum(sizes)):
                     found.append(CachedWidth(owner, attr, node, "piece" if value == sizes[0] else "total"))
     for module, channels in block_widths:
-        node = concat_owner.get(names.get(module, ""))
+        node = concat_owner.get(module_name(dg, module, ""))
         if node is None or _concat_width(dg, node) != channels:
             continue
         for attr, value in vars(module).items():
@@ -108,7 +110,7 @@ def sync_cached_widths(dg: tp.DependencyGraph, cached: list[CachedWidth]) -> lis
             width = node.module.split_sizes[0] if kind == "piece" else sum(node.module.split_sizes)
         if width is not None and width != getattr(module, attr):
             setattr(module, attr, width)
-            changed.append(f"{dg._module2name.get(module, type(module).__name__)}.{attr}")
+            changed.append(f"{module_name(dg, module, type(module).__name__)}.{attr}")
     return changed
 
 
@@ -143,5 +145,5 @@ def sync_head_dims(dg: tp.DependencyGraph, model: nn.Module, roots: dict[str, tu
             owner.attn_dim = width
         if isinstance(getattr(owner, "scale", None), float):
             owner.scale = owner.head_dim**-0.5
-        changed.append(f"{dg._module2name.get(owner)}.head_dim")
+        changed.append(f"{module_name(dg, owner)}.head_dim")
     return changed

@@ -21,6 +21,7 @@ from .cached_widths import find_cached_widths, head_owner, sync_cached_widths, s
 from .constants import INPUT_SUFFIX
 from .groups import ChannelGroup, describe
 from .heads import per_head_tensors
+from .internals import module_name, modules_by_name, swap_parameter
 from .pieces import split_root, tie_pieces
 from .reasons import Fixed, Why
 from .search import BoundedSearch, Overflow, SearchStalled
@@ -114,16 +115,11 @@ class GroupGraph:
     def replace_parameter(self, node: tp.dependency.Node, new: nn.Parameter) -> None:
         """Put `new` in place of the bare parameter `node` holds, on its owner and in the graph.
 
-        torch-pruning offers no public way to swap a parameter: its own `Group.prune` updates its
-        private `_param_to_name` and `module2node` when it prunes one, so growing one must too.
+        (see `internals.swap_parameter`).
         """
-        dg, old = self.dg, node.module
-        name = dg._param_to_name.pop(old)
+        name = swap_parameter(self.dg, node, new)
         owner_name, _, attr = name.rpartition(".")
         setattr(self.model.get_submodule(owner_name), attr, new)
-        dg._param_to_name[new] = name
-        dg.module2node[new] = dg.module2node.pop(old)
-        node.module = new
 
     def _find(self, key: str, idxs: Sequence[int] | None = None) -> _Found:
         """The torch-pruning group of `key` for `idxs`, and where its mappings pointed past a layer."""
@@ -149,7 +145,7 @@ class GroupGraph:
         return describe(self.dg, key, tp_group, overflow, ignored=self.ignored, splits=self._splits, heads=heads)
 
     def _member_modules(self, group: ChannelGroup) -> list[nn.Module]:
-        by_name = {name: module for module, name in self.dg._module2name.items()}
+        by_name = modules_by_name(self.dg)
         return [by_name[m.name] for m in group.members if m.name in by_name]
 
     def _add_layer_groups(self) -> dict[nn.Module, str]:
@@ -169,7 +165,7 @@ class GroupGraph:
             pruner = self.dg.get_pruner_of_module(module)
             if pruner is None or pruner.get_out_channels(module) is None:
                 continue
-            key = self.dg._module2name[module]
+            key = module_name(self.dg, module)
             try:
                 found = self._search.run(
                     module, pruner.prune_out_channels, list(range(pruner.get_out_channels(module)))
@@ -217,7 +213,7 @@ class GroupGraph:
             pruner = self.dg.get_pruner_of_module(module)
             width = pruner.get_in_channels(module) if as_input else pruner.get_out_channels(module)
             if width < group.size:
-                candidates.append((as_input, width, self.dg._module2name[module], module))
+                candidates.append((as_input, width, module_name(self.dg, module), module))
         for as_input, width, name, module in sorted(candidates, key=lambda c: c[:3]):
             pruner = self.dg.get_pruner_of_module(module)
             fn: Callable = pruner.prune_in_channels if as_input else pruner.prune_out_channels
@@ -253,7 +249,7 @@ class GroupGraph:
             root = split_root(node) if node.type == ops.OPTYPE.SPLIT and self._splits.get(op, False) else None
             if root is None or self.dg.get_pruner_of_module(root).get_out_channels(root) != sum(op.split_sizes):
                 continue
-            name = self.dg._module2name[root]
+            name = module_name(self.dg, root)
             touched = {k for g in self.groups for o, pieces in g.splits if o is op for k in pieces}
             whole = [g for g in self.groups if self._roots[g.key][0] is root and g.key not in self._pieces]
             for g in [g for g in whole if g.fixed and g.fixed.why is Why.IRREGULAR]:

@@ -19,6 +19,7 @@ from torch_pruning import ops
 
 from ..grow import GROWERS
 from .constants import PASS_THROUGH
+from .internals import node_name
 from .layout import member_layout
 from .reasons import Fixed, Why
 
@@ -134,8 +135,7 @@ def describe(
 
 def _name(dg: tp.DependencyGraph, node: tp.dependency.Node) -> str | None:
     """The model's name for a node's layer or bare parameter (a relative position bias table)."""
-    names = dg._param_to_name if node.type == ops.OPTYPE.PARAMETER else dg._module2name
-    return names.get(node.module)
+    return node_name(dg, node)
 
 
 def _member(dg: tp.DependencyGraph, item: object, size: int) -> tuple[Member, list[Fixed]]:

@@ -17,6 +17,8 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import ops
 
+from .internals import module_name, parameter_name
+
 
 def num_heads(owner: nn.Module) -> int | None:
     """The head count an attention block declares (`num_heads`, timm's convention), else None."""
@@ -31,10 +33,10 @@ def per_head_tensors(dg: tp.DependencyGraph, model: nn.Module) -> set[object]:
     for node in dg.module2node.values():
         module = node.module
         if node.type == ops.OPTYPE.PARAMETER:
-            name = dg._param_to_name.get(module)
+            name = parameter_name(dg, module)
             widths = [module.shape[node.pruning_dim]] if name else []
         elif isinstance(module, (ops.TORCH_LINEAR, ops.TORCH_CONV)):
-            name = dg._module2name.get(module)
+            name = module_name(dg, module)
             pruner = dg.get_pruner_of_module(module)
             widths = [pruner.get_in_channels(module), pruner.get_out_channels(module)]
         else:

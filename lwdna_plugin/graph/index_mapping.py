@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch.nn as nn
 import torch_pruning as tp
-from torch_pruning._helpers import _HybridIndex
 
-IndexMapping = Callable[[Sequence[_HybridIndex]], list[_HybridIndex]]
+from .internals import HybridIndex
+
+IndexMapping = Callable[[Sequence[HybridIndex]], list[HybridIndex]]
 
 
 class SegmentMapping:
@@ -30,12 +31,12 @@ class SegmentMapping:
     def __init__(self, op: nn.Module, sizes_attr: str, index: int, to_whole: bool) -> None:
         self.op, self.sizes_attr, self.index, self.to_whole = op, sizes_attr, index, to_whole
 
-    def __call__(self, idxs: Sequence[_HybridIndex]) -> list[_HybridIndex]:
+    def __call__(self, idxs: Sequence[HybridIndex]) -> list[HybridIndex]:
         sizes = getattr(self.op, self.sizes_attr)
         start, size = sum(sizes[: self.index]), sizes[self.index]
         if self.to_whole:
-            return [_HybridIndex(idx=i.idx + start, root_idx=i.root_idx) for i in idxs if i.idx < size]
-        return [_HybridIndex(idx=i.idx - start, root_idx=i.root_idx) for i in idxs if start <= i.idx < start + size]
+            return [HybridIndex(idx=i.idx + start, root_idx=i.root_idx) for i in idxs if i.idx < size]
+        return [HybridIndex(idx=i.idx - start, root_idx=i.root_idx) for i in idxs if start <= i.idx < start + size]
 
 
 class RearrangeMapping:
@@ -45,16 +46,16 @@ class RearrangeMapping:
     def __init__(self, layout: str, repeat: int, width: Callable[[], int], reverse: bool) -> None:
         self.layout, self.repeat, self.width, self.reverse = layout, repeat, width, reverse
 
-    def __call__(self, idxs: Sequence[_HybridIndex]) -> list[_HybridIndex]:
+    def __call__(self, idxs: Sequence[HybridIndex]) -> list[HybridIndex]:
         r = self.repeat
         if self.layout == "block":
             if self.reverse:
-                return list({_HybridIndex(idx=i.idx // r, root_idx=i.root_idx): None for i in idxs})
-            return [_HybridIndex(idx=i.idx * r + j, root_idx=i.root_idx) for i in idxs for j in range(r)]
+                return list({HybridIndex(idx=i.idx // r, root_idx=i.root_idx): None for i in idxs})
+            return [HybridIndex(idx=i.idx * r + j, root_idx=i.root_idx) for i in idxs for j in range(r)]
         channels = self.width() // r
         if self.reverse:
-            return list({_HybridIndex(idx=i.idx % channels, root_idx=i.root_idx): None for i in idxs})
-        return [_HybridIndex(idx=j * channels + i.idx, root_idx=i.root_idx) for j in range(r) for i in idxs]
+            return list({HybridIndex(idx=i.idx % channels, root_idx=i.root_idx): None for i in idxs})
+        return [HybridIndex(idx=j * channels + i.idx, root_idx=i.root_idx) for j in range(r) for i in idxs]
 
 
 class ReorderMapping:
@@ -68,11 +69,11 @@ class ReorderMapping:
     def __init__(self, repeat: int, width: Callable[[], int], to_block: bool) -> None:
         self.repeat, self.width, self.to_block = repeat, width, to_block
 
-    def __call__(self, idxs: Sequence[_HybridIndex]) -> list[_HybridIndex]:
+    def __call__(self, idxs: Sequence[HybridIndex]) -> list[HybridIndex]:
         r, channels = self.repeat, self.width() // self.repeat
         if self.to_block:
-            return [_HybridIndex(idx=(i.idx % channels) * r + i.idx // channels, root_idx=i.root_idx) for i in idxs]
-        return [_HybridIndex(idx=(i.idx % r) * channels + i.idx // r, root_idx=i.root_idx) for i in idxs]
+            return [HybridIndex(idx=(i.idx % channels) * r + i.idx // channels, root_idx=i.root_idx) for i in idxs]
+        return [HybridIndex(idx=(i.idx % r) * channels + i.idx // r, root_idx=i.root_idx) for i in idxs]
 
 
 class Chain:
@@ -81,7 +82,7 @@ class Chain:
     def __init__(self, *mappings: IndexMapping) -> None:
         self.mappings = mappings
 
-    def __call__(self, idxs: Sequence[_HybridIndex]) -> list[_HybridIndex]:
+    def __call__(self, idxs: Sequence[HybridIndex]) -> list[HybridIndex]:
         for mapping in self.mappings:
             idxs = mapping(idxs)
         return list(idxs)

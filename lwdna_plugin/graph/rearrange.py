@@ -19,9 +19,9 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import ops
-from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
 
 from .index_mapping import RearrangeMapping, ReorderMapping, between, wire
+from .internals import FlattenIndexMapping
 
 # Autograd ops that only move elements (or pad them): a chain of them maps channels one to one.
 _REARRANGE = {
@@ -195,7 +195,7 @@ def _tp_mapped(chain: list[tp.dependency.Node]) -> list[tp.dependency.Node]:
         if n.type != ops.OPTYPE.RESHAPE:
             continue
         deps = [d for other in n.inputs + n.outputs for d in (*between(n, other), *between(other, n))]
-        if any(isinstance(m, _FlattenIndexMapping) for d in deps for m in d.index_mapping):
+        if any(isinstance(m, FlattenIndexMapping) for d in deps for m in d.index_mapping):
             mapped.append(n)
     return mapped
 
@@ -207,7 +207,7 @@ def _unmap(nodes: list[tp.dependency.Node]) -> None:
         n.type = ops.OPTYPE.ELEMENTWISE
         for other in n.inputs + n.outputs:
             for dep in (*between(n, other), *between(other, n)):
-                dep.index_mapping = [None if isinstance(m, _FlattenIndexMapping) else m for m in dep.index_mapping]
+                dep.index_mapping = [None if isinstance(m, FlattenIndexMapping) else m for m in dep.index_mapping]
 
 
 def map_rearrangement(dg: tp.DependencyGraph, node: tp.dependency.Node, seen: set) -> None:

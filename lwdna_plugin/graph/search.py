@@ -18,9 +18,9 @@ from functools import partial
 import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import ops
-from torch_pruning._helpers import _HybridIndex
 
 from .constants import PASS_THROUGH
+from .internals import HybridIndex, module_name
 
 # Dependency steps one group search may take: DenseNet-121 needs about 500 and ResNet-50 under 100;
 # a search circling through ops that mix channels with other dimensions can run for hours.
@@ -88,16 +88,14 @@ class BoundedSearch:
         except (TypeError, IndexError, KeyError, ArithmeticError) as err:
             # An index mapping torch-pruning built from sizes it could not read (a concatenation
             # offset of None, a head dimension of 0): the coupling is unknown, so the group keeps its width.
-            raise SearchStalled(
-                self.dg._module2name.get(root, "?"), self.reached, f"{type(err).__name__}: {err}"
-            ) from err
+            raise SearchStalled(module_name(self.dg, root, "?"), self.reached, f"{type(err).__name__}: {err}") from err
         finally:
             self.active = False
         if self.steps > SEARCH_STEPS or self.indices > self.budget:
-            raise SearchStalled(self.dg._module2name.get(root, "?"), self.reached)
+            raise SearchStalled(module_name(self.dg, root, "?"), self.reached)
         return group, list(self.overflow)
 
-    def bound(self, dep: tp.dependency.Dependency, idxs: Sequence[_HybridIndex]) -> Sequence[_HybridIndex]:
+    def bound(self, dep: tp.dependency.Dependency, idxs: Sequence[HybridIndex]) -> Sequence[HybridIndex]:
         """Count one step of the search into `dep`'s target and drop indices past its width."""
         if self.active and dep.target.module in self.per_head and dep.source.module not in self.per_head:
             # Reached through the attention logits, whose second dimension torch-pruning takes
@@ -139,13 +137,13 @@ class _BoundedMappings(list):
                 yield mapping
         yield self._bound
 
-    def _within_budget(self, mapping: Callable, stride: int, idxs: Sequence[_HybridIndex]) -> Sequence[_HybridIndex]:
+    def _within_budget(self, mapping: Callable, stride: int, idxs: Sequence[HybridIndex]) -> Sequence[HybridIndex]:
         if self.search.active and self.search.indices + len(idxs) * stride > self.search.budget:
             self.search.indices = self.search.budget + 1  # over the budget: `run` reports the search stalled
             return []
         return mapping(idxs)
 
-    def _bound(self, idxs: Sequence[_HybridIndex]) -> Sequence[_HybridIndex]:
+    def _bound(self, idxs: Sequence[HybridIndex]) -> Sequence[HybridIndex]:
         return self.search.bound(self.dep, idxs)
 
 

@@ -20,6 +20,7 @@ from torch_pruning import ops
 from torch_pruning.dependency import shape_infer
 
 from ..modes import in_mode
+from .internals import HookedDependencyGraph, check_internals
 from .rearrange import map_rearrangement
 from .splits import MappedSplits, map_concat_inputs, map_splits
 
@@ -36,7 +37,7 @@ class Trace:
     splits: MappedSplits
 
 
-class _DependencyGraph(tp.DependencyGraph):
+class _DependencyGraph(HookedDependencyGraph):
     """torch-pruning's graph, with concatenation sizes it cannot infer read off autograd.
 
     torch-pruning sizes each input of a concatenation by walking the graph; through a slice of
@@ -44,8 +45,7 @@ class _DependencyGraph(tp.DependencyGraph):
     records the shape of every tensor it passed, so those sizes are taken from there.
     """
 
-    def _build_dependency(self, module2node: dict) -> None:
-        super()._build_dependency(module2node)
+    def after_dependency(self, module2node: dict) -> None:
         # Concatenations neither torch-pruning nor autograd can size (inputs sliced from the model
         # input, as a space-to-depth stem does): torch-pruning would fail summing their sizes, so
         # they are treated as element-wise, and every group through one is left at its width.
@@ -147,6 +147,7 @@ def _followed_by_autograd(model: nn.Module) -> Iterator[None]:
 
 def trace(model: nn.Module, example_inputs: torch.Tensor) -> Trace:
     """Build torch-pruning's graph of `model` and install the index mappings it lacks."""
+    check_internals()
     outputs: list[tuple[nn.Module, int]] = []
     leaves: list[tuple[nn.Module, object, int]] = []
     known = tuple(ops.type2class(t) for t in tp.DependencyGraph().REGISTERED_PRUNERS if ops.type2class(t))
