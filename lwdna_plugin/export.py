@@ -7,7 +7,6 @@ it afresh, then checks every tensor shape against the spec: nothing is unpickled
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .adapter import REPLACED_TIMM, Recipe, check_input, copy_model, mmengine_recipe, model_device
+from .adapter import Recipe, check_input, copy_model, keep_timm_entrypoint, mmengine_recipe, model_device
 from .flops import FLOP_CONVENTION
 from .graph import GroupGraph
 from .initialise import initialise
@@ -280,7 +279,7 @@ def register_timm(spec: str | Path | Mapping[str, Any], name: str, overwrite: bo
     spec named so is still built by timm's own constructor, so nothing recurses.
     """
     import timm
-    from timm.models import get_pretrained_cfg, model_entrypoint, register_model
+    from timm.models import model_entrypoint, register_model
 
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"name={name!r}: give a Python identifier, such as 'resnet18_lwdna'")
@@ -291,10 +290,8 @@ def register_timm(spec: str | Path | Mapping[str, Any], name: str, overwrite: bo
                 f"timm already has a model named {name!r}: registering over it would replace it for the whole "
                 f"process. Choose another name (such as '{name}_lwdna') or pass overwrite=True"
             )
-        current = model_entrypoint(name)
-        if current.__module__ != __name__:  # timm's own, not an LW-DNA model registered earlier
-            # Its pretrained config goes with it: timm drops the config of a name registered over.
-            REPLACED_TIMM.setdefault(name, functools.partial(current, pretrained_cfg=get_pretrained_cfg(name)))
+        if model_entrypoint(name).__module__ != __name__:  # timm's own, not an LW-DNA model registered earlier
+            keep_timm_entrypoint(name)
 
     def entrypoint(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         if pretrained:
