@@ -1,6 +1,7 @@
 """lwdna_plugin: dissimilate timm (and mmengine) models into layer-wise different widths (LW-DNA).
 
-The pipeline, one module per stage: adapter -> widen -> score -> budget -> shrink -> export.
+The pipeline, one module per stage, as `dissimilate` runs it (`api.py` over `phases.py`):
+adapter -> graph -> widen -> score -> budget -> search -> shrink -> export.
 """
 
 __version__ = "0.1.0.dev0"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -50,8 +51,15 @@ class Floors:
 
 
 RANKINGS = ("saliency", "flops", "uniform")
-# A further cost the plan must respect: (cost model of the widths, its maximum).
-Limit = tuple[Callable[[np.ndarray], float], float]
+
+
+class Limit(NamedTuple):
+    """A further cost a plan must respect: a cost model of the width vector and its maximum."""
+
+    cost: Callable[[np.ndarray], float]
+    most: float
+
+
 _SI = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 
 

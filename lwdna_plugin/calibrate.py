@@ -8,7 +8,7 @@ or the FLOP target binds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,14 +16,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .budget import Floors, Plan, floor_widths
+from .budget import Floors, Limit, Plan, floor_widths
 from .flops import FlopModel
 from .graph import ChannelGroup, GroupGraph
-from .latency import LatencyBudget, LatencyModel, latency_models, ratio_interval, time_samples
-from .shrink import Candidate
-from .stages import StageTimer
+from .latency import LatencyBudget, latency_models, ratio_interval, time_samples
+from .shrink import Candidate, Shrinker
 
-Limits = list[tuple[LatencyModel, float]]  # (latency model of one batch size, its most seconds): as `plan_widths` takes
+# Latency limits: (latency model of one batch size, its most seconds), as `plan_widths` takes them.
+Limits = list[Limit]
 
 
 @dataclass
@@ -76,24 +76,22 @@ class Calibration:
         models = latency_models(flop_model, base, graph.model, base_widths, shape, budget)
         lowest = floor_widths(graph, scores, flop_model, floors, round_to)
         calibration = cls(budget, base, tuple(shape), lowest, [])
-        calibration.limits = calibration.above_floors([(m, budget.aim * m.base_seconds) for m in models])
+        calibration.limits = calibration.above_floors([Limit(m, budget.aim * m.base_seconds) for m in models])
         return calibration
 
     def above_floors(self, limits: Limits) -> Limits:
         """Limits raised to at least what the floors' widths are predicted to cost: a prediction
         is not a measurement, so a limit below it plans the fastest model the floors allow, and
         the timing against the original decides."""
-        return [(m, max(limit, m(self.lowest))) for m, limit in limits]
+        return [Limit(m, max(limit, m(self.lowest))) for m, limit in limits]
 
-    def meet(
-        self, candidate: Candidate, attempt: Callable[[Limits], Candidate], target: int, timer: StageTimer
-    ) -> Timed:
+    def meet(self, candidate: Candidate, shrinker: Shrinker) -> Timed:
         """Time candidates and rescale the limits until the aim is met (see the module).
 
-        `attempt(limits)` shrinks anew under the given limits. Returns the candidate that met the
-        aim with the most FLOPs, or the fastest one if none did. Timing is charged to "latency".
+        `shrinker` shrinks anew under the rescaled limits. Returns the candidate that met the aim
+        with the most FLOPs, or the fastest one if none did. Timing is charged to "latency".
         """
-        budget, limits = self.budget, self.limits
+        budget, limits, target, timer = self.budget, self.limits, shrinker.target, shrinker.timer
         best = fastest = None
         for round_ in range(budget.rounds):
             with timer("latency"):
@@ -106,9 +104,9 @@ class Calibration:
             close = timed.worst >= 0.97 * budget.aim or candidate.flops >= 0.995 * target
             if round_ == budget.rounds - 1 or (met and close):
                 break
-            limits = [(m, limit * budget.aim / timed.ratios[m.batch]) for m, limit in limits]
+            limits = [Limit(m, limit * budget.aim / timed.ratios[m.batch]) for m, limit in limits]
             try:
-                candidate = attempt(self.above_floors(limits))
+                candidate = shrinker.under(self.above_floors(limits))
             except ValueError:
                 break  # re-planning under fvcore's count went below the FLOP floors: keep what was found
         return best or fastest

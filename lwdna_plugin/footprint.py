@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from .arguments import is_number
-from .budget import Floors, Plan, floor_widths
+from .budget import Floors, Limit, Plan, floor_widths
 from .flops import FlopModel, _lookup
 from .graph import ChannelGroup, GroupGraph
 from .modes import in_mode
@@ -143,15 +143,15 @@ def footprint_limits(
     costs: dict[str, LayerCost],
     reference: np.ndarray,
     lowest: np.ndarray,
-) -> list[tuple[LayerCost, float]]:
-    """(cost, most allowed) per limited quantity: its multiple of the reference widths' cost,
+) -> list[Limit]:
+    """A limit per limited quantity: its multiple of the reference widths' cost,
     raised to what the floors' widths cost (the floors decide below that, as they would anyway)."""
     limits = []
     for kind in costs:
         multiple = getattr(footprint, kind)
         if multiple is not None:
             cost = costs[kind]
-            limits.append((cost, max(multiple * cost(reference), cost(lowest))))
+            limits.append(Limit(cost, max(multiple * cost(reference), cost(lowest))))
     return limits
 
 
@@ -169,7 +169,7 @@ class FootprintPlan:
     costs: dict[str, LayerCost]
     reference: np.ndarray  # widths whose costs the limits are multiples of
     uniform: np.ndarray  # the original thinned (or widened) uniformly to the FLOP target
-    limits: list[tuple[LayerCost, float]]
+    limits: list[Limit]
     flop_model: FlopModel
 
     @classmethod

@@ -16,6 +16,7 @@ from .graph import GroupGraph
 from .initialise import initialise
 from .memory import MicroBatch
 from .score import Criterion, LossFn, score_channels
+from .warmup import WarmingUp
 
 
 def score_initialisations(
@@ -30,19 +31,19 @@ def score_initialisations(
     create: Callable[[], nn.Module] | None,
     progress: bool = False,
     example: torch.Tensor | None = None,
-    before: Callable[[], object] | None = None,
+    warming: WarmingUp | None = None,
     micro_batch: MicroBatch | int | str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Score `graph.model` as it is, then `inits - 1` re-initialisations of it (seeds `seed + 1`,
-    ...), and average them rank by rank (`average_inits`). `before()` runs on each draw before
-    it is scored (a warm-up); `micro_batch` as in `score_channels`."""
+    ...), and average them rank by rank (`average_inits`). `warming` warms up each draw before
+    it is scored; `micro_batch` as in `score_channels`."""
     per_init = []
     for k in range(inits):
         if k:
             torch.manual_seed(seed + k)
             initialise(graph.model, create)
-        if before is not None:
-            before()
+        if warming is not None:
+            warming.run(graph.model)
         per_init.append(
             score_channels(
                 graph, criterion, batches, loss_fn, aggregate, progress, example=example, micro_batch=micro_batch

@@ -3,18 +3,20 @@ count of the result is at or under the FLOP target."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import dataclasses
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from .adapter import copy_model
-from .budget import Plan
+from .budget import Limit, Plan
 from .flops import count_flops
 from .graph import GroupGraph
 from .graph.constants import INPUT_SUFFIX
 from .modes import in_mode
+from .planner import Planner
 from .resize import resize
 from .stages import StageTimer
 from .widen import WIDEN_ERRORS, breaking_groups, first_line
@@ -40,13 +42,14 @@ class Candidate:
 def shrink_to_target(
     wide: nn.Module,
     plan: Plan,
-    replan: Callable[[float], Plan],
+    planner: Planner,
     target: int,
     example: torch.Tensor,
     ignore: Iterable[str],
     timer: StageTimer,
 ) -> Candidate:
-    """Shrink a copy of `wide` to the plan; if fvcore counts more than the target, re-plan lower.
+    """Shrink a copy of `wide` to the plan; if fvcore counts more than the target, re-plan lower
+    with `planner`.
 
     The analytic model treats a few width-dependent ops (pooling, some element-wise ones) as
     constant, so each round corrects the planned target by the measured ratio. Re-planning is
@@ -62,8 +65,32 @@ def shrink_to_target(
             return Candidate(lw, plan, achieved)
         planned *= target / achieved
         with timer("search"):
-            plan = replan(planned)
+            plan = planner.plan(planned)
     raise RuntimeError(f"could not get under {target:,} FLOPs (last try {achieved:,}); please report this model")
+
+
+@dataclass(frozen=True)
+class Shrinker:
+    """Shrinks the widened model to the FLOP target under a planner's plans: the shrink stage's
+    state, handed to the latency calibration, which shrinks again under other limits."""
+
+    wide: nn.Module
+    planner: Planner
+    target: int
+    example: torch.Tensor
+    ignore: tuple[str, ...]
+    timer: StageTimer
+
+    def shrink(self, plan: Plan) -> Candidate:
+        """A candidate shrunk to `plan`, re-planned lower until fvcore counts it under the target."""
+        return shrink_to_target(self.wide, plan, self.planner, self.target, self.example, self.ignore, self.timer)
+
+    def under(self, limits: Sequence[Limit]) -> Candidate:
+        """A candidate planned and shrunk anew under other latency limits."""
+        planner = self.planner.under(limits)
+        with self.timer("search"):
+            plan = planner.plan(self.target)
+        return dataclasses.replace(self, planner=planner).shrink(plan)
 
 
 def check_shrunk_runs(lw: nn.Module, wide: nn.Module, plan: Plan, example: torch.Tensor, ignore: Iterable[str]) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,6 +23,7 @@ import torch.nn as nn
 from .data import Batch
 from .modes import in_mode
 from .score import check_loss
+from .stages import StageTimer
 
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 
@@ -98,6 +99,23 @@ def warm_up(
         finally:
             optimizer.zero_grad(set_to_none=True)
     return WarmupCost(warmup.steps, images, images * cost_ratio)
+
+
+@dataclass
+class WarmingUp:
+    """The warm-up of each scored draw of the widened model (charged to the timer's "warmup"
+    stage), and what each cost: the score stage's state, handed to `score_initialisations`."""
+
+    warmup: Warmup
+    batches: Sequence[Batch]
+    loss_fn: LossFn
+    cost_ratio: float  # the widened model's FLOPs over the original's
+    timer: StageTimer
+    spent: list[WarmupCost] = field(default_factory=list)
+
+    def run(self, model: nn.Module) -> None:
+        with self.timer("warmup"):
+            self.spent.append(warm_up(model, self.warmup, self.batches, self.loss_fn, self.cost_ratio))
 
 
 def _count(batch: Any) -> int:

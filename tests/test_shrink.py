@@ -8,6 +8,7 @@ import torch
 
 import lwdna_plugin as lw
 from conftest import IMG
+from lwdna_plugin.planner import Planner
 from lwdna_plugin.shrink import shrink, shrink_to_target
 from lwdna_plugin.stages import StageTimer
 
@@ -39,12 +40,14 @@ def test_replans_lower_when_the_count_is_over_the_target():
     over = lw.plan_widths(graph, scores, flop_model, 1.05 * target)
     calls = []
 
-    def replan(flops):
-        calls.append(flops)
-        return lw.plan_widths(graph, scores, flop_model, flops)
+    class Recording(Planner):
+        def plan(self, target):
+            calls.append(target)
+            return super().plan(target)
 
+    planner = Recording(graph, scores, flop_model, lw.Floors(), 1, "saliency")
     with timer("shrink"):
-        candidate = shrink_to_target(wide, over, replan, target, X, (), timer)
+        candidate = shrink_to_target(wide, over, planner, target, X, (), timer)
     assert calls and calls[0] < target
     assert candidate.flops == lw.count_flops(candidate.model, X) <= target
     assert timer.seconds["search"] > 0
