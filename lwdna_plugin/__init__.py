@@ -13,7 +13,7 @@ from . import command_env  # noqa: F401
 from . import cifar_densenet, cifar_resnet
 from .adapter import ZOOS, Recipe
 from .api import dissimilate
-from .budget import RANKINGS, Floors, floor_widths, parse_flops, plan_widths
+from .budget import RANKINGS, Floors, floor_widths, parse_flops
 from .data import load_batches, load_fashion_mnist
 from .export import Result, build, load_spec, register_timm
 from .flops import FLOP_CONVENTION, FlopModel, count_flops, count_params
@@ -23,6 +23,7 @@ from .grow import GROWERS, BaseGrowFunc
 from .kernels import KernelHazard, cpu_kernel_hazards, to_memory_format, training_memory_format
 from .latency import LatencyBudget, LatencyModel
 from .memory import MicroBatch
+from .planner import plan_widths
 from .report import Report
 from .resize import resize
 from .score import CRITERIA, score_channels

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .budget import Floors, Limit, Plan, floor_widths
+from .budget import Floors, Limit, floor_widths
 from .flops import FlopModel
 from .graph import ChannelGroup, GroupGraph
 from .latency import LatencyBudget, latency_models, ratio_interval, time_samples
+from .planner import Plan
 from .shrink import Candidate, Shrinker
 
 # Latency limits: (latency model of one batch size, its most seconds), as `plan_widths` takes them.

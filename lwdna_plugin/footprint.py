@@ -25,10 +25,11 @@ import torch
 import torch.nn as nn
 
 from .arguments import is_number
-from .budget import Floors, Limit, Plan, floor_widths
+from .budget import Floors, Limit, floor_widths
 from .flops import FlopModel, _lookup
 from .graph import ChannelGroup, GroupGraph
 from .modes import in_mode
+from .planner import Plan
 
 
 @dataclass(frozen=True)

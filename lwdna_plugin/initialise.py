@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import threading
 from collections.abc import Callable, Iterator
 
 import torch
@@ -33,28 +34,64 @@ _SHAPE_ARGS: dict[type, Callable[[nn.Module], dict]] = {
 }
 
 
+class _Patched(threading.local):
+    """The calling thread's `on_init` while it runs a constructor under `_patched_layers`."""
+
+    on_init: Callable[[nn.Module, type, inspect.BoundArguments], None] | None = None
+
+
+_ACTIVE = _Patched()
+# The patched constructors are installed once for all threads that patch at the same time, and
+# removed when the last one is done (`_USERS` counts them; `_LOCK` guards both).
+_LOCK = threading.Lock()
+_USERS = 0
+_ORIGINALS: dict[type, Callable] = {}
+
+
+def _make(cls: type, original: Callable) -> Callable:
+    signature = inspect.signature(original)
+
+    def __init__(self, *args, **kwargs):
+        on_init = _ACTIVE.on_init
+        if on_init is None:  # another thread, or outside `_patched_layers`: the layer as it was
+            return original(self, *args, **kwargs)
+        bound = signature.bind(self, *args, **kwargs)
+        on_init(self, cls, bound)
+        original(*bound.args, **bound.kwargs)
+
+    return __init__
+
+
 @contextlib.contextmanager
 def _patched_layers(on_init: Callable[[nn.Module, type, inspect.BoundArguments], None]) -> Iterator[None]:
-    """Call `on_init(layer, cls, bound_args)` before each patched layer constructor runs."""
-    originals = {cls: cls.__init__ for cls in _SHAPE_ARGS}
+    """Call `on_init(layer, cls, bound_args)` before each patched layer constructor runs in this
+    thread, until the block ends, by an error too.
 
-    def make(cls: type, original: Callable) -> Callable:
-        signature = inspect.signature(original)
-
-        def __init__(self, *args, **kwargs):
-            bound = signature.bind(self, *args, **kwargs)
-            on_init(self, cls, bound)
-            original(*bound.args, **bound.kwargs)
-
-        return __init__
-
+    The layer classes' `__init__` is replaced process-wide while any thread is inside such a
+    block, but the replacement acts only for the thread that entered it: other threads building
+    layers meanwhile get the original constructors' behaviour (thread-safe). A block inside a
+    block of the same thread is refused, since the outer one's records would be mixed in.
+    """
+    global _USERS
+    if _ACTIVE.on_init is not None:
+        raise RuntimeError("initialise: a zoo constructor re-entered `initialise` (nested constructor patching)")
+    with _LOCK:
+        if _USERS == 0:
+            _ORIGINALS.update({cls: cls.__init__ for cls in _SHAPE_ARGS})
+            for cls, original in _ORIGINALS.items():
+                cls.__init__ = _make(cls, original)
+        _USERS += 1
+    _ACTIVE.on_init = on_init
     try:
-        for cls, original in originals.items():
-            cls.__init__ = make(cls, original)
         yield
     finally:
-        for cls, original in originals.items():
-            cls.__init__ = original
+        _ACTIVE.on_init = None
+        with _LOCK:
+            _USERS -= 1
+            if _USERS == 0:
+                for cls, original in _ORIGINALS.items():
+                    cls.__init__ = original
+                _ORIGINALS.clear()
 
 
 def _construct(create: Callable[[], nn.Module], shapes: list[dict | None] | None) -> tuple[nn.Module, list]:

@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from .adapter import default_loss, model_device
 from .arguments import is_number
-from .budget import RANKINGS, Floors, Plan, check_flop_target, check_round_to, is_fraction, parse_flops
+from .budget import RANKINGS, Floors, check_flop_target, check_round_to, is_fraction, parse_flops
 from .calibrate import Calibration
 from .caller import warn_caller
 from .data import Batch
@@ -44,7 +44,7 @@ from .inputs import check_device, check_ignored, prepare_inputs
 from .kernels import hazard_notes
 from .latency import LatencyBudget
 from .memory import AUTO, MicroBatch, check_widening_fits
-from .planner import Planner
+from .planner import Plan, Planner
 from .report import Report, identification_notes, layer_rows
 from .score import Criterion, LossFn
 from .shrink import Shrinker

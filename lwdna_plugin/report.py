@@ -8,8 +8,8 @@ from pathlib import Path
 import torch.nn as nn
 from torch_pruning import ops
 
-from .budget import Plan
 from .graph import Depth, Why
+from .planner import Plan
 
 
 @dataclass

@@ -11,12 +11,12 @@ import torch
 import torch.nn as nn
 
 from .adapter import copy_model
-from .budget import Limit, Plan
+from .budget import Limit
 from .flops import count_flops
 from .graph import GroupGraph
 from .graph.constants import INPUT_SUFFIX
 from .modes import in_mode
-from .planner import Planner
+from .planner import Plan, Planner
 from .resize import resize
 from .stages import StageTimer
 from .widen import WIDEN_ERRORS, breaking_groups, first_line

@@ -69,7 +69,7 @@ def test_flop_model_matches_fvcore_after_resize():
 def test_flops_ranking_cuts_expensive_channels_first():
     """With every channel scored alike, the raw threshold cannot tell groups apart; ranking per
     FLOP keeps a larger share of the cheapest channels than of the most expensive ones."""
-    from lwdna_plugin.budget import _Space
+    from lwdna_plugin.planner import _Space
 
     graph = _widened_graph("resnet18")
     model = lw.FlopModel(graph, X)

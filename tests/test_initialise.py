@@ -175,3 +175,31 @@ def test_the_result_of_a_partly_frozen_model_is_wholly_trainable(batches):
     result = lw.dissimilate(model, data=batches)
     assert all(p.requires_grad for p in result.model.parameters())
     assert not model.conv1.weight.requires_grad  # the caller's model keeps its flags
+
+
+def test_other_threads_build_layers_as_they_were_while_one_thread_initialises():
+    import threading
+
+    inside, release = threading.Event(), threading.Event()
+    built = {}
+
+    def create():
+        # Runs under the patched constructors: let the other thread build a layer meanwhile.
+        model = nn.Sequential(nn.Conv2d(3, 4, 1))
+        inside.set()
+        assert release.wait(30)
+        return model
+
+    def other():
+        assert inside.wait(30)
+        built["conv"] = nn.Conv2d(5, 7, 3)
+        release.set()
+
+    original = nn.Conv2d.__init__
+    model = nn.Sequential(nn.Conv2d(3, 8, 1))  # its shape is what `create` is told to build
+    thread = threading.Thread(target=other)
+    thread.start()
+    initialise(model, create)
+    thread.join()
+    assert (built["conv"].in_channels, built["conv"].out_channels) == (5, 7)
+    assert nn.Conv2d.__init__ is original
