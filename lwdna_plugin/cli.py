@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .api import DEFAULTS, dissimilate
+from .api import DEFAULTS, Result, dissimilate
 from .budget import RANKINGS, Floors
 from .data import image_size, load_batches, num_classes
 from .footprint import Footprint
@@ -30,6 +30,16 @@ def _parser() -> argparse.ArgumentParser:
         "dissimilate",
         help="widen, score at init, shrink to a FLOP budget; write spec.json, report.md, channels.png",
     )
+    _add_model_and_data(d)
+    _add_identification(d)
+    _add_budget(d)
+    _add_output(d)
+    _add_export(sub)
+    return parser
+
+
+def _add_model_and_data(d: argparse.ArgumentParser) -> None:
+    """What to dissimilate, on which batches, at which input size."""
     d.add_argument("model", nargs="?", help="timm model name, e.g. resnet18 (or give --mm-config)")
     d.add_argument(
         "--mm-config",
@@ -63,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
         help="input resolution for scoring and FLOPs: one number (square) or HEIGHTxWIDTH, e.g. 64x96 (default 64)",
     )
     d.add_argument("--num-classes", type=int, help="classifier size (default: from the data)")
+
+
+def _add_identification(d: argparse.ArgumentParser) -> None:
+    """How channels are scored and ranked."""
     d.add_argument(
         "--criterion", choices=CRITERIA, help="channel scores (default: gate with --data, synflow with --data none)"
     )
@@ -92,6 +106,10 @@ def _parser() -> argparse.ArgumentParser:
         help="SGD steps to train the widened model on further batches of --data before scoring (default 0: none)",
     )
     d.add_argument("--warmup-lr", type=float, default=Warmup.lr, help=f"the warm-up's learning rate ({Warmup.lr})")
+
+
+def _add_budget(d: argparse.ArgumentParser) -> None:
+    """What the widths may spend: floors, rounding, latency and footprint limits."""
     d.add_argument(
         "--floor",
         type=float,
@@ -147,14 +165,19 @@ def _parser() -> argparse.ArgumentParser:
         "so no more data moved), keeping at least 0.95 of the FLOP target; 'none' plans on FLOPs alone, "
         "'none' for one of the two leaves it free",
     )
+
+
+def _add_output(d: argparse.ArgumentParser) -> None:
     d.add_argument("--seed", type=int, default=0, help="seed of initialisation and scoring (default 0)")
     d.add_argument("--out", required=True, help="output directory")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("export", help="write an LW-DNA spec as a standalone PyTorch module (no lwdna_plugin needed)")
     e.add_argument("spec", help="spec.json written by `lwdna dissimilate` (or its directory)")
     e.add_argument("--python", required=True, help="output .py file")
     e.add_argument("--class-name", help="class name (default: LWDNA + the base model's name)")
-    return parser
 
 
 def _footprint(text: str) -> Footprint | None:
@@ -260,31 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lwdna: error: --out {args.out}: {problem}", file=sys.stderr)
         return 2
     try:
-        model, data, model_kwargs = _mmengine_job(args) if args.mm_config else _timm_job(args)
-        result = dissimilate(
-            model,
-            width=args.width,
-            flops=_flops(args.flops),
-            data=data,
-            batches=args.batches,
-            score_batch_size=args.score_batch_size,
-            criterion=args.criterion or ("synflow" if data is None else "gate"),
-            input_size=(3, *args.img_size) if data is None else None,
-            aggregate=args.aggregate,
-            ranking=args.ranking,
-            inits=args.inits,
-            warmup=Warmup(args.warmup, lr=args.warmup_lr) if args.warmup else None,
-            floors=Floors(args.floor, args.classifier_floor, args.min_channels),
-            round_to=args.round_to,
-            seed=args.seed,
-            model_kwargs=model_kwargs,
-            device=args.device,
-            progress=not args.quiet,
-            latency=LatencyBudget(args.latency, tuple(args.latency_batch), margin=args.latency_margin)
-            if args.latency is not None
-            else None,
-            footprint=args.footprint,
-        )
+        result = _dissimilate(args)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         print(f"lwdna: error: {err}", file=sys.stderr)
         return 2
@@ -293,6 +292,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:
         print(f"lwdna: error: --out {args.out}: cannot write the results ({err})", file=sys.stderr)
         return 2
+    _summary(result)
+    print(f"wrote {out / 'spec.json'}, {out / 'report.md'}, {out / 'channels.png'}")
+    return 0
+
+
+def _dissimilate(args: argparse.Namespace) -> Result:
+    """`dissimilate` with the command line's arguments."""
+    model, data, model_kwargs = _mmengine_job(args) if args.mm_config else _timm_job(args)
+    return dissimilate(
+        model,
+        width=args.width,
+        flops=_flops(args.flops),
+        data=data,
+        batches=args.batches,
+        score_batch_size=args.score_batch_size,
+        criterion=args.criterion or ("synflow" if data is None else "gate"),
+        input_size=(3, *args.img_size) if data is None else None,
+        aggregate=args.aggregate,
+        ranking=args.ranking,
+        inits=args.inits,
+        warmup=Warmup(args.warmup, lr=args.warmup_lr) if args.warmup else None,
+        floors=Floors(args.floor, args.classifier_floor, args.min_channels),
+        round_to=args.round_to,
+        seed=args.seed,
+        model_kwargs=model_kwargs,
+        device=args.device,
+        progress=not args.quiet,
+        latency=LatencyBudget(args.latency, tuple(args.latency_batch), margin=args.latency_margin)
+        if args.latency is not None
+        else None,
+        footprint=args.footprint,
+    )
+
+
+def _summary(result: Result) -> None:
+    """The lines printed after a run: FLOPs, parameters, depth, footprint and latency."""
     f = result.report.flops
     print(
         f"{result.report.model}: FLOPs {f['lwdna']:,} / original {f['original']:,} ({f['lwdna'] / f['original']:.4f}) "
@@ -311,8 +346,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ratios = result.spec["achieved"].get("latency_ratios")
     if ratios:
         print("latency vs the original: " + ", ".join(f"{r:.3f}x at batch {b}" for b, r in ratios.items()))
-    print(f"wrote {out / 'spec.json'}, {out / 'report.md'}, {out / 'channels.png'}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -33,27 +33,8 @@ def resize(
     GroupNorm: the new zeros count). A group read by a grouped conv keeps (and by default drops,
     or grows) the same number of channels in each conv group.
     """
-    if not isinstance(graph, GroupGraph):
-        raise TypeError(
-            f"resize(graph, widths): graph must be a GroupGraph(model, example_inputs), got {type(graph).__name__}"
-        )
-    if not isinstance(widths, Mapping):
-        raise TypeError(
-            f"resize(graph, widths): widths must map group keys to channel counts, got {type(widths).__name__}"
-        )
-    for key, target in widths.items():
-        if isinstance(target, bool) or not isinstance(target, int):
-            raise ValueError(f"channel group {key!r}: width {target!r} must be a whole number of channels")
+    _check_widths(graph, widths)
     keep = keep or {}
-    ties: dict[str, tuple[str, int]] = {}
-    for key, target in widths.items():
-        tie = graph.group(key).tie
-        if tie is not None and ties.setdefault(tie, (key, target))[1] != target:
-            other = ties[tie][0]
-            raise ValueError(
-                f"channel groups {other!r} and {key!r} are tied to one width (equal pieces of one split); "
-                f"give them the same width, not {ties[tie][1]} and {target}"
-            )
     for key, target in widths.items():
         group, tp_group = graph.refresh(key)
         if target == group.size:
@@ -65,32 +46,15 @@ def resize(
                 f"channel group {key!r}: width {target} must be a positive multiple of {group.divisor} "
                 "(its grouped layers' group count)"
             )
-        extras = _extra_tensors(graph, tp_group)
         if target < group.size:
             # Without a keep list: the leading channels (of each block), as all scores tie.
             kept = sorted(keep[key]) if key in keep else top_channels(torch.zeros(group.size), target, group.balance)
             if len(kept) != target:
                 raise ValueError(f"channel group {key!r}: keep lists {len(kept)} channels, width is {target}")
-            removed = set(range(group.size)) - set(kept)
-            tp_removal = graph.tp_group(key, sorted(removed))
-            # A transposed conv's inputs are whole rows of its weight, which torch-pruning removes right.
-            grouped = [
-                item
-                for item in tp_removal
-                if _grouped_conv_input(graph.dg, item) and not item.dep.target.module.transposed
-            ]
-            drop_items(tp_removal, grouped)
-            with _placeholder_biases(tp_removal):
-                tp_removal.prune(record_history=False)
-            for item in grouped:
-                _prune_grouped_conv_input(item.dep.target.module, item.idxs)
-            for module, attr, positions, roots in extras:
-                gone = {p for p, r in zip(positions, roots, strict=True) if r in removed}
-                _replace(
-                    module, attr, -len(gone), lambda t, gone=gone: t[[i for i in range(t.shape[0]) if i not in gone]]
-                )
+            _prune(graph, key, tp_group, set(range(group.size)) - set(kept))
         else:
             n = target - group.size
+            extras = _extra_tensors(graph, tp_group)
             _grow(graph, tp_group, group.size, n, group.balance)
             for module, attr, positions, roots in extras:
                 for at, count in growth_slots(positions, roots, group.size, n, group.balance):
@@ -155,6 +119,49 @@ def _prune_grouped_conv_input(layer: nn.Conv2d, idxs) -> None:
     new = torch.cat([weight[g * out_per : (g + 1) * out_per][:, k] for g, k in enumerate(keep)])
     layer.weight = like(layer.weight, new)
     layer.in_channels -= len(gone)
+
+
+def _check_widths(graph: GroupGraph, widths: Mapping[str, int]) -> None:
+    """Refuse arguments `resize` cannot apply, and tied groups given different widths."""
+    if not isinstance(graph, GroupGraph):
+        raise TypeError(
+            f"resize(graph, widths): graph must be a GroupGraph(model, example_inputs), got {type(graph).__name__}"
+        )
+    if not isinstance(widths, Mapping):
+        raise TypeError(
+            f"resize(graph, widths): widths must map group keys to channel counts, got {type(widths).__name__}"
+        )
+    for key, target in widths.items():
+        if isinstance(target, bool) or not isinstance(target, int):
+            raise ValueError(f"channel group {key!r}: width {target!r} must be a whole number of channels")
+    ties: dict[str, tuple[str, int]] = {}
+    for key, target in widths.items():
+        tie = graph.group(key).tie
+        if tie is not None and ties.setdefault(tie, (key, target))[1] != target:
+            other = ties[tie][0]
+            raise ValueError(
+                f"channel groups {other!r} and {key!r} are tied to one width (equal pieces of one split); "
+                f"give them the same width, not {ties[tie][1]} and {target}"
+            )
+
+
+def _prune(graph: GroupGraph, key: str, tp_group: tp.dependency.Group, removed: set[int]) -> None:
+    """Remove the `removed` channels of group `key` with torch-pruning, and from the tensors it
+    does not know (see `_extra_tensors`)."""
+    extras = _extra_tensors(graph, tp_group)
+    tp_removal = graph.tp_group(key, sorted(removed))
+    # A transposed conv's inputs are whole rows of its weight, which torch-pruning removes right.
+    grouped = [
+        item for item in tp_removal if _grouped_conv_input(graph.dg, item) and not item.dep.target.module.transposed
+    ]
+    drop_items(tp_removal, grouped)
+    with _placeholder_biases(tp_removal):
+        tp_removal.prune(record_history=False)
+    for item in grouped:
+        _prune_grouped_conv_input(item.dep.target.module, item.idxs)
+    for module, attr, positions, roots in extras:
+        gone = {p for p, r in zip(positions, roots, strict=True) if r in removed}
+        _replace(module, attr, -len(gone), lambda t, gone=gone: t[[i for i in range(t.shape[0]) if i not in gone]])
 
 
 def _extra_tensors(graph: GroupGraph, tp_group) -> list[tuple[nn.Module, str, list[int], list[int]]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,11 +21,9 @@ import torch
 import torch.nn as nn
 
 from .data import Batch
+from .gates import LossFn, check_loss
 from .modes import in_mode
-from .score import check_loss
 from .stages import StageTimer
-
-LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 
 
 @dataclass(frozen=True)
