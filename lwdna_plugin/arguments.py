@@ -36,5 +36,10 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def is_whole(value: Any, least: int | None = 1) -> bool:
+    """An int (bools are not numbers here) of at least `least` (None: any int)."""
+    return isinstance(value, int) and not isinstance(value, bool) and (least is None or value >= least)
+
+
 def _kind(value: Any) -> str:
     return f"{type(value).__name__} {value!r}" if isinstance(value, (str, int, float)) else type(value).__name__

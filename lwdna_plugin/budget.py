@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .arguments import is_number, is_whole
 from .flops import FlopModel
 from .graph import ChannelGroup, GroupGraph
 
@@ -30,9 +31,9 @@ class Floors:
     def __post_init__(self) -> None:
         for name in ("rho", "tau"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            if not is_number(value) or not 0 <= value <= 1:
                 raise ValueError(f"Floors({name}={value!r}): give a fraction of the widened width in [0, 1]")
-        if isinstance(self.min_channels, bool) or not isinstance(self.min_channels, int) or self.min_channels < 1:
+        if not is_whole(self.min_channels):
             raise ValueError(f"Floors(min_channels={self.min_channels!r}): must be a positive integer")
 
 

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .arguments import is_whole
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -188,11 +190,7 @@ def _read_image_folder(folder: Path, split: str, img_size: int) -> tuple[torch.T
 def image_size(img_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     """`img_size` as (height, width): one number is a square, two are (height, width)."""
     sizes = [img_size] if isinstance(img_size, int) and not isinstance(img_size, bool) else img_size
-    if (
-        not isinstance(sizes, (tuple, list))
-        or len(sizes) not in (1, 2)
-        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes)
-    ):
+    if not isinstance(sizes, (tuple, list)) or len(sizes) not in (1, 2) or any(not is_whole(v) for v in sizes):
         raise ValueError(
             f"load_batches(img_size={img_size!r}): must be a positive integer (a square) or (height, width), "
             "e.g. (64, 96)"
@@ -223,7 +221,7 @@ def load_batches(
     set's own size (an ImageFolder's images are then cropped to 224 x 224)."""
     size = image_size(img_size) if img_size is not None else None
     for name, value in {"batches": batches, "batch_size": batch_size, "in_chans": in_chans}.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_whole(value):
             raise ValueError(f"load_batches({name}={value!r}): must be a positive integer")
     generator = torch.Generator().manual_seed(seed)
     if str(source) in NAMED:

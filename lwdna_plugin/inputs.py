@@ -28,6 +28,7 @@ from .adapter import (
     model_dtype,
     resolve_model,
 )
+from .arguments import is_whole
 from .data import Batch
 
 
@@ -136,6 +137,6 @@ def check_ignored(model: nn.Module, ignore: tuple[str, ...]) -> None:
 def check_input_size(input_size: Any) -> list[int]:
     """`input_size` as a list of positive whole numbers, one sample's (channels, height, width)."""
     sizes = list(input_size) if isinstance(input_size, (tuple, list)) else None
-    if not sizes or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes):
+    if not sizes or any(not is_whole(v) for v in sizes):
         raise ValueError(f"input_size={input_size!r}: give one sample's shape as positive integers, e.g. (3, 224, 224)")
     return sizes

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from .adapter import micro_batches
+from .arguments import is_whole
 
 __all__ = ["AUTO", "CPU_BUDGET", "MicroBatch", "check_widening_fits", "memory_budget", "saved_bytes"]
 
@@ -35,7 +36,7 @@ class MicroBatch:
 
     def __init__(self, size: int | None = None, *, auto: bool = False, budget: int | None = None) -> None:
         for name, value in (("size", size), ("budget", budget)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            if value is not None and not is_whole(value):
                 raise ValueError(f"MicroBatch({name}={value!r}): must be a positive integer or None")
         self.size = size
         self.auto = auto

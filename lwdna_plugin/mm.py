@@ -35,6 +35,7 @@ except ModuleNotFoundError as err:
 
 from .adapter import mmengine_recipe, model_device
 from .api import DEFAULTS, Result, dissimilate
+from .arguments import is_whole
 from .budget import Floors
 from .export import build, dump_spec
 
@@ -81,7 +82,7 @@ class DissimilateHook(Hook):
         seed: int | None = None,
         out_dir: str = "lwdna",
     ) -> None:
-        if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+        if not is_whole(batches):
             raise ValueError(f"DissimilateHook(batches={batches!r}): score on at least one training batch")
         self.options = {
             "width": width,

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from .adapter import default_loss, model_device
-from .arguments import is_number
+from .arguments import is_number, is_whole
 from .budget import RANKINGS, Floors, check_flop_target, check_round_to, is_fraction, parse_flops
 from .calibrate import Calibration
 from .caller import warn_caller
@@ -348,10 +348,10 @@ def _check_numbers(given: Mapping[str, Any]) -> None:
     if not isinstance(score_batch_size, MicroBatch) and score_batch_size not in (None, AUTO):
         whole["score_batch_size"] = score_batch_size
     for name, value in whole.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_whole(value):
             also = f", {AUTO!r} or None" if name == "score_batch_size" else ""
             raise ValueError(f"{name}={value!r}: must be a positive integer{also}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not is_whole(seed, least=None):
         raise ValueError(f"seed={seed!r}: must be an integer")
     if not is_number(width) or width < 1:
         raise ValueError(f"width={width!r}: the widening factor must be a number of at least 1 (the paper uses 2)")

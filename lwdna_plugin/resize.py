@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import ops
 
+from .arguments import is_whole
 from .graph import GroupGraph, growth_slots
 from .graph.internals import drop_items
 from .grow import GROWERS, ParameterGrower, insert_along, like
@@ -132,7 +133,7 @@ def _check_widths(graph: GroupGraph, widths: Mapping[str, int]) -> None:
             f"resize(graph, widths): widths must map group keys to channel counts, got {type(widths).__name__}"
         )
     for key, target in widths.items():
-        if isinstance(target, bool) or not isinstance(target, int):
+        if not is_whole(target, least=None):
             raise ValueError(f"channel group {key!r}: width {target!r} must be a whole number of channels")
     ties: dict[str, tuple[str, int]] = {}
     for key, target in widths.items():

@@ -12,7 +12,6 @@ Its cost is reported in the unit a user budgets in: image passes of training the
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .arguments import is_number, is_whole
 from .data import Batch
 from .gates import LossFn, check_loss
 from .modes import in_mode
@@ -37,11 +37,11 @@ class Warmup:
     weight_decay: float = 5e-4
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+        if not is_whole(self.steps):
             raise ValueError(f"Warmup(steps={self.steps!r}): must be a positive integer (leave warmup out for none)")
         for name in ("lr", "momentum", "weight_decay"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            if not is_number(value) or value < 0:
                 raise ValueError(f"Warmup({name}={value!r}): must be a finite number of at least 0")
         if self.lr == 0:
             raise ValueError("Warmup(lr=0): a warm-up with no learning rate changes nothing; give lr > 0")
