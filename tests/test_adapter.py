@@ -1,5 +1,6 @@
 """The adapter: wrapped and low-precision models go through the pipeline as the model they hold."""
 
+import json
 import subprocess
 import sys
 
@@ -43,14 +44,19 @@ dist.init_process_group("gloo", rank=0, world_size=1)
 model = torch.nn.parallel.DistributedDataParallel(timm.create_model("resnet18", num_classes=10))
 batches = lw.load_batches("mnist5k", batches=1, batch_size=8, img_size={IMG})
 result = lw.dissimilate(model, data=batches)
+plain = lw.dissimilate(model.module, data=batches)  # the model inside the wrapper, the same seed
 result.save({str(tmp_path)!r})
-print(result.spec["base"]["name"], sorted(result.spec["shapes"])[0])
+print(result.spec["base"]["name"], sorted(result.spec["shapes"])[0], result.spec["groups"] == plain.spec["groups"])
 dist.destroy_process_group()
 """
     out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, timeout=300)
-    name, first = out.stdout.split()
+    name, first, same = out.stdout.split()
     assert name == "resnet18" and not first.startswith("module.")
-    assert lw.build(tmp_path).conv1.out_channels > 0
+    # Unwrapped, not merely run: the wrapped model is identified exactly as the model it holds.
+    assert same == "True"
+    spec = json.loads((tmp_path / "spec.json").read_text())
+    built = lw.build(tmp_path)
+    assert {k: list(v.shape) for k, v in built.state_dict().items() if k in spec["shapes"]} == spec["shapes"]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
