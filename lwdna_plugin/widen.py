@@ -8,7 +8,7 @@ until the culprits are single groups, and leaves each at its width with the erro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,14 +38,16 @@ def widen(
     round_to: int = 1,
     create: Callable[[], nn.Module] | None = None,
     ignored: Iterable[str] = (),
-) -> tuple[nn.Module, dict[str, int]]:
-    """A widened, freshly initialised copy of `model` and the widened size of each group."""
+) -> Widened:
+    """A widened, freshly initialised copy of `model` and the widened size of each group, as a
+    `Widened` (which unpacks as `wide, sizes = widen(...)`). Unlike `widen_or_fix`, a group whose
+    widening breaks the model is not looked for: the forward pass is the caller's to check."""
     check_module("widen(model, example_inputs)", model, example_inputs)
     if not is_number(width) or width <= 0:
         raise ValueError(f"width={width!r}: must be a positive number (the paper uses 2.0)")
     wide, sizes, _ = _grown_copy(model, example_inputs, width, round_to, tuple(ignored), {})
     initialise(wide, create)
-    return wide, sizes
+    return Widened(wide, sizes, {})
 
 
 def _grown_copy(
@@ -77,6 +79,10 @@ class Widened:
     model: nn.Module
     sizes: dict[str, int]
     unwidenable: dict[str, str]
+
+    def __iter__(self) -> Iterator[nn.Module | dict[str, int]]:
+        """`wide, sizes = widen(...)`: the model and the sizes, as `widen` has always returned them."""
+        return iter((self.model, self.sizes))
 
 
 def widen_or_fix(

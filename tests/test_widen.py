@@ -143,3 +143,15 @@ def test_attention_that_reads_its_head_width_from_another_tensor_keeps_it(own):
         assert "widening it alone breaks the model" in widened.unwidenable["attn.proj:in"]
         assert widened.model.attn.proj.in_features == 32
     assert widened.model(x).shape == (2, 10)
+
+
+def test_widen_returns_what_widen_or_fix_returns_and_still_unpacks():
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    torch.manual_seed(0)
+    widened = lw.widen(model, X, 2.0)
+    torch.manual_seed(0)
+    checked = widen_or_fix(model, X, 2.0)
+    assert type(widened) is type(checked) and widened.unwidenable == checked.unwidenable == {}
+    assert widened.sizes == checked.sizes
+    wide, sizes = widened
+    assert wide is widened.model and sizes is widened.sizes
