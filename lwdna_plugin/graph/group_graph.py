@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -28,6 +29,17 @@ from .search import BoundedSearch, Overflow, SearchStalled
 from .tracing import trace
 
 _Found = tuple[tp.dependency.Group, Overflow]
+
+
+@dataclass(frozen=True)
+class _Rooted:
+    """A group as rooted at one layer: the layer, whether at its input, the group, and what the
+    search found from there."""
+
+    root: nn.Module
+    as_input: bool
+    group: ChannelGroup
+    found: _Found
 
 
 class GroupGraph:
@@ -178,21 +190,19 @@ class GroupGraph:
                 self._roots[key] = (module, False)
                 stalled.update({m: key for m in stall.reached})
                 continue
-            root, as_input, group = module, False, self._describe(key, found)
-            if group.fixed and group.fixed.why is Why.IRREGULAR:
-                root, as_input, group, found = self._reroot(found, module, group)
+            rooted = _Rooted(module, False, self._describe(key, found), found)
+            if rooted.group.fixed and rooted.group.fixed.why is Why.IRREGULAR:
+                rooted = self._reroot(rooted)
             visited.update(
                 item.dep.target.module
-                for item in found[0]
+                for item in rooted.found[0]
                 if item.idxs and self.dg.is_out_channel_pruning_fn(item.dep.handler)
             )
-            self._roots[group.key] = (root, as_input)
-            self.groups.append(group)
+            self._roots[rooted.group.key] = (rooted.root, rooted.as_input)
+            self.groups.append(rooted.group)
         return stalled
 
-    def _reroot(
-        self, found: _Found, root: nn.Module, group: ChannelGroup
-    ) -> tuple[nn.Module, bool, ChannelGroup, _Found]:
+    def _reroot(self, rooted: _Rooted) -> _Rooted:
         """Root an irregular group at its narrowest layer instead, if that makes it regular.
 
         A root wider than another layer of the same channels maps several of its channels onto
@@ -201,6 +211,7 @@ class GroupGraph:
         chunks. Rooted at the narrower layer (its output, or an attention projection's input),
         the mapping is cyclic.
         """
+        found, root, group = rooted.found, rooted.root, rooted.group
         candidates = []
         splits = any(
             item.dep.target.type in (ops.OPTYPE.SPLIT, ops.OPTYPE.SLICE, ops.OPTYPE.UNBIND) for item in found[0]
@@ -230,8 +241,8 @@ class GroupGraph:
                 continue  # no better root: the group stays as described, fixed
             candidate = self._describe(key, narrower)
             if candidate.prunable:
-                return module, as_input, candidate, narrower
-        return root, False, group, found
+                return _Rooted(module, as_input, candidate, narrower)
+        return rooted
 
     def _split_into_pieces(self) -> dict[nn.Module, str]:
         """One group per piece of a split whose pieces must stay equal (`x.split(n)`, `x.chunk(k)`).
