@@ -1,5 +1,7 @@
 """Criteria: the gate saliency and torch-pruning importances, on real batches."""
 
+import math
+
 import pytest
 import timm
 import torch
@@ -52,11 +54,25 @@ def test_unknown_criterion(graph):
         lw.score_channels(graph, "psychic")
 
 
-def test_criterion_changes_the_architecture(batches):
-    kw = {"num_classes": 10}
-    gate = lw.dissimilate("resnet18", data=batches, model_kwargs=kw).spec["groups"]
-    rand = lw.dissimilate("resnet18", data=batches, criterion="random", model_kwargs=kw).spec["groups"]
-    assert gate != rand
+def test_the_architecture_follows_the_criterions_scores(batches):
+    # A criterion that scores every channel of the 128-wide groups (resnet18's first stage,
+    # widened) near zero: under one global threshold on raw scores they drop to their floor,
+    # and the budget goes to the other groups.
+    def first_stage_worthless(group):
+        width = len(group[0].idxs)
+        return torch.full((width,), 1e-6 if width == 128 else 1.0)
+
+    result = lw.dissimilate(
+        "resnet18", data=batches, criterion=first_stage_worthless, ranking="saliency", footprint=None,
+        round_to=1, model_kwargs={"num_classes": 10},
+    )  # fmt: skip
+    groups = result.spec["groups"]
+    floor = lambda g: max(math.ceil(lw.Floors().rho * g["widened"]), lw.Floors().min_channels)  # noqa: E731
+    first = {k: g for k, g in groups.items() if g["widened"] == 128}
+    rest = {k: g for k, g in groups.items() if g["widened"] != 128}
+    assert first and rest
+    assert all(g["kept"] == floor(g) for g in first.values())
+    assert any(g["kept"] > floor(g) for g in rest.values())
 
 
 def test_synflow_needs_no_data_and_restores_the_model(graph):
