@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from .adapter import Recipe, check_input, copy_model, keep_timm_entrypoint, mmengine_recipe, model_device
+from .arguments import is_whole
 from .flops import FLOP_CONVENTION
 from .graph import GroupGraph
 from .initialise import initialise
@@ -176,7 +177,7 @@ def check_spec(data: Any, source: str = "the spec") -> None:
         if not isinstance(base.get("kwargs", {}), Mapping):
             raise bad("base.kwargs", "must be an object of keyword arguments", base.get("kwargs"))
     size = data.get("input_size")
-    if not isinstance(size, list) or not 1 <= len(size) <= 4 or not all(_count(v) for v in size):
+    if not isinstance(size, list) or not 1 <= len(size) <= 4 or not all(is_whole(v) for v in size):
         raise bad("input_size", "must be a list of positive integers (channels, height, width)", size)
     if math.prod(size) > _MAX_INPUT:
         raise bad("input_size", f"must hold at most {_MAX_INPUT:,} values per sample", size)
@@ -187,14 +188,14 @@ def check_spec(data: Any, source: str = "the spec") -> None:
         if not isinstance(entry, Mapping):
             raise bad(f"groups.{key}", "must be an object {original, kept}", entry)
         for name in ("original", "kept"):
-            if not _count(entry.get(name)):
+            if not is_whole(entry.get(name)):
                 raise bad(f"groups.{key}.{name}", "must be a positive integer", entry.get(name))
         # A width far above what dissimilation can reach is an edited spec, not one to allocate.
         if entry["kept"] > _MAX_GROWTH * entry["original"]:
             raise bad(f"groups.{key}.kept", f"must be at most {_MAX_GROWTH} x its original width", entry["kept"])
     shapes = data.get("shapes")
     if not isinstance(shapes, Mapping) or not all(
-        isinstance(v, list) and all(_count(d) or d == 0 for d in v) for v in shapes.values()
+        isinstance(v, list) and all(is_whole(d) or d == 0 for d in v) for v in shapes.values()
     ):
         raise bad("shapes", "must be an object of tensor shapes (lists of integers) by name", shapes)
     ignored = data.get("ignored", [])
@@ -209,10 +210,6 @@ def check_spec(data: Any, source: str = "the spec") -> None:
 
 _MAX_GROWTH = 64
 _MAX_INPUT = 2**27  # 512 MiB of float32 per sample: larger is an edited spec, not an image
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def build(

@@ -93,7 +93,7 @@ def warm_up(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                images += _count(batch)
+                images += _images(batch)
         finally:
             optimizer.zero_grad(set_to_none=True)
     return WarmupCost(warmup.steps, images, images * cost_ratio)
@@ -116,7 +116,7 @@ class WarmingUp:
             self.spent.append(warm_up(model, self.warmup, self.batches, self.loss_fn, self.cost_ratio))
 
 
-def _count(batch: Any) -> int:
+def _images(batch: Any) -> int:
     """Images in a batch: an (images, targets) pair, or an mmengine batch dict of `inputs`."""
     inputs = batch.get("inputs") if isinstance(batch, dict) else batch[0]
     return len(inputs) if inputs is not None else 0
