@@ -8,7 +8,6 @@ it afresh, then checks every tensor shape against the spec: nothing is unpickled
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from collections.abc import Callable, Mapping
@@ -20,15 +19,12 @@ import torch
 import torch.nn as nn
 
 from .adapter import Recipe, check_input, copy_model, keep_timm_entrypoint, mmengine_recipe, model_device
-from .arguments import is_whole
 from .flops import FLOP_CONVENTION
 from .graph import GroupGraph
 from .initialise import initialise
 from .report import Report
 from .resize import resize
-
-SCHEMA = "lwdna-spec/1"
-READS = (SCHEMA,)  # the spec schemas `build` reads
+from .spec import Spec
 
 
 @dataclass
@@ -65,25 +61,24 @@ def assemble_spec(
 ) -> dict[str, Any]:
     """The JSON spec of a result: the base recipe, the target and what was achieved, the
     settings, every group's original / widened / kept width, and every tensor's shape."""
-    return {
-        "schema": SCHEMA,
-        "base": recipe.to_dict() if recipe else None,
-        "input_size": list(shape),
-        "target": target,
-        "achieved": {
+    return Spec(
+        base=recipe.to_dict() if recipe else None,
+        input_size=list(shape),
+        target=target,
+        achieved={
             "flops": report.flops["lwdna"],
             "params": report.params["lwdna"],
             "flops_ratio": round(report.flops["lwdna"] / report.flops["original"], 6),
             "params_ratio": round(report.params["lwdna"] / report.params["original"], 6),
         },
-        "original": {"flops": report.flops["original"], "params": report.params["original"]},
-        "flop_counter": FLOP_CONVENTION,
-        **settings,
-        "versions": versions(),
-        "groups": groups,
-        "fixed_groups": report.fixed_groups,
-        "shapes": tensor_shapes(lw),
-    }
+        original={"flops": report.flops["original"], "params": report.params["original"]},
+        flop_counter=FLOP_CONVENTION,
+        settings=settings,
+        versions=versions(),
+        groups=groups,
+        fixed_groups=report.fixed_groups,
+        shapes=tensor_shapes(lw),
+    ).to_dict()
 
 
 def versions() -> dict[str, str]:
@@ -154,62 +149,9 @@ def load_spec(spec: str | Path | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_spec(data: Any, source: str = "the spec") -> None:
-    """Every field `build` reads is present and of the right type, or a ValueError names it."""
-
-    def bad(field: str, want: str, value: Any) -> ValueError:
-        text = repr(value)
-        return ValueError(f"{source}: field {field!r} {want} (got {text if len(text) < 80 else text[:77] + '...'})")
-
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{source}: expected a JSON object (an LW-DNA spec), got {type(data).__name__}")
-    if data.get("schema") not in READS:
-        raise ValueError(
-            f"{source}: spec schema {data.get('schema')!r}; this version of lwdna_plugin reads {', '.join(READS)}. "
-            "Re-export the spec with this version"
-        )
-    base = data.get("base")
-    if base is not None:
-        if not isinstance(base, Mapping):
-            raise bad("base", "must be an object {zoo, name, kwargs} or null", base)
-        for key in ("zoo", "name"):
-            if not isinstance(base.get(key), str):
-                raise bad(f"base.{key}", "must be a string", base.get(key))
-        if not isinstance(base.get("kwargs", {}), Mapping):
-            raise bad("base.kwargs", "must be an object of keyword arguments", base.get("kwargs"))
-    size = data.get("input_size")
-    if not isinstance(size, list) or not 1 <= len(size) <= 4 or not all(is_whole(v) for v in size):
-        raise bad("input_size", "must be a list of positive integers (channels, height, width)", size)
-    if math.prod(size) > _MAX_INPUT:
-        raise bad("input_size", f"must hold at most {_MAX_INPUT:,} values per sample", size)
-    groups = data.get("groups")
-    if not isinstance(groups, Mapping):
-        raise bad("groups", "must be an object of {original, kept} widths by layer", groups)
-    for key, entry in groups.items():
-        if not isinstance(entry, Mapping):
-            raise bad(f"groups.{key}", "must be an object {original, kept}", entry)
-        for name in ("original", "kept"):
-            if not is_whole(entry.get(name)):
-                raise bad(f"groups.{key}.{name}", "must be a positive integer", entry.get(name))
-        # A width far above what dissimilation can reach is an edited spec, not one to allocate.
-        if entry["kept"] > _MAX_GROWTH * entry["original"]:
-            raise bad(f"groups.{key}.kept", f"must be at most {_MAX_GROWTH} x its original width", entry["kept"])
-    shapes = data.get("shapes")
-    if not isinstance(shapes, Mapping) or not all(
-        isinstance(v, list) and all(is_whole(d) or d == 0 for d in v) for v in shapes.values()
-    ):
-        raise bad("shapes", "must be an object of tensor shapes (lists of integers) by name", shapes)
-    ignored = data.get("ignored", [])
-    if not isinstance(ignored, list) or not all(isinstance(v, str) for v in ignored):
-        raise bad("ignored", "must be a list of layer names", ignored)
-    fixed = data.get("fixed_groups", {})
-    if not isinstance(fixed, Mapping) or not all(isinstance(v, str) for v in fixed.values()):
-        raise bad("fixed_groups", "must be an object of reasons by layer", fixed)
-    if not isinstance(data.get("versions", {}), Mapping):
-        raise bad("versions", "must be an object of package versions", data.get("versions"))
-
-
-_MAX_GROWTH = 64
-_MAX_INPUT = 2**27  # 512 MiB of float32 per sample: larger is an edited spec, not an image
+    """Every field `build` reads is present and of the right type, or a ValueError names it
+    (`Spec.from_dict`)."""
+    Spec.from_dict(data, source)
 
 
 def build(

@@ -95,3 +95,18 @@ def test_timm_module_with_kwargs_gets_a_recipe(batches):
     result = lw.dissimilate(vit, data=batches)
     assert result.spec["base"]["kwargs"] == {"num_classes": 10, "img_size": [IMG, IMG]}
     assert lw.build(result.spec)(example()).shape == (2, 10)
+
+
+def test_the_spec_type_reads_and_writes_the_json_object_unchanged(resnet18_result, tmp_path):
+    from lwdna_plugin.spec import Spec
+
+    resnet18_result.save(tmp_path)
+    text = (tmp_path / "spec.json").read_text()
+    spec = Spec.from_dict(json.loads(text))
+    # Settings are every key that is not a field of its own, and they are written back flat.
+    assert {"width", "criterion", "ranking", "seed", "ignored"} <= set(spec.settings)
+    assert not set(spec.settings) & set(Spec.FIELDS)
+    lw.export.dump_spec(spec.to_dict(), tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_text() == text
+    with pytest.raises(ValueError, match=r"field 'groups\.conv1\.kept' must be a positive integer"):
+        Spec.from_dict({**spec.to_dict(), "groups": {"conv1": {"original": 64, "kept": 0}}})
