@@ -14,7 +14,7 @@ from .adapter import copy_model
 from .budget import Limit
 from .flops import count_flops
 from .graph import GroupGraph
-from .graph.constants import INPUT_SUFFIX
+from .graph.keys import GroupKey
 from .modes import in_mode
 from .planner import Plan, Planner
 from .resize import resize
@@ -105,7 +105,7 @@ def check_shrunk_runs(lw: nn.Module, wide: nn.Module, plan: Plan, example: torch
         error = first_line(err)
     ignore = tuple(ignore)
     found = breaking_groups(wide, example, lambda g: plan.widths.get(g.key, g.size), ignore, {}, error, "shrinking")
-    layers = sorted({key.partition("#")[0].removesuffix(INPUT_SUFFIX) for key in found})
+    layers = sorted({GroupKey.parse(key).layer for key in found})
     blamed = "; ".join(f"{key}: {why}" for key, why in sorted(found.items())) or error
     raise RuntimeError(
         f"the shrunk {type(lw).__name__} fails its forward pass, which the original passes on the same input, "

@@ -3,6 +3,8 @@
 One module per concept, in the style of torch-pruning's `dependency` package:
 
 - `groups`: `ChannelGroup` and `Member`, and how a torch-pruning group is described as one;
+- `keys`: `GroupKey`, a group's name (root layer, `:in` at its input, `#k` piece of a split);
+- `internals`: the one module that reads torch-pruning's private names or overrides its code;
 - `layout`: how a member holds a group's channels, and where growing inserts new ones;
 - `tracing`: building torch-pruning's graph with recording hooks and the mappings it lacks;
 - `index_mapping`: those mappings (segments of splits and concatenations, rearrangements);

@@ -15,8 +15,8 @@ import torch_pruning as tp
 from torch_pruning import ops
 from torch_pruning.dependency import shape_infer
 
-from .constants import INPUT_SUFFIX
 from .internals import module_name
+from .keys import GroupKey
 from .splits import MappedSplits
 
 
@@ -121,9 +121,10 @@ def head_owner(model: nn.Module, key: str) -> nn.Module | None:
     or read each head's dimension off the tensor's shape (Swin's `reshape(B, N, 3, heads, -1)`);
     the group keeps the head count and resizes every head's dimension.
     """
-    if not key.endswith(INPUT_SUFFIX):
+    parts = GroupKey.parse(key)
+    if not parts.at_input:
         return None
-    owner = model.get_submodule(key[: -len(INPUT_SUFFIX)].rpartition(".")[0])
+    owner = model.get_submodule(parts.layer.rpartition(".")[0])
     heads, dim = getattr(owner, "num_heads", None), getattr(owner, "head_dim", None)
     if type(heads) is int and heads > 0 and (dim is None or type(dim) is int):
         return owner

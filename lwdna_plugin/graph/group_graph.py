@@ -19,10 +19,10 @@ from torch_pruning import ops
 
 from ..arguments import check_module
 from .cached_widths import find_cached_widths, head_owner, sync_cached_widths, sync_head_dims
-from .constants import INPUT_SUFFIX
 from .groups import ChannelGroup, describe
 from .heads import per_head_tensors
 from .internals import module_name, modules_by_name, swap_parameter
+from .keys import GroupKey
 from .pieces import split_root, tie_pieces
 from .reasons import Fixed, Why
 from .search import BoundedSearch, Overflow, SearchStalled
@@ -228,7 +228,7 @@ class GroupGraph:
         for as_input, width, name, module in sorted(candidates, key=lambda c: c[:3]):
             pruner = self.dg.get_pruner_of_module(module)
             fn: Callable = pruner.prune_in_channels if as_input else pruner.prune_out_channels
-            key = f"{name}{INPUT_SUFFIX}" if as_input else name
+            key = str(GroupKey(name, at_input=as_input))
             if as_input and splits and head_owner(self.model, key) is None:
                 # Through a split, a layer's input may be one piece whose size is fixed in Python
                 # (Res2Net's `torch.split(x, self.width)`); only attention heads are known to split
@@ -268,7 +268,7 @@ class GroupGraph:
                 del self._roots[g.key]
                 touched -= {k for o, pieces in g.splits if o is op for k in pieces}
             for piece in range(len(op.split_sizes)):
-                key = f"{name}#{piece}"
+                key = str(GroupKey(name, piece=piece))
                 if piece in touched or key in self._roots:
                     continue
                 self._roots[key] = (root, False)
