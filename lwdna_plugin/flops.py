@@ -141,7 +141,7 @@ class FlopModel:
 
 def _own_flops(model: nn.Module, name: str, per_module: dict[str, int]) -> int:
     """A layer's count without its children's (timm's BatchNormAct2d holds an activation child)."""
-    module = _lookup(model, name)
+    module = lookup(model, name)
     if not isinstance(module, nn.Module):
         return 0
     children = sum(per_module.get(f"{name}.{child}", 0) for child, _ in module.named_children())
@@ -149,7 +149,7 @@ def _own_flops(model: nn.Module, name: str, per_module: dict[str, int]) -> int:
 
 
 def _channels(graph: GroupGraph, name: str, dim: str) -> int:
-    module = _lookup(graph.model, name)
+    module = lookup(graph.model, name)
     if isinstance(module, nn.Parameter):
         return module.shape[graph.dg.module2node[module].pruning_dim]
     if dim == "in":
@@ -157,7 +157,8 @@ def _channels(graph: GroupGraph, name: str, dim: str) -> int:
     return graph.dg.get_out_channels(module)
 
 
-def _lookup(model: nn.Module, name: str) -> nn.Module | nn.Parameter:
+def lookup(model: nn.Module, name: str) -> nn.Module | nn.Parameter:
+    """The layer or bare parameter `name` names in `model` (a graph node's name)."""
     owner, _, attr = name.rpartition(".")
     parent = model.get_submodule(owner)
     return getattr(parent, attr) if attr in parent._parameters else model.get_submodule(name)

@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from .arguments import is_number
 from .budget import Floors, Limit, floor_widths
-from .flops import FlopModel, _lookup
+from .flops import FlopModel, lookup
 from .graph import ChannelGroup, GroupGraph
 from .modes import in_mode
 from .planner import Plan
@@ -96,7 +96,7 @@ def layer_costs(flop_model: FlopModel, model: nn.Module, example: torch.Tensor) 
 
         return record
 
-    modules = {n: _lookup(model, n) for n in names}
+    modules = {n: lookup(model, n) for n in names}
     handles = [m.register_forward_hook(hook(n)) for n, m in modules.items() if isinstance(m, nn.Module)]
     try:
         with torch.no_grad(), in_mode(model, training=False):
