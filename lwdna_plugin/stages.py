@@ -42,7 +42,8 @@ class StageTimer:
                 self._bar.update()
 
     def close(self) -> dict[str, float]:
-        """End the progress bar; the seconds per stage."""
+        """End the progress bar; the seconds per stage, the running one's charged up to now."""
+        self._charge()
         self._bar.close()
         return dict(self.seconds)
 
