@@ -56,6 +56,8 @@ def test_cyclic_rearrangement_is_the_channels_last_flatten():
     assert sorted(_plain(forward(_idx([2])))) == [i for i in range(12) if int(flat[0, i]) == 2]
     backward = RearrangeMapping("cyclic", 4, lambda: 12, reverse=True)
     assert _plain(backward(_idx([2, 5, 8, 11], root=2))) == [2]
+    # The width is read at each call, so the layout follows a resized consumer: 4 channels now.
+    assert _plain(RearrangeMapping("cyclic", 4, lambda: 16, reverse=False)(_idx([2]))) == [2, 6, 10, 14]
 
 
 def test_reorder_mapping_moves_between_cyclic_and_block_orders_and_back():
@@ -68,6 +70,8 @@ def test_reorder_mapping_moves_between_cyclic_and_block_orders_and_back():
     for i, j in zip(_plain(positions), _plain(to_block(positions)), strict=True):
         assert int(cyclic[i]) == int(block[j])
     assert _plain(to_cyclic(to_block(positions))) == _plain(positions)
+    # Read at each call: with 6 channels, cyclic position 7 (copy 1 of channel 1) is block position 3.
+    assert _plain(ReorderMapping(2, lambda: 12, to_block=True)(_idx([7]))) == [3]
 
 
 def test_chain_applies_its_mappings_in_order():

@@ -38,33 +38,41 @@ class Trace:
 
 
 class _DependencyGraph(HookedDependencyGraph):
-    """torch-pruning's graph, with concatenation sizes it cannot infer read off autograd.
+    """torch-pruning's graph, with concatenation sizes read off autograd.
 
     torch-pruning sizes each input of a concatenation by walking the graph; through a slice of
-    a tensor (DPN's `x[:, :self.num_1x1_c]`) it finds none and fails summing the sizes. Autograd
-    records the shape of every tensor it passed, so those sizes are taken from there.
+    a tensor (DPN's `x[:, :self.num_1x1_c]`) it finds the sliced tensor's full width, or none
+    and fails summing the sizes. Autograd records the shape of every tensor it passed, so the
+    sizes are taken from there wherever it recorded them.
     """
 
     def after_dependency(self, module2node: dict) -> None:
-        # Concatenations neither torch-pruning nor autograd can size (inputs sliced from the model
-        # input, as a space-to-depth stem does): torch-pruning would fail summing their sizes, so
-        # they are treated as element-wise, and every group through one is left at its width.
         self.unsized_concats: set[nn.Module] = set()
         for node in module2node.values():
             if node.type != ops.OPTYPE.CONCAT or node.module.concat_sizes is not None or node.grad_fn is None:
                 continue
-            try:
-                if None not in [shape_infer.infer_channels_between(self, n, node) for n in node.inputs]:
-                    continue  # torch-pruning's own inference works
-                inferable = True
-            except (TypeError, IndexError):
-                # It needs split sizes that torch-pruning sets later, in the order it meets the
-                # ops: autograd's sizes are the same numbers, read now, where it recorded them.
-                inferable = False
+            # Autograd's sizes are the tensors' own. torch-pruning's inference walks through a
+            # slice as if it kept every channel (DPN's `x_s[:, n:]`): it sizes such an input at
+            # the sliced tensor's full width, or at none. Along another dimension than an image's
+            # channels (a class token joined to the tokens) autograd's sizes are not channels,
+            # and torch-pruning's own stand where it finds them.
             sizes = _autograd_concat_sizes(node)
+            if sizes is not None and _joins_image_channels(node):
+                node.module.concat_sizes = sizes
+                continue
+            try:
+                inferred = [shape_infer.infer_channels_between(self, n, node) for n in node.inputs]
+            except (TypeError, IndexError):
+                # It needs split sizes that torch-pruning sets later, in the order it meets the ops.
+                inferred = None
+            if inferred is not None and None not in inferred:
+                continue
             if sizes is not None:
                 node.module.concat_sizes = sizes
-            elif inferable:
+            elif inferred is not None:
+                # Neither torch-pruning nor autograd can size it (inputs sliced from the model
+                # input, as a space-to-depth stem does): torch-pruning would fail summing its
+                # sizes, so it is treated as element-wise, and every group through it is fixed.
                 node.type = ops.OPTYPE.ELEMENTWISE
                 self.unsized_concats.add(node.module)
         # torch-pruning maps a reshape by dividing the channels it infers on one side by the
@@ -103,6 +111,13 @@ def _autograd_concat_sizes(node: tp.dependency.Node) -> list[int] | None:
     if len(sizes) == len(node.inputs) == len(node.grad_fn.next_functions):
         return sizes
     return None
+
+
+def _joins_image_channels(node: tp.dependency.Node) -> bool:
+    """Whether a concatenation joins NCHW tensors along their channels."""
+    dim = getattr(node.grad_fn, "_saved_dim", 1)
+    shapes = [fn._input_metadata[nr].shape for fn, nr in node.grad_fn.next_functions if fn is not None]
+    return bool(shapes) and all(len(shape) == 4 for shape in shapes) and dim in (1, -3)
 
 
 def _per_channel_state(module: nn.Module) -> bool:

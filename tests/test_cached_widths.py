@@ -1,0 +1,70 @@
+"""`graph.cached_widths`: widths a block keeps in Python (a concatenation's, a split's, an
+attention block's head dimension) found once and kept in step with a resize."""
+
+import timm
+import torch
+import torch.nn as nn
+
+import lwdna_plugin as lw
+from lwdna_plugin.graph import CachedWidth
+
+# Batch 2: torch-pruning first calls `model(*X)`, which a batch of one unpacks into one unbatched image.
+X = torch.zeros(2, 3, 8, 8)
+
+
+def _member(group, name):
+    return next(m for m in group.members if m.name == name)
+
+
+class Ghost(nn.Module):
+    """GhostNet-like: a tensor concatenated with its depthwise copy, sliced to a width on the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.out_chs = 8
+        self.primary = nn.Conv2d(3, 4, 1)
+        self.cheap = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+
+    def forward(self, x):
+        a = self.primary(x)
+        return torch.cat([a, self.cheap(a)], 1)[:, : self.out_chs]
+
+
+class GhostNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ghost = Ghost()
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.ghost(x))
+
+
+def test_concatenation_width_cached_on_a_block_follows_a_resize():
+    model = GhostNet()
+    graph = lw.GroupGraph(model, X)
+    (cached,) = graph.cached_widths
+    assert isinstance(cached, CachedWidth) and (cached.module, cached.attr, cached.kind) == (
+        model.ghost,
+        "out_chs",
+        "width",
+    )
+    head = _member(graph.group("ghost.primary"), "head")
+    assert head.repeat == 2 and sorted(zip(head.root_idxs, head.positions, strict=True))[:2] == [(0, 0), (0, 4)]
+    lw.resize(graph, {"ghost.primary": 6})
+    assert model.ghost.out_chs == 12 and model.head.in_channels == 12
+    assert graph.sync_cached_widths() == []  # already in step
+    assert model(X).shape == (2, 2, 8, 8)
+
+
+def test_attention_heads_are_rooted_at_the_projection_input():
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32, depth=1)
+    graph = lw.GroupGraph(model, torch.zeros(1, 3, 32, 32))
+    heads = graph.group("blocks.0.attn.proj:in")
+    assert heads.prunable and heads.divisor == 3 and heads.size == 192
+    assert _member(heads, "blocks.0.attn.qkv").repeat == 3
+    lw.resize(graph, {heads.key: 120})
+    attn = model.blocks[0].attn
+    assert (attn.num_heads, attn.head_dim, attn.qkv.out_features) == (3, 40, 360)
+    assert attn.scale == 40**-0.5
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)

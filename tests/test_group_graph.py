@@ -1,0 +1,137 @@
+"""`graph.group_graph`: a model's channel groups, its torch-pruning groups, frozen layers and
+re-rooted irregular groups, on small real models."""
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import lwdna_plugin as lw
+from conftest import IMG
+from lwdna_plugin.graph.reasons import Fixed, Why
+
+# Batch 2: torch-pruning first calls `model(*X)`, which a batch of one unpacks into one unbatched image.
+X = torch.zeros(2, 3, 8, 8)
+
+
+def _member(group, name):
+    return next(m for m in group.members if m.name == name)
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    return model, lw.GroupGraph(model, torch.zeros(1, 3, IMG, IMG))
+
+
+def test_frozen_layers_are_traced_and_stay_frozen(resnet):
+    model, graph = resnet
+    frozen = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    frozen.load_state_dict(model.state_dict())
+    frozen.layer1.requires_grad_(False)
+    frozen.conv1.requires_grad_(False)
+    found = lw.GroupGraph(frozen, torch.zeros(1, 3, IMG, IMG))
+    assert [(g.key, g.size, g.prunable) for g in found.groups] == [(g.key, g.size, g.prunable) for g in graph.groups]
+    assert [n for n, p in frozen.named_parameters() if not p.requires_grad] == ["conv1.weight"] + [
+        n for n, _ in frozen.named_parameters() if n.startswith("layer1.")
+    ]
+
+
+def test_groups_of_a_resnet(resnet):
+    _, graph = resnet
+    assert len(graph.groups) == 13
+    stem = graph.group("conv1")
+    assert stem.prunable and stem.size == 64
+    # The stem's channels run through every residual sum of the first stage.
+    assert {(m.name, m.dim) for m in stem.members} >= {
+        ("conv1", "out"),
+        ("bn1", "tied"),
+        ("layer1.0.conv1", "in"),
+        ("layer1.1.bn2", "tied"),
+        ("layer2.0.downsample.0", "in"),
+    }
+    assert graph.group("fc").fixed == Fixed(Why.OUTPUT, "fc produces the model output")
+    last = graph.group("layer4.0.downsample.0")
+    assert last.classifier_input and not stem.classifier_input
+    with pytest.raises(KeyError, match="no channel group rooted at layer 'nope'"):
+        graph.group("nope")
+
+
+def test_tp_group_of_chosen_channels(resnet):
+    _, graph = resnet
+    tp_group = graph.tp_group("layer1.0.conv1", [1, 5])
+    assert [list(item.idxs) for item in tp_group][:2] == [[1, 5], [1, 5]]
+    assert len(graph.tp_group("layer1.0.conv1")[0].idxs) == 64
+
+
+class Blur(nn.Module):
+    """A layer torch-pruning does not know: a per-channel filter applied with F.conv2d."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.channels = channels
+        self.register_buffer("filt", torch.ones(channels, 1, 3, 3) / 9)
+
+    def forward(self, x):
+        return F.conv2d(x, self.filt, padding=1, groups=self.channels)
+
+
+class BlurNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.blur = Blur(4)
+        self.gamma = nn.Parameter(torch.ones(4, 1, 1))
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.blur(self.conv(x)) * self.gamma)
+
+
+def test_unknown_layers_and_bare_parameters_follow_their_group():
+    model = BlurNet()
+    graph = lw.GroupGraph(model, X)
+    assert list(graph.opaque.values()) == [model.blur]
+    assert ("gamma", "parameter") in [(m.name, m.optype) for m in graph.group("conv").members]
+    lw.resize(graph, {"conv": 6})
+    assert model.blur.filt.shape[0] == model.blur.channels == 6 and model.gamma.shape[0] == 6
+    # The grown parameter replaced the old one in the graph too: a second resize finds it.
+    assert graph.dg.module2node[model.gamma].module is model.gamma
+    lw.resize(graph, {"conv": 3})
+    assert model.gamma.shape[0] == 3 and model(X).shape == (2, 2, 8, 8)
+
+
+class _CrossStage(nn.Module):
+    """CSPNeXt's layer: two convs concatenated, squeeze-excited as a whole, then mixed."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.short = nn.Conv2d(8, 4, 1)
+        self.main = nn.Conv2d(8, 4, 1)
+        self.fc = nn.Conv2d(8, 8, 1)
+        self.final = nn.Conv2d(8, 6, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = torch.cat([self.main(x), self.short(x)], dim=1)
+        y = y * torch.sigmoid(self.fc(y.mean((2, 3), keepdim=True)))
+        return self.final(y)
+
+
+def test_a_layer_spanning_a_concatenation_leaves_each_input_its_group():
+    # The squeeze-excite conv reaches both inputs of the concatenation (an irregular group); it is
+    # re-rooted at one input, and the other input's channels get a group of their own.
+    model = _CrossStage()
+    graph = lw.GroupGraph(model, X)
+    owners = {m.name for g in graph.groups if g.prunable for m in g.members if m.dim == "out"}
+    assert {"stem", "short", "main"} <= owners
+    wide, _ = lw.widen(model, X, 2.0)
+    assert (wide.short.out_channels, wide.main.out_channels, wide.fc.in_channels, wide.final.in_channels) == (
+        8,
+        8,
+        16,
+        16,
+    )
+    assert wide(X).shape == (2, 6, 8, 8)

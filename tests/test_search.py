@@ -1,0 +1,87 @@
+"""`graph.search`: torch-pruning's group search, bounded by each layer's channels, a step
+limit and an index budget; what the graph does with a search that stalls."""
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+import lwdna_plugin as lw
+from conftest import IMG
+from lwdna_plugin.graph import search
+from lwdna_plugin.graph.reasons import Fixed, Why
+from lwdna_plugin.graph.search import BoundedSearch, SearchStalled
+from lwdna_plugin.graph.tracing import trace
+
+# Batch 2: torch-pruning first calls `model(*X)`, which a batch of one unpacks into one unbatched image.
+X = torch.zeros(2, 3, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    return model, lw.GroupGraph(model, torch.zeros(1, 3, IMG, IMG))
+
+
+class SplitHeads(nn.Module):
+    """LeViT-like attention: `qkv` viewed per head and split along each head's dimension, which
+    torch-pruning maps as if the split were along the channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(4, 12)
+        self.proj = nn.Linear(8, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 2, 6).split([1, 1, 4], dim=3)
+        return self.head(self.proj(((q * k).softmax(-1) * v).reshape(b, n, 8)))
+
+
+def test_bounded_search_notes_indices_past_a_layer():
+    model = SplitHeads()
+    tokens = torch.zeros(2, 5, 4)
+    dg = trace(model, tokens).dg
+    bounded = BoundedSearch(dg)
+    tp_group, overflow = bounded.run(model.qkv, dg.get_pruner_of_module(model.qkv).prune_out_channels, list(range(12)))
+    assert [(node.module, width) for node, width in overflow] == [(model.proj, 8)]
+    # The indices past proj's 8 inputs were noted, not handed on to it.
+    assert max(max(item.idxs) for item in tp_group if item.dep.target.module is model.proj) < 8
+    # Each search notes its own overflow only: proj's outputs stay inside every layer they reach.
+    _, overflow = bounded.run(model.proj, dg.get_pruner_of_module(model.proj).prune_out_channels, [0])
+    assert overflow == []
+    graph = lw.GroupGraph(SplitHeads(), tokens)
+    assert graph.group("qkv").fixed == Fixed(Why.IRREGULAR, "channel mapping at proj points past its 8 channels")
+
+
+def test_a_search_past_its_step_limit_stalls(monkeypatch, resnet):
+    model, _ = resnet
+    monkeypatch.setattr(search, "SEARCH_STEPS", 20)
+    dg = trace(model, torch.zeros(1, 3, IMG, IMG)).dg
+    pruner = dg.get_pruner_of_module(model.conv1)
+    with pytest.raises(SearchStalled, match="from conv1 did not settle within 20 steps") as stalled:
+        BoundedSearch(dg).run(model.conv1, pruner.prune_out_channels, list(range(64)))
+    assert model.bn1 in stalled.value.reached
+    graph = lw.GroupGraph(model, torch.zeros(1, 3, IMG, IMG))
+    assert graph.group("conv1").fixed.why is Why.STALLED and "did not settle" in str(graph.group("conv1").fixed)
+    # Layers a stalled search reached are not roots of groups of their own.
+    assert "layer1.0.conv1" not in [g.key for g in graph.groups]
+
+
+def test_a_search_past_its_index_budget_stalls_before_a_flatten_expands(monkeypatch):
+    """A flatten maps each channel to every pixel of its feature map: with a budget of 1,000
+    indices, the search of a conv whose output is flattened into a linear layer stops before
+    building its 16 x 64 indices, and the group is left at its width, saying why."""
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 8 * 8, 10))
+    example = torch.zeros(1, 3, 8, 8)
+    dg = trace(model, example).dg
+    pruner = dg.get_pruner_of_module(model[0])
+    BoundedSearch(dg).run(model[0], pruner.prune_out_channels, list(range(16)))  # within the default budget
+    monkeypatch.setattr(search, "SEARCH_INDICES", 1_000)
+    monkeypatch.setattr(search, "SEARCH_INDICES_PER_CHANNEL", 10)
+    bounded = BoundedSearch(dg)
+    with pytest.raises(SearchStalled, match="from 0 did not settle"):
+        bounded.run(model[0], pruner.prune_out_channels, list(range(16)))
+    assert bounded.indices <= 1_001 + 16  # the flatten's 1,024 indices were never built
+    assert "did not settle" in str(lw.GroupGraph(model, example).group("0").fixed)

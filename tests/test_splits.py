@@ -1,0 +1,99 @@
+"""`graph.splits`: each consumer of a split maps to the piece autograd names, and each piece
+concatenated later maps past the inputs before it, at offsets read live."""
+
+import torch
+import torch.nn as nn
+from torch_pruning import ops
+
+import lwdna_plugin as lw
+from lwdna_plugin.graph.index_mapping import SegmentMapping, between
+from lwdna_plugin.graph.tracing import trace
+
+# Batch 2: torch-pruning first calls `model(*X)`, which a batch of one unpacks into one unbatched image.
+X = torch.zeros(2, 3, 8, 8)
+
+
+def _member(group, name):
+    return next(m for m in group.members if m.name == name)
+
+
+class UnequalSplit(nn.Module):
+    """A split with sizes listed in Python; each piece feeds its own conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.left = nn.Conv2d(3, 5, 1)
+        self.right = nn.Conv2d(5, 5, 1)
+        self.head = nn.Conv2d(10, 2, 1)
+
+    def forward(self, x):
+        a, b = self.stem(x).split([3, 5], dim=1)
+        return self.head(torch.cat([self.left(a), self.right(b)], 1))
+
+
+class PieceTwice(nn.Module):
+    """CSPNet's `xb`: the second piece feeds a conv and a residual sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.side = nn.Conv2d(4, 3, 1)
+        self.mid = nn.Conv2d(4, 4, 1)
+        self.head = nn.Conv2d(7, 2, 1)
+
+    def forward(self, x):
+        a, b = self.stem(x).split([4, 4], dim=1)
+        return self.head(torch.cat([self.side(a), self.mid(b) + b], 1))
+
+
+class PieceConcat(nn.Module):
+    """Res2Net's last scale: a chunk's piece concatenated after a conv's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.conv = nn.Conv2d(4, 6, 1)
+        self.head = nn.Conv2d(10, 2, 1)
+
+    def forward(self, x):
+        a, b = self.stem(x).chunk(2, dim=1)
+        return self.head(torch.cat([self.conv(a), b], 1))
+
+
+def test_split_pieces_map_to_their_consumers():
+    graph = lw.GroupGraph(UnequalSplit(), X)
+    right = _member(graph.group("stem"), "right")
+    assert right.positions == [0, 1, 2, 3, 4] and right.root_idxs == [3, 4, 5, 6, 7]
+    assert _member(graph.group("stem"), "left").root_idxs == [0, 1, 2]
+
+
+def test_split_mappings_are_wired_both_ways():
+    traced = trace(PieceTwice(), X)
+    (split,) = [n for n in traced.dg.module2node.values() if n.type == ops.OPTYPE.SPLIT]
+    assert traced.splits == {split.module: False}  # sizes listed in Python: not one number for all
+    for out in split.outputs:
+        assert all(isinstance(d.index_mapping[0], SegmentMapping) for d in between(split, out))
+        assert all(isinstance(d.index_mapping[0], SegmentMapping) for d in between(out, split))
+    assert not split.enable_index_mapping
+
+
+def test_a_piece_read_twice_keeps_its_offset():
+    group = lw.GroupGraph(PieceTwice(), X).group("mid")
+    stem = _member(group, "stem")
+    assert stem.positions == [4, 5, 6, 7] and stem.root_idxs == [0, 1, 2, 3]
+    assert _member(group, "head").positions == [3, 4, 5, 6]
+    assert group.prunable
+
+
+def test_a_piece_concatenated_maps_past_the_inputs_before_it():
+    model = PieceConcat()
+    graph = lw.GroupGraph(model, X)
+    assert list(trace(PieceConcat(), X).splits.values()) == [True]  # `chunk(2)`: one number sizes both pieces
+    head = _member(graph.group("stem#1"), "head")
+    assert head.positions == [6, 7, 8, 9] and head.root_idxs == [0, 1, 2, 3]
+    # Offsets are read live: after the conv before it grows, the piece sits further on.
+    lw.resize(graph, {"conv": 9})
+    head = _member(graph.refresh("stem#1")[0], "head")
+    assert head.positions == [9, 10, 11, 12]
+    assert model(X).shape == (2, 2, 8, 8)

@@ -1,0 +1,133 @@
+"""`graph.tracing`: torch-pruning's graph built on the batch as given, with hook records, sizes
+read off autograd for concatenations, and reshapes torch-pruning sizes at zero."""
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch_pruning import ops
+
+import lwdna_plugin as lw
+from lwdna_plugin.graph.tracing import trace
+
+# Batch 2: torch-pruning first calls `model(*X)`, which a batch of one unpacks into one unbatched image.
+X = torch.zeros(2, 3, 8, 8)
+
+
+class Ghost(nn.Module):
+    """GhostNet-like: a tensor concatenated with its depthwise copy, sliced to a width on the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.out_chs = 8
+        self.primary = nn.Conv2d(3, 4, 1)
+        self.cheap = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+
+    def forward(self, x):
+        a = self.primary(x)
+        return torch.cat([a, self.cheap(a)], 1)[:, : self.out_chs]
+
+
+class GhostNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ghost = Ghost()
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.ghost(x))
+
+
+class Blur(nn.Module):
+    """A layer torch-pruning does not know: a per-channel filter applied with F.conv2d."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.channels = channels
+        self.register_buffer("filt", torch.ones(channels, 1, 3, 3) / 9)
+
+    def forward(self, x):
+        return F.conv2d(x, self.filt, padding=1, groups=self.channels)
+
+
+class BlurNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.blur = Blur(4)
+        self.gamma = nn.Parameter(torch.ones(4, 1, 1))
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.blur(self.conv(x)) * self.gamma)
+
+
+def test_trace_records_block_widths_and_unknown_leaves():
+    model = GhostNet().train()
+    traced = trace(model, X)
+    assert (model.ghost, 8) in traced.block_widths and model.head not in [m for m, _ in traced.block_widths]
+    assert model.training
+    blur = BlurNet()
+    assert [(m, width) for m, _, width in trace(blur, X).leaves] == [(blur.blur, 4)]
+
+
+def test_tracing_runs_the_model_on_the_batch_as_given():
+    """torch-pruning tries `model(*inputs)` first: for a batch of one that is a single unbatched
+    image, which a model without batch norm accepts, so it would be traced with channels on the
+    wrong axis. Every forward during tracing must see the batch."""
+    seen = []
+
+    class Plain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU())
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            seen.append(x.dim())
+            return self.fc(self.block(x).mean((-2, -1)))
+
+    model = Plain()
+    assert model(torch.zeros(3, 8, 8)).shape == (10,)  # it does take an unbatched image
+    seen.clear()
+    graph = lw.GroupGraph(model, torch.zeros(1, 3, 8, 8))
+    assert seen and set(seen) == {4}
+    assert graph.group("block.0").size == 16
+
+
+def test_a_reshape_torch_pruning_sizes_at_zero_is_mapped_by_probing():
+    # SHViT's attention: torch-pruning infers 0 channels past its `bmm`s and divides by them.
+    model = timm.create_model("shvit_s1", pretrained=False, num_classes=10)
+    example = torch.zeros(1, 3, 64, 64)
+    graph = lw.GroupGraph(model, example)
+    assert graph.dg.zero_sized_reshapes
+    assert all(node.type == tp.ops.OPTYPE.RESHAPE for node in graph.dg.zero_sized_reshapes)
+    wide, _ = lw.widen(model, example, 2.0)
+    assert wide.eval()(example).shape == (1, 10)
+
+
+class DualPath(nn.Module):
+    """DPN's block: a residual sum of slices, and slices of two tensors, concatenated."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 1)
+        self.conv = nn.Conv2d(6, 7, 1)
+        self.head = nn.Conv2d(9, 2, 1)
+
+    def forward(self, x):
+        s = self.stem(x)
+        y = self.conv(s)
+        return self.head(torch.cat([s[:, :4] + y[:, :4], s[:, 4:], y[:, 4:]], 1))
+
+
+def test_concatenations_of_slices_are_sized_from_autograd():
+    (concat,) = [n for n in trace(DualPath(), X).dg.module2node.values() if n.type == ops.OPTYPE.CONCAT]
+    assert concat.module.concat_sizes == [4, 2, 3]
+    # torch-pruning's own walk sizes each slice at its tensor's full width.
+    plain = tp.DependencyGraph().build_dependency(DualPath(), example_inputs=X)
+    assert [n.module.concat_sizes for n in plain.module2node.values() if n.type == ops.OPTYPE.CONCAT] == [[7, 6, 7]]
+    # So the head reads conv's channels where they are: the sum's 4, then past the stem's 2.
+    group = lw.GroupGraph(DualPath(), X).group("conv")
+    assert next(m for m in group.members if m.name == "head").positions == [0, 1, 2, 3, 6, 7, 8]
