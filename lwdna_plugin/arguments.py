@@ -17,7 +17,7 @@ def check_module(where: str, model: Any, inputs: Any = _UNSET, eager: bool = Tru
     example inputs as a tensor."""
     if not isinstance(model, nn.Module):
         hint = " (build it with timm.create_model, or pass the name to dissimilate)" if isinstance(model, str) else ""
-        raise TypeError(f"{where}: the model must be an nn.Module, got {_kind(model)}{hint}")
+        raise TypeError(f"{where}: the model must be an nn.Module, got {describe(model)}{hint}")
     if eager and isinstance(model, torch.jit.ScriptModule):
         # A compiled graph: no forward hooks to trace channels with, no layers to resize.
         raise TypeError(
@@ -27,7 +27,7 @@ def check_module(where: str, model: Any, inputs: Any = _UNSET, eager: bool = Tru
     if inputs is not _UNSET and not isinstance(inputs, torch.Tensor):
         raise TypeError(
             f"{where}: the example inputs must be a tensor, a batch of one shaped like the data "
-            f"(e.g. torch.zeros(1, 3, 224, 224)), got {_kind(inputs)}"
+            f"(e.g. torch.zeros(1, 3, 224, 224)), got {describe(inputs)}"
         )
 
 
@@ -41,5 +41,18 @@ def is_whole(value: Any, least: int | None = 1) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and (least is None or value >= least)
 
 
-def _kind(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}" if isinstance(value, (str, int, float)) else type(value).__name__
+def describe(value: Any) -> str:
+    """What a value is, for an error: a number or string with its value, a tensor with its shape,
+    a short tuple or list with its items' kinds, else its type."""
+    if isinstance(value, (str, int, float)):
+        return f"{type(value).__name__} {value!r}"
+    if isinstance(value, torch.Tensor):
+        return f"a Tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, list)) and 0 < len(value) <= 4:
+        return f"a {type(value).__name__} of ({', '.join(_qualname(v) for v in value)})"
+    return f"a {_qualname(value)}"
+
+
+def _qualname(value: Any) -> str:
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__.split('.')[0]}.{kind.__name__}"

@@ -1,3 +1,4 @@
+import inspect
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -7,6 +8,8 @@ import torch  # noqa: E402
 
 import lwdna_plugin as lw  # noqa: E402
 from lwdna_plugin.data import FASHION_MNIST_ROOT  # noqa: E402
+from lwdna_plugin.phases import Identification, Options  # noqa: E402
+from lwdna_plugin.stages import StageTimer  # noqa: E402
 
 IMG = 64
 
@@ -83,3 +86,19 @@ def resnet18_result(core_result):
 
 def example():
     return torch.randn(2, 3, IMG, IMG)
+
+
+def widened_identification(model: str, model_kwargs: dict, data: list, **changes) -> Identification:
+    """`dissimilate`'s phases through `widen`, run as `lw.dissimilate` runs them with its defaults
+    and `changes`: a test can then take the widened model's state before scoring."""
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(lw.dissimilate).parameters.items()
+        if p.default is not inspect.Parameter.empty and name not in {"model_kwargs", "data"}
+    }
+    options = Options.check(**{**defaults, **changes})
+    run = Identification(options, StageTimer(options.stages()))
+    torch.manual_seed(options.seed)
+    run.prepare(model, model_kwargs, data)
+    run.widen()
+    return run

@@ -1,13 +1,17 @@
 """Several initialisations: the rank-wise average of score profiles, and `dissimilate(inits=N)`."""
 
+import copy
+
 import pytest
 import timm
 import torch
 
 import lwdna_plugin as lw
-from conftest import IMG
+from conftest import IMG, widened_identification
 from lwdna_plugin.adapter import classification_loss
+from lwdna_plugin.initialise import initialise
 from lwdna_plugin.inits import average_inits, score_initialisations
+from lwdna_plugin.score import score_channels
 
 
 def test_average_inits_follows_profiles_not_channel_indices():
@@ -24,16 +28,30 @@ def test_average_inits_follows_profiles_not_channel_indices():
     assert torch.allclose(mixed["b"], torch.tensor([0.2, 0.0]))
 
 
-def test_dissimilate_scores_several_inits(batches):
+def test_dissimilate_plans_on_the_mean_profile_of_its_initialisations(batches):
+    run = widened_identification("resnet18", {"num_classes": 10}, batches, inits=3, batches=1)
+    widened = copy.deepcopy(run.wide.state_dict())
+    run.score()
+    # The same three draws scored one by one: the widened model as it is, then seeds 1 and 2.
+    run.wide.load_state_dict(widened)
+    draws = []
+    for k in range(3):
+        if k:
+            torch.manual_seed(k)
+            initialise(run.wide, run.create)
+        draws.append(score_channels(run.graph, "gate", batches, classification_loss, "sum"))
+    assert run.scores.keys() == draws[0].keys()
+    averaged = average_inits(draws)
+    assert all(torch.equal(run.scores[k], averaged[k]) for k in averaged)
+    # Not the first draw's profile alone (its scores scaled as the average scales them).
+    alone = average_inits([draws[0]] * 3)
+    assert any(not torch.equal(run.scores[k], alone[k]) for k in averaged)
+
+
+def test_dissimilate_records_its_initialisations(batches):
     kwargs = {"num_classes": 10}
-    # FLOPs alone: at flops 1.0 the footprint can bring both back to the original's widths.
-    plain = {"model_kwargs": kwargs, "footprint": None, "round_to": 1}  # any width, FLOPs alone: room to differ
-    one = lw.dissimilate("resnet18", data=batches, batches=1, **plain)
-    three = lw.dissimilate("resnet18", data=batches, batches=1, inits=3, **plain)
-    assert three.spec["inits"] == 3 and one.spec["inits"] == 1
-    assert three.spec["achieved"]["flops"] <= three.spec["target"]["flops"]
-    kept = lambda r: {k: g["kept"] for k, g in r.spec["groups"].items()}  # noqa: E731
-    assert kept(one) != kept(three)
+    three = lw.dissimilate("resnet18", data=batches, batches=1, inits=3, model_kwargs=kwargs)
+    assert three.spec["inits"] == 3
     assert any("3 initialisations averaged" in note for note in three.report.notes)
     with pytest.raises(ValueError, match="inits=0"):
         lw.dissimilate("resnet18", data=batches, inits=0, model_kwargs=kwargs)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..arguments import describe
 from ..data import Batch
 from ..modes import in_mode
 from .modules import is_mmengine_model
@@ -19,8 +20,8 @@ def batch_shape(model: nn.Module, batch: Any) -> tuple[int, ...]:
     if not is_mmengine_model(model):
         if not isinstance(batch, (tuple, list)) or len(batch) < 2 or not isinstance(batch[0], torch.Tensor):
             raise ValueError(
-                f"each batch of `data` must be an (images, targets) pair of tensors, got {_kind(batch)}: pass a list "
-                "of (images, targets) tuples of tensors or a DataLoader that yields them"
+                f"each batch of `data` must be an (images, targets) pair of tensors, got {describe(batch)}: pass a "
+                "list of (images, targets) tuples of tensors or a DataLoader that yields them"
             )
         images = batch[0]
         if images.layout != torch.strided:
@@ -44,20 +45,6 @@ def batch_shape(model: nn.Module, batch: Any) -> tuple[int, ...]:
     return tuple(inputs.shape)
 
 
-def _kind(value: Any) -> str:
-    """What a value is, for an error: a tensor with its shape, a tuple or list with its items' kinds."""
-    if isinstance(value, torch.Tensor):
-        return f"a Tensor of shape {tuple(value.shape)}"
-    if isinstance(value, (tuple, list)) and 0 < len(value) <= 4:
-        return f"a {type(value).__name__} of ({', '.join(_qualname(v) for v in value)})"
-    return f"a {_qualname(value)}"
-
-
-def _qualname(value: Any) -> str:
-    kind = type(value)
-    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__.split('.')[0]}.{kind.__name__}"
-
-
 def check_batch(batch: Batch, index: int) -> None:
     """A batch for the default classification loss: float images and one class target per image."""
     images, targets = batch[0], batch[1]
@@ -70,7 +57,7 @@ def check_batch(batch: Batch, index: int) -> None:
         )
     if not isinstance(targets, torch.Tensor):
         raise ValueError(
-            f"{where}: targets are {_kind(targets)}, not a tensor: the default cross-entropy needs a tensor of "
+            f"{where}: targets are {describe(targets)}, not a tensor: the default cross-entropy needs a tensor of "
             "class indices (torch.as_tensor(targets)), or pass loss_fn=<your loss(model, batch)>"
         )
     if not images.is_floating_point():
