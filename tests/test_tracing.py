@@ -9,6 +9,7 @@ import torch_pruning as tp
 from torch_pruning import ops
 
 import lwdna_plugin as lw
+from lwdna_plugin.graph import Depth
 from lwdna_plugin.graph.tracing import trace
 
 # Batch 2: torch-pruning first calls `model(*X)`, which a batch of one unpacks into one unbatched image.
@@ -96,15 +97,21 @@ def test_tracing_runs_the_model_on_the_batch_as_given():
     assert graph.group("block.0").size == 16
 
 
-def test_a_reshape_torch_pruning_sizes_at_zero_is_mapped_by_probing():
-    # SHViT's attention: torch-pruning infers 0 channels past its `bmm`s and divides by them.
+def test_reshapes_torch_pruning_sizes_at_zero_leave_the_other_groups_free():
+    # SHViT's attention: torch-pruning infers 0 channels past its `bmm`s, and it re-derives every
+    # reshape's mapping before each group search, so one such reshape failed every search.
     model = timm.create_model("shvit_s1", pretrained=False, num_classes=10)
     example = torch.zeros(1, 3, 64, 64)
     graph = lw.GroupGraph(model, example)
     assert graph.dg.zero_sized_reshapes
-    assert all(node.type == tp.ops.OPTYPE.RESHAPE for node in graph.dg.zero_sized_reshapes)
+    assert all(node.type == ops.OPTYPE.ELEMENTWISE for node in graph.dg.zero_sized_reshapes)
+    assert graph.group("patch_embed.0.c").prunable and Depth.of(graph.groups).free_share > 0.8
+    # A group through one that no probe maps keeps its width, and says why.
+    assert str(graph.group("stages.1.blocks.0.mixer.m.qkv.c").fixed) == (
+        "passes through a reshape whose channels could not be mapped"
+    )
     wide, _ = lw.widen(model, example, 2.0)
-    assert wide.eval()(example).shape == (1, 10)
+    assert wide.patch_embed[0].c.out_channels == 32 and wide.eval()(example).shape == (1, 10)
 
 
 class DualPath(nn.Module):

@@ -92,12 +92,16 @@ def describe(
         for node, width in overflow
     ]
     unsized = getattr(dg, "unsized_concats", set())
+    unmapped = getattr(dg, "unmapped_reshapes", set())
     for item in tp_group:
         node = item.dep.target
         if node.module in unsized:
             reasons.append(
                 Fixed(Why.SIZED_IN_PYTHON, "passes through a concatenation whose input sizes could not be read")
             )
+            continue
+        if node.module in unmapped:
+            reasons.append(Fixed(Why.IRREGULAR, "passes through a reshape whose channels could not be mapped"))
             continue
         if node.type == ops.OPTYPE.OUTPUT:
             reasons.append(Fixed(Why.OUTPUT, "feeds the model output"))

@@ -210,10 +210,11 @@ def _unmap(nodes: list[tp.dependency.Node]) -> None:
                 dep.index_mapping = [None if isinstance(m, FlattenIndexMapping) else m for m in dep.index_mapping]
 
 
-def map_rearrangement(dg: tp.DependencyGraph, node: tp.dependency.Node, seen: set) -> None:
+def map_rearrangement(dg: tp.DependencyGraph, node: tp.dependency.Node, seen: set) -> bool:
     """Index-map the chain of reshapes and permutes through `node` where torch-pruning maps it wrongly or not at all.
 
-    Adds the chain to `seen`, mapped or not. Where torch-pruning mapped one op of the chain (as
+    Adds the chain to `seen`, mapped or not, and says whether its channels are accounted for:
+    mapped here or by torch-pruning, or kept in place. Where torch-pruning mapped one op of the chain (as
     a flatten: block layout), a probe that finds the chain cyclic puts a reordering on its wide
     side, and one that finds it keeps every channel in place removes torch-pruning's mapping.
     Where one side's layers lie beyond other rearrangements (split attention's softmax between
@@ -221,17 +222,17 @@ def map_rearrangement(dg: tp.DependencyGraph, node: tp.dependency.Node, seen: se
     of the layers beyond those rearrangements; the probe decides whether either fits.
     """
     if not _moves(node):
-        return
+        return True
     chain = _chain(node)
     seen.update(chain)
     producer, consumers = chain[0].inputs[0], chain[-1].outputs
     mapped = _tp_mapped(chain)
     if producer.grad_fn is None or not consumers:
-        return
+        return False
     wrote, read = _channel_dim(dg, [producer], upstream=True), _channel_dim(dg, consumers, upstream=False)
     shapes = _shapes(chain, producer)
     if shapes is None or (wrote is None and read is None):
-        return
+        return False
     if wrote is not None and read is not None:
         sides = [(wrote, read)]
     else:
@@ -251,17 +252,17 @@ def map_rearrangement(dg: tp.DependencyGraph, node: tp.dependency.Node, seen: se
     if layout == "same" and mapped:
         _unmap(mapped)
     if layout in (None, "same") or (mapped and layout == "block") or len(mapped) > 1:
-        return
+        return layout == "same" or (layout == "block" and len(mapped) == 1)
     lands, c_out = probed
     widens = c_out > len(lands)
     if widens and len(consumers) > 1:
-        return
+        return False
     r = max(c_out, len(lands)) // min(c_out, len(lands))
     # The mapping sits between the chain and the op on its wide side; the nearest layer there
     # (the op itself, or the conv before an activation) sizes it as it is resized.
     wide = _nearest_layers(consumers if widens else [producer], upstream=not widens)
     if len(wide) != 1 or _width(dg, wide[0].module, out=not widens) != r * min(c_out, len(lands)):
-        return
+        return False
     width = partial(_width, dg, wide[0].module, not widens)
     a, b = (chain[-1], consumers[0]) if widens else (producer, chain[0])
     if mapped:
@@ -269,7 +270,8 @@ def map_rearrangement(dg: tp.DependencyGraph, node: tp.dependency.Node, seen: se
         # search; reordering the wide side's cyclic positions into block order composes with it.
         tp_mappings = [m for n in chain for d in n.dependencies for m in d.index_mapping if m is not None]
         if any(getattr(m, "_stride", r) != r for m in tp_mappings):
-            return
+            return False
         wire(a, b, 0, ReorderMapping(r, width, to_block=not widens), ReorderMapping(r, width, to_block=widens))
     else:
         wire(a, b, 0, RearrangeMapping(layout, r, width, not widens), RearrangeMapping(layout, r, width, widens))
+    return True

@@ -111,13 +111,19 @@ def map_concat_inputs(dg: tp.DependencyGraph, node: tp.dependency.Node, splits: 
     offsets, a piece after its concatenation slot.
     """
     sources, sizes = [], []
+    dim = getattr(node.grad_fn, "_saved_dim", 1)
     for fn, nr in node.grad_fn.next_functions:
         source = next((n for n in node.inputs if n.grad_fn is fn), None)
         if source is None or source in sources:
             return
         sources.append(source)
+        shape = fn._input_metadata[nr].shape
         if source.type == ops.OPTYPE.SPLIT and source.module in splits:
             sizes.append(source.module.split_sizes[nr])
+        elif len(shape) == 4 and dim in (1, -3):
+            # The tensor's own channels, as autograd recorded them: torch-pruning's walk infers
+            # through a reshape the channels of a layer before it (SHViT's attention: 16 for 68).
+            sizes.append(int(shape[1]))
         else:
             sizes.append(shape_infer.infer_out_channels_recursively(dg, source, [0]))
     if None in sizes or len(sources) != len(node.inputs):

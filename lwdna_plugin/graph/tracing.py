@@ -196,9 +196,20 @@ def trace(model: nn.Module, example_inputs: torch.Tensor) -> Trace:
     for node in dg.zero_sized_reshapes:
         node.type = ops.OPTYPE.RESHAPE
     seen: set = set()
+    unmapped: set = set()
     for node in list(dg.module2node.values()):
         if node.type == ops.OPTYPE.RESHAPE and node not in seen:
-            map_rearrangement(dg, node, seen)
+            before = set(seen)
+            if not map_rearrangement(dg, node, seen):
+                unmapped |= seen - before
+    # torch-pruning re-derives every reshape's mapping before each group search, dividing by the
+    # 0 channels it infers for these: as element-wise ops it leaves them alone, and a group
+    # through one that no probe could map keeps its width.
+    dg.unmapped_reshapes = set()
+    for node in dg.zero_sized_reshapes:
+        node.type = ops.OPTYPE.ELEMENTWISE
+        if node in unmapped:
+            dg.unmapped_reshapes.add(node.module)
     mapped = map_splits(dg)
     splits = {node.module: equal for node, equal in mapped.items()}
     for node in mapped:
