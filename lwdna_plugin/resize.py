@@ -11,7 +11,7 @@ import torch_pruning as tp
 from torch_pruning import ops
 
 from .arguments import is_whole
-from .graph import GroupGraph, growth_slots
+from .graph import GroupGraph, growth_slots, slices_channels
 from .graph.internals import drop_items
 from .grow import GROWERS, ParameterGrower, insert_along, like
 
@@ -224,6 +224,8 @@ def _grow(graph: GroupGraph, tp_group, size: int, n: int, blocks: int) -> None:
     dg = graph.dg
     for item in tp_group:
         node, handler = item.dep.target, item.dep.handler
+        if node.type == ops.OPTYPE.SLICE and not slices_channels(node):
+            continue  # a slice of tokens: every channel passes
         grower = GROWERS[node.type]
         slots = growth_slots(list(item.idxs), list(item.root_idxs), size, n, blocks)
         if _grouped_conv_input(dg, item):

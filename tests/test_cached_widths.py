@@ -68,3 +68,51 @@ def test_attention_heads_are_rooted_at_the_projection_input():
     assert (attn.num_heads, attn.head_dim, attn.qkv.out_features) == (3, 40, 360)
     assert attn.scale == 40**-0.5
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+class SeparateValues(nn.Module):
+    """TNT's attention: `qk` and `v` separate, `head_dim` kept for `qk`'s reshape, `v`'s read off the shape."""
+
+    def __init__(self, dim=8, heads=2):
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.scale = self.head_dim**-0.5
+        self.qk = nn.Linear(dim, 2 * dim)
+        self.v = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k = self.qk(x).reshape(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        v = self.v(x).reshape(b, n, self.num_heads, -1).permute(0, 2, 1, 3)
+        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, -1))
+
+
+class SeparateValuesNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(3, 8)
+        self.attn = SeparateValues()
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.embed(x)
+        return self.head((x + self.attn(x)).mean(1))
+
+
+def test_heads_written_by_a_value_projection_keep_the_head_dimension_in_step():
+    # The group is rooted at `v`'s outputs, not at `proj`'s input: it spans the block's heads all
+    # the same, since `v` writes inside the block what `proj` reads.
+    model = SeparateValuesNet()
+    tokens = torch.zeros(2, 5, 3)
+    graph = lw.GroupGraph(model, tokens)
+    heads = graph.group("attn.v")
+    assert heads.prunable and heads.divisor == 2
+    assert {(m.name, m.dim) for m in heads.members} == {("attn.v", "out"), ("attn.proj", "in"), ("attn.qk", "out")}
+    # The residual stream also holds a layer's input (`qk`) and another's output (`proj`) of the
+    # block, but `proj` writes after `qk` reads: its width is not the heads'.
+    assert graph.group("embed").divisor == 1
+    lw.resize(graph, {"attn.v": 12})
+    assert (model.attn.head_dim, model.attn.scale) == (6, 6**-0.5)
+    assert model(tokens).shape == (2, 2)

@@ -20,8 +20,18 @@ One module per concept, in the style of torch-pruning's `dependency` package:
 from .cached_widths import CachedWidth
 from .depth import Depth
 from .group_graph import GroupGraph
-from .groups import ChannelGroup, Member
+from .groups import ChannelGroup, Member, slices_channels
 from .layout import growth_slots
 from .reasons import Fixed, Why
 
-__all__ = ["CachedWidth", "ChannelGroup", "Depth", "Fixed", "GroupGraph", "Member", "Why", "growth_slots"]
+__all__ = [
+    "CachedWidth",
+    "ChannelGroup",
+    "Depth",
+    "Fixed",
+    "GroupGraph",
+    "Member",
+    "Why",
+    "growth_slots",
+    "slices_channels",
+]

@@ -8,6 +8,7 @@ A block may keep in Python the width of a concatenation or split inside it (Ghos
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch.nn as nn
@@ -131,14 +132,55 @@ def head_owner(model: nn.Module, key: str) -> nn.Module | None:
     return None
 
 
-def sync_head_dims(dg: tp.DependencyGraph, model: nn.Module, roots: dict[str, tuple[nn.Module, bool]]) -> list[str]:
-    """Set each attention block's head dimension (and `attn_dim`, `scale`) to its projection's input width."""
+def internal_heads(
+    dg: tp.DependencyGraph, model: nn.Module, tp_group: tp.dependency.Group
+) -> tuple[nn.Module, nn.Module] | None:
+    """The attention block whose heads a group rooted at a layer's outputs spans, and its output
+    projection: a layer of the group reading its channels as input, in a block that declares
+    its heads, fed from a layer of the same block that writes them (TNT's `v` -> `proj`).
+
+    The block's residual stream also holds one of its layers' inputs (`qkv`'s) and another's
+    outputs (`proj`'s), but `proj` writes them after `qkv` read them, and no layer of the block
+    feeds `qkv`.
+    """
+    writers = {item.dep.target.module for item in tp_group if dg.is_out_channel_pruning_fn(item.dep.handler)}
+    for item in tp_group:
+        module = item.dep.target.module
+        if dg.is_out_channel_pruning_fn(item.dep.handler) or not isinstance(module, ops.TORCH_LINEAR):
+            continue
+        name = module_name(dg, module)
+        owner = head_owner(model, f"{name}:in") if name else None
+        if owner is None:
+            continue
+        inside = set(owner.modules())
+        if any(layer in writers and layer in inside for layer in _layers_before(item.dep.target)):
+            return owner, module
+    return None
+
+
+def _layers_before(node: tp.dependency.Node, limit: int = 64) -> list[nn.Module]:
+    """The nearest conv and linear layers upstream of `node`, through any ops between."""
+    found, stack, seen = [], list(node.inputs), set()
+    while stack and len(seen) < limit:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if isinstance(n.module, (ops.TORCH_CONV, ops.TORCH_LINEAR)):
+            found.append(n.module)
+        else:
+            stack.extend(n.inputs)
+    return found
+
+
+def sync_head_dims(dg: tp.DependencyGraph, heads: Iterable[tuple[nn.Module, nn.Module]]) -> list[str]:
+    """Set each attention block's head dimension (and `attn_dim`, `scale`) to its projection's
+    input width; `heads` pairs each block with its output projection."""
     changed = []
-    for key, (root, as_input) in roots.items():
-        owner = head_owner(model, key) if as_input else None
-        if owner is None or getattr(owner, "head_dim", None) is None:
+    for owner, projection in heads:
+        if getattr(owner, "head_dim", None) is None:
             continue  # no head dimension kept, or one read off the tensor's shape
-        width = dg.get_pruner_of_module(root).get_in_channels(root)
+        width = dg.get_pruner_of_module(projection).get_in_channels(projection)
         if width == owner.num_heads * owner.head_dim:
             continue
         old_dim, owner.head_dim = owner.head_dim, width // owner.num_heads

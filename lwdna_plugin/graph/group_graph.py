@@ -18,7 +18,7 @@ import torch_pruning as tp
 from torch_pruning import ops
 
 from ..arguments import check_module
-from .cached_widths import find_cached_widths, head_owner, sync_cached_widths, sync_head_dims
+from .cached_widths import find_cached_widths, head_owner, internal_heads, sync_cached_widths, sync_head_dims
 from .groups import ChannelGroup, describe
 from .heads import per_head_tensors
 from .internals import module_name, modules_by_name, swap_parameter
@@ -76,6 +76,8 @@ class GroupGraph:
         self._roots: dict[str, tuple[nn.Module, bool]] = {}
         # Key of a group rooted at one piece of a split -> (split op, piece).
         self._pieces: dict[str, tuple[nn.Module, int]] = {}
+        # Key of a group spanning an attention block's heads -> (the block, its output projection).
+        self._heads: dict[str, tuple[nn.Module, nn.Module]] = {}
         self.groups: list[ChannelGroup] = []
         stalled = self._add_layer_groups()
         stalled.update(self._split_into_pieces())
@@ -122,7 +124,8 @@ class GroupGraph:
 
     def sync_cached_widths(self) -> list[str]:
         """After a resize, set each cached width attribute to its block's new output width."""
-        return sync_head_dims(self.dg, self.model, self._roots) + sync_cached_widths(self.dg, self.cached_widths)
+        heads = [self._heads[g.key] for g in self.groups if g.key in self._heads]
+        return sync_head_dims(self.dg, heads) + sync_cached_widths(self.dg, self.cached_widths)
 
     def replace_parameter(self, node: tp.dependency.Node, new: nn.Parameter) -> None:
         """Put `new` in place of the bare parameter `node` holds, on its owner and in the graph.
@@ -153,8 +156,13 @@ class GroupGraph:
 
     def _describe(self, key: str, found: _Found) -> ChannelGroup:
         tp_group, overflow = found
-        heads = head_owner(self.model, key)
-        return describe(self.dg, key, tp_group, overflow, ignored=self.ignored, splits=self._splits, heads=heads)
+        owner = head_owner(self.model, key)
+        if owner is not None:
+            self._heads[key] = (owner, modules_by_name(self.dg)[GroupKey.parse(key).layer])
+        elif (inside := internal_heads(self.dg, self.model, tp_group)) is not None:
+            self._heads[key] = inside
+        owner = self._heads[key][0] if key in self._heads else None
+        return describe(self.dg, key, tp_group, overflow, ignored=self.ignored, splits=self._splits, heads=owner)
 
     def _member_modules(self, group: ChannelGroup) -> list[nn.Module]:
         by_name = modules_by_name(self.dg)

@@ -106,7 +106,7 @@ def describe(
         if node.type == ops.OPTYPE.OUTPUT:
             reasons.append(Fixed(Why.OUTPUT, "feeds the model output"))
             continue
-        if node.type in PASS_THROUGH:
+        if node.type in PASS_THROUGH or (node.type == ops.OPTYPE.SLICE and not slices_channels(node)):
             continue
         if node.type == ops.OPTYPE.SPLIT and splits.get(node.module, False):
             group.splits.append((node.module, _pieces(node.module.split_sizes, item.idxs)))
@@ -168,6 +168,17 @@ def _member(dg: tp.DependencyGraph, item: object, size: int) -> tuple[Member, li
         reasons.append(Fixed(Why.NO_GROWER, f"no grow function for {type(module).__name__} ({where})"))
     member = Member(name, dim, optype.name.lower(), list(item.idxs), list(item.root_idxs), repeat)
     return member, reasons
+
+
+def slices_channels(node: tp.dependency.Node) -> bool:
+    """Whether a slice cuts channels (dim 1 of an image, the last of tokens, torch-pruning's
+    convention): a slice of tokens (TNT's `x[:, 1:]`, past the class token) keeps every channel,
+    and torch-pruning maps it as such. True where autograd does not say."""
+    sizes = getattr(node.grad_fn, "_saved_self_sym_sizes", None)
+    dim = getattr(node.grad_fn, "_saved_dim", None)
+    if sizes is None or dim is None or not -len(sizes) <= dim < len(sizes):
+        return True
+    return dim % len(sizes) == (1 if len(sizes) in (2, 4) else len(sizes) - 1)
 
 
 def _pieces(split_sizes: list[int], idxs: Sequence[int]) -> tuple[int, ...]:
