@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import lwdna_plugin as lw
 from conftest import IMG
 from lwdna_plugin.graph.reasons import Fixed, Why
+from lwdna_plugin.widen import widen_or_fix
 
 # Batch 2: torch-pruning first calls `model(*X)`, which a batch of one unpacks into one unbatched image.
 X = torch.zeros(2, 3, 8, 8)
@@ -135,3 +136,19 @@ def test_a_layer_spanning_a_concatenation_leaves_each_input_its_group():
         16,
     )
     assert wide(X).shape == (2, 6, 8, 8)
+
+
+def test_a_group_a_stalled_search_only_reached_stays_free():
+    # HaloNet's attention folds channels into the batch; the searches from `q` and `kv` walk on
+    # through its reshapes until they stall, reaching the block's `conv1_1x1`, whose own group's
+    # search settles without their channels. One stage keeps the graph small.
+    model = timm.create_model("halonet_h1", pretrained=False, num_classes=10)
+    model.stages = model.stages[:1]
+    model.final_conv, model.head.fc = nn.Identity(), nn.Linear(64, 10)
+    example = torch.zeros(1, 3, 256, 256)
+    graph = lw.GroupGraph(model, example)
+    assert graph.group("stages.0.0.self_attn.kv").fixed.why is Why.STALLED
+    assert graph.group("stages.0.0.conv1_1x1.conv").prunable and graph.group("stem.conv1.conv").prunable
+    wide = widen_or_fix(model, example, 2.0)
+    assert wide.unwidenable == {} and wide.model.stages[0][0].conv1_1x1.conv.out_channels == 128
+    assert wide.model.eval()(example).shape == (1, 10)

@@ -82,13 +82,17 @@ class GroupGraph:
         stalled = self._add_layer_groups()
         stalled.update(self._split_into_pieces())
         tie_pieces(self.groups)
+        # A group holding a stalled group's channels shares its unknown coupling. A layer a stalled
+        # search merely reached may be one its runaway mappings walked to (HaloNet's attention
+        # folds channels into the batch): its own group's search settled without those channels.
+        stalled_roots = {GroupKey.parse(key).layer for key in stalled.values()}
         for g in self.groups:
             if g.prunable:
-                near = next((stalled[m] for m in self._member_modules(g) if m in stalled), None)
+                near = next((m.name for m in g.members if m.dim != "in" and m.name in stalled_roots), None)
                 if near is not None:
                     g.fixed = Fixed(
                         Why.STALLED,
-                        f"shares layers with {near}, whose channel coupling torch-pruning could not resolve",
+                        f"holds channels of {near}, whose channel coupling torch-pruning could not resolve",
                     )
         for g in self.groups:
             if g.prunable and self._roots[g.key][0] in self.per_head:
@@ -163,10 +167,6 @@ class GroupGraph:
             self._heads[key] = inside
         owner = self._heads[key][0] if key in self._heads else None
         return describe(self.dg, key, tp_group, overflow, ignored=self.ignored, splits=self._splits, heads=owner)
-
-    def _member_modules(self, group: ChannelGroup) -> list[nn.Module]:
-        by_name = modules_by_name(self.dg)
-        return [by_name[m.name] for m in group.members if m.name in by_name]
 
     def _add_layer_groups(self) -> dict[nn.Module, str]:
         """Add a group per layer group torch-pruning finds, as its `get_all_groups` does (every conv
