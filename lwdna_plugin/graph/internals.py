@@ -12,7 +12,8 @@ What is relied on:
   its index mappings are built; `HookedDependencyGraph` runs a hook there.
 - `torch_pruning._helpers._HybridIndex`: the index type its mappings pass along (an index with
   the root index it came from).
-- `torch_pruning.dependency.index_mapping._FlattenIndexMapping`: the mapping it puts on a flatten.
+- `torch_pruning.dependency.index_mapping._FlattenIndexMapping`: the mapping it puts on a flatten,
+  and its `_stride` (how many indices one channel maps to).
 - `Group.items`: the group's own list of items, edited in place to leave some to our code.
 """
 
@@ -96,6 +97,13 @@ def swap_parameter(dg: tp.DependencyGraph, node: tp.dependency.Node, new: nn.Par
     return name
 
 
+def flatten_stride(mapping: object) -> int | None:
+    """How many indices a torch-pruning flatten mapping sends each channel to; None for any
+    other mapping (or one without the field)."""
+    stride = getattr(mapping, "_stride", None) if isinstance(mapping, FlattenIndexMapping) else None
+    return stride if isinstance(stride, int) else None
+
+
 def drop_items(group: tp.dependency.Group, items: Sequence[object]) -> None:
     """Remove `items` from torch-pruning's own list of the group's items, so that its `prune`
     handles everything else (bare parameters included) and our code those."""
@@ -111,6 +119,8 @@ def check_internals() -> None:
         missing.append("DependencyGraph._build_dependency")
     if not isinstance(getattr(tp.dependency.Group, "items", None), property):
         missing.append("Group.items (a property returning the group's list)")
+    if not isinstance(getattr(FlattenIndexMapping(stride=2), "_stride", None), int):
+        missing.append("_FlattenIndexMapping._stride (an int)")
     if not missing:
         # The name tables are set while a graph is built: build the smallest one, without
         # drawing from the caller's random stream (a layer's initialisation would).

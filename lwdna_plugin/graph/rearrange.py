@@ -21,7 +21,7 @@ import torch_pruning as tp
 from torch_pruning import ops
 
 from .index_mapping import RearrangeMapping, ReorderMapping, between, wire
-from .internals import FlattenIndexMapping
+from .internals import FlattenIndexMapping, flatten_stride
 
 # Autograd ops that only move elements (or pad them): a chain of them maps channels one to one.
 _REARRANGE = {
@@ -214,9 +214,10 @@ def map_rearrangement(dg: tp.DependencyGraph, node: tp.dependency.Node, seen: se
     """Index-map the chain of reshapes and permutes through `node` where torch-pruning maps it wrongly or not at all.
 
     Adds the chain to `seen`, mapped or not, and says whether its channels are accounted for:
-    mapped here or by torch-pruning, or kept in place. Where torch-pruning mapped one op of the chain (as
-    a flatten: block layout), a probe that finds the chain cyclic puts a reordering on its wide
-    side, and one that finds it keeps every channel in place removes torch-pruning's mapping.
+    mapped here or by torch-pruning, or kept in place. Where torch-pruning mapped one op of the
+    chain (as a flatten: block layout), a probe that finds the chain cyclic puts a reordering on
+    its wide side, and one that finds it keeps every channel in place removes torch-pruning's
+    mapping.
     Where one side's layers lie beyond other rearrangements (split attention's softmax between
     two views), that side's channels are looked for at the other side's count, then at the count
     of the layers beyond those rearrangements; the probe decides whether either fits.
@@ -269,7 +270,7 @@ def map_rearrangement(dg: tp.DependencyGraph, node: tp.dependency.Node, seen: se
         # torch-pruning re-installs its block mapping on the narrow side before every group
         # search; reordering the wide side's cyclic positions into block order composes with it.
         tp_mappings = [m for n in chain for d in n.dependencies for m in d.index_mapping if m is not None]
-        if any(getattr(m, "_stride", r) != r for m in tp_mappings):
+        if any(flatten_stride(m) not in (None, r) for m in tp_mappings):
             return False
         wire(a, b, 0, ReorderMapping(r, width, to_block=not widens), ReorderMapping(r, width, to_block=widens))
     else:

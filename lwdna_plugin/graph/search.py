@@ -20,7 +20,7 @@ import torch_pruning as tp
 from torch_pruning import ops
 
 from .constants import PASS_THROUGH
-from .internals import HybridIndex, module_name
+from .internals import HybridIndex, flatten_stride, module_name
 
 # Dependency steps one group search may take: DenseNet-121 needs about 500 and ResNet-50 under 100;
 # a search circling through ops that mix channels with other dimensions can run for hours.
@@ -129,9 +129,9 @@ class _BoundedMappings(list):
     def __iter__(self) -> Iterator[Callable]:
         for mapping in super().__iter__():
             # A flatten maps each index to `stride` of them: checked before it runs, so one
-            # step cannot build millions of indices. (`_stride` is torch-pruning's own field.)
-            stride = getattr(mapping, "_stride", None)
-            if isinstance(stride, int) and stride > 1 and not getattr(mapping, "reverse", True):
+            # step cannot build millions of indices.
+            stride = flatten_stride(mapping)
+            if stride is not None and stride > 1 and not getattr(mapping, "reverse", True):
                 yield partial(self._within_budget, mapping, stride)
             else:
                 yield mapping
