@@ -189,7 +189,7 @@ def _read_image_folder(folder: Path, split: str, img_size: int) -> tuple[torch.T
 
 def image_size(img_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     """`img_size` as (height, width): one number is a square, two are (height, width)."""
-    sizes = [img_size] if isinstance(img_size, int) and not isinstance(img_size, bool) else img_size
+    sizes = [img_size] if is_whole(img_size, None) else img_size
     if not isinstance(sizes, (tuple, list)) or len(sizes) not in (1, 2) or any(not is_whole(v) for v in sizes):
         raise ValueError(
             f"load_batches(img_size={img_size!r}): must be a positive integer (a square) or (height, width), "

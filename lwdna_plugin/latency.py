@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from .adapter import model_device
-from .arguments import is_number
+from .arguments import is_number, is_whole
 from .flops import FlopModel
 from .modes import in_mode
 from .ranks import measured_on_rank_zero
@@ -50,11 +50,9 @@ class LatencyBudget:
             if not is_number(getattr(self, name)):
                 raise TypeError(f"LatencyBudget({name}={getattr(self, name)!r}): must be a finite number")
         for name in ("repeats", "rounds"):
-            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
+            if not is_whole(getattr(self, name), None):
                 raise TypeError(f"LatencyBudget({name}={getattr(self, name)!r}): must be a whole number")
-        if not isinstance(self.batch_sizes, (tuple, list)) or not all(
-            isinstance(b, int) and not isinstance(b, bool) for b in self.batch_sizes
-        ):
+        if not isinstance(self.batch_sizes, (tuple, list)) or not all(is_whole(b, None) for b in self.batch_sizes):
             raise TypeError(
                 f"LatencyBudget(batch_sizes={self.batch_sizes!r}): give a tuple of batch sizes, e.g. (1, 32)"
             )

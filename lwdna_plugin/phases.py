@@ -304,7 +304,7 @@ def _needs_data(gate: bool, warm: Warmup | None) -> str | None:
 def _warmup(warmup: Warmup | int | None) -> Warmup | None:
     if warmup is None or isinstance(warmup, Warmup):
         return warmup
-    if isinstance(warmup, int) and not isinstance(warmup, bool):
+    if is_whole(warmup, None):
         return Warmup(steps=warmup) if warmup else None
     raise ValueError(f"warmup={warmup!r}: give a number of SGD steps, a `Warmup(steps=...)`, or None for no warm-up")
 
