@@ -8,6 +8,8 @@ the piece's live offset, and a concatenation fed by a piece is sized and mapped 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import ops
@@ -101,6 +103,11 @@ def map_splits(dg: tp.DependencyGraph) -> dict[tp.dependency.Node, bool]:
     return mapped
 
 
+def along_image_channels(shape: Sequence[int], dim: int) -> bool:
+    """Whether `dim` of a tensor of `shape` is an NCHW image's channels."""
+    return len(shape) == 4 and dim in (1, -3)
+
+
 def map_concat_inputs(dg: tp.DependencyGraph, node: tp.dependency.Node, splits: MappedSplits) -> None:
     """Size and map a concatenation fed by a split's piece (Res2Net's last scale, CSPNet's `xs`).
 
@@ -120,7 +127,7 @@ def map_concat_inputs(dg: tp.DependencyGraph, node: tp.dependency.Node, splits: 
         shape = fn._input_metadata[nr].shape
         if source.type == ops.OPTYPE.SPLIT and source.module in splits:
             sizes.append(source.module.split_sizes[nr])
-        elif len(shape) == 4 and dim in (1, -3):
+        elif along_image_channels(shape, dim):
             # The tensor's own channels, as autograd recorded them: torch-pruning's walk infers
             # through a reshape the channels of a layer before it (SHViT's attention: 16 for 68).
             sizes.append(int(shape[1]))

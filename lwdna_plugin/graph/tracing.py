@@ -22,7 +22,7 @@ from torch_pruning.dependency import shape_infer
 from ..modes import in_mode
 from .internals import HookedDependencyGraph, check_internals
 from .rearrange import map_rearrangement
-from .splits import MappedSplits, map_concat_inputs, map_splits
+from .splits import MappedSplits, along_image_channels, map_concat_inputs, map_splits
 
 
 @dataclass
@@ -117,7 +117,7 @@ def _joins_image_channels(node: tp.dependency.Node) -> bool:
     """Whether a concatenation joins NCHW tensors along their channels."""
     dim = getattr(node.grad_fn, "_saved_dim", 1)
     shapes = [fn._input_metadata[nr].shape for fn, nr in node.grad_fn.next_functions if fn is not None]
-    return bool(shapes) and all(len(shape) == 4 for shape in shapes) and dim in (1, -3)
+    return bool(shapes) and all(along_image_channels(shape, dim) for shape in shapes)
 
 
 def _per_channel_state(module: nn.Module) -> bool:
