@@ -4,6 +4,7 @@ with what to give, not met as a TypeError deep inside torch or torch-pruning."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -39,6 +40,12 @@ def is_number(value: Any) -> bool:
 def is_whole(value: Any, least: int | None = 1) -> bool:
     """An int (bools are not numbers here) of at least `least` (None: any int)."""
     return isinstance(value, int) and not isinstance(value, bool) and (least is None or value >= least)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    """Refuse `name=value` unless it is one of `choices`, naming them."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: choose one of {tuple(choices)}")
 
 
 def describe(value: Any) -> str:

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from .adapter import default_loss, model_device
-from .arguments import is_number, is_whole
+from .arguments import check_choice, is_number, is_whole
 from .budget import RANKINGS, Floors, check_flop_target, check_round_to, is_fraction, parse_flops
 from .calibrate import Calibration
 from .caller import warn_caller
@@ -355,8 +355,7 @@ def _check_numbers(given: Mapping[str, Any]) -> None:
         raise ValueError(f"seed={seed!r}: must be an integer")
     if not is_number(width) or width < 1:
         raise ValueError(f"width={width!r}: the widening factor must be a number of at least 1 (the paper uses 2)")
-    if ranking not in RANKINGS:
-        raise ValueError(f"ranking={ranking!r}: choose one of {RANKINGS}")
+    check_choice("ranking", ranking, RANKINGS)
 
 
 def off_device(model: nn.Module) -> None:

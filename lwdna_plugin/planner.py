@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .arguments import check_choice
 from .budget import RANKINGS, Floors, Limit, floor_widths
 from .flops import FlopModel
 from .graph import GroupGraph
@@ -78,8 +79,7 @@ def plan_widths(
     move toward `toward` (widths that meet the target and the limits, such as the original
     thinned uniformly) just far enough to reach it.
     """
-    if ranking not in RANKINGS:
-        raise ValueError(f"ranking={ranking!r}: choose one of {RANKINGS}")
+    check_choice("ranking", ranking, RANKINGS)
     if not strengths:
         raise ValueError("strengths=(): give at least one cost strength, (0.0,) for the plain global threshold")
     floors = floors or Floors()

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from tqdm.auto import tqdm
 
+from .arguments import check_choice
 from .data import Batch
 from .gates import NORMS, LossFn, gate_gradients
 from .graph import ChannelGroup, GroupGraph
@@ -55,8 +56,7 @@ def score_channels(
     needs the activation memory of one piece only. Batch norm in train mode then normalises
     each piece by its own statistics.
     """
-    if aggregate not in AGGREGATIONS:
-        raise ValueError(f"aggregate={aggregate!r}: choose one of {AGGREGATIONS}")
+    check_choice("aggregate", aggregate, AGGREGATIONS)
     pieces = micro_batch if isinstance(micro_batch, MicroBatch) else MicroBatch.parse(micro_batch)
     scores = _scores(graph, criterion, batches, loss_fn, aggregate, progress, example, pieces)
     bad = [key for key, score in scores.items() if not torch.isfinite(score).all()]
