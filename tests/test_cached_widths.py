@@ -4,40 +4,14 @@ attention block's head dimension) found once and kept in step with a resize."""
 import timm
 import torch
 import torch.nn as nn
+from graph_models import GhostNet, X
 
 import lwdna_plugin as lw
 from lwdna_plugin.graph import CachedWidth
 
-# Batch 2: torch-pruning first calls `model(*X)`, which a batch of one unpacks into one unbatched image.
-X = torch.zeros(2, 3, 8, 8)
-
 
 def _member(group, name):
     return next(m for m in group.members if m.name == name)
-
-
-class Ghost(nn.Module):
-    """GhostNet-like: a tensor concatenated with its depthwise copy, sliced to a width on the block."""
-
-    def __init__(self):
-        super().__init__()
-        self.out_chs = 8
-        self.primary = nn.Conv2d(3, 4, 1)
-        self.cheap = nn.Conv2d(4, 4, 3, padding=1, groups=4)
-
-    def forward(self, x):
-        a = self.primary(x)
-        return torch.cat([a, self.cheap(a)], 1)[:, : self.out_chs]
-
-
-class GhostNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.ghost = Ghost()
-        self.head = nn.Conv2d(8, 2, 1)
-
-    def forward(self, x):
-        return self.head(self.ghost(x))
 
 
 def test_concatenation_width_cached_on_a_block_follows_a_resize():

@@ -5,15 +5,12 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from graph_models import BlurNet, X
 
 import lwdna_plugin as lw
 from conftest import IMG
 from lwdna_plugin.graph.reasons import Fixed, Why
 from lwdna_plugin.widen import widen_or_fix
-
-# Batch 2: torch-pruning first calls `model(*X)`, which a batch of one unpacks into one unbatched image.
-X = torch.zeros(2, 3, 8, 8)
 
 
 def _member(group, name):
@@ -64,30 +61,6 @@ def test_tp_group_of_chosen_channels(resnet):
     tp_group = graph.tp_group("layer1.0.conv1", [1, 5])
     assert [list(item.idxs) for item in tp_group][:2] == [[1, 5], [1, 5]]
     assert len(graph.tp_group("layer1.0.conv1")[0].idxs) == 64
-
-
-class Blur(nn.Module):
-    """A layer torch-pruning does not know: a per-channel filter applied with F.conv2d."""
-
-    def __init__(self, channels):
-        super().__init__()
-        self.channels = channels
-        self.register_buffer("filt", torch.ones(channels, 1, 3, 3) / 9)
-
-    def forward(self, x):
-        return F.conv2d(x, self.filt, padding=1, groups=self.channels)
-
-
-class BlurNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 1)
-        self.blur = Blur(4)
-        self.gamma = nn.Parameter(torch.ones(4, 1, 1))
-        self.head = nn.Conv2d(4, 2, 1)
-
-    def forward(self, x):
-        return self.head(self.blur(self.conv(x)) * self.gamma)
 
 
 def test_unknown_layers_and_bare_parameters_follow_their_group():

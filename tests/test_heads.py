@@ -2,6 +2,7 @@
 
 import timm
 import torch
+from graph_models import small_swin
 
 from lwdna_plugin.graph.heads import num_heads, per_head_tensors
 from lwdna_plugin.graph.internals import module_name, parameter_name
@@ -13,16 +14,7 @@ def _names(dg, found):
 
 
 def test_relative_position_bias_tables_hold_one_entry_per_head():
-    model = timm.create_model(
-        "swin_tiny_patch4_window7_224",
-        pretrained=False,
-        num_classes=10,
-        img_size=32,
-        window_size=2,
-        depths=(1, 1),
-        num_heads=(2, 4),
-        embed_dim=8,
-    )
+    model = small_swin((2, 4))
     dg = trace(model, torch.zeros(1, 3, 32, 32)).dg
     assert _names(dg, per_head_tensors(dg, model)) == [
         "layers.0.blocks.0.attn.relative_position_bias_table",

@@ -3,6 +3,7 @@ autograd: a channels-last patch merge, selective-kernel and split attention."""
 
 import timm
 import torch
+from graph_models import small_swin
 
 import lwdna_plugin as lw
 
@@ -15,16 +16,7 @@ def _member(group, name):
 
 
 def test_channels_last_patch_merge_is_mapped_cyclically():
-    model = timm.create_model(
-        "swin_tiny_patch4_window7_224",
-        pretrained=False,
-        num_classes=10,
-        img_size=32,
-        window_size=2,
-        depths=(1, 1),
-        num_heads=(1, 2),
-        embed_dim=8,
-    )
+    model = small_swin((1, 2))
     graph = lw.GroupGraph(model, torch.zeros(1, 3, 32, 32))
     group = graph.group("layers.0.blocks.0.mlp.fc2")
     norm = _member(group, "layers.1.downsample.norm")
