@@ -4,14 +4,10 @@ attention block's head dimension) found once and kept in step with a resize."""
 import timm
 import torch
 import torch.nn as nn
-from graph_models import GhostNet, X
+from graph_models import GhostNet, X, member
 
 import lwdna_plugin as lw
 from lwdna_plugin.graph import CachedWidth
-
-
-def _member(group, name):
-    return next(m for m in group.members if m.name == name)
 
 
 def test_concatenation_width_cached_on_a_block_follows_a_resize():
@@ -23,7 +19,7 @@ def test_concatenation_width_cached_on_a_block_follows_a_resize():
         "out_chs",
         "width",
     )
-    head = _member(graph.group("ghost.primary"), "head")
+    head = member(graph.group("ghost.primary"), "head")
     assert head.repeat == 2 and sorted(zip(head.root_idxs, head.positions, strict=True))[:2] == [(0, 0), (0, 4)]
     lw.resize(graph, {"ghost.primary": 6})
     assert model.ghost.out_chs == 12 and model.head.in_channels == 12
@@ -36,7 +32,7 @@ def test_attention_heads_are_rooted_at_the_projection_input():
     graph = lw.GroupGraph(model, torch.zeros(1, 3, 32, 32))
     heads = graph.group("blocks.0.attn.proj:in")
     assert heads.prunable and heads.divisor == 3 and heads.size == 192
-    assert _member(heads, "blocks.0.attn.qkv").repeat == 3
+    assert member(heads, "blocks.0.attn.qkv").repeat == 3
     lw.resize(graph, {heads.key: 120})
     attn = model.blocks[0].attn
     assert (attn.num_heads, attn.head_dim, attn.qkv.out_features) == (3, 40, 360)

@@ -13,10 +13,6 @@ from lwdna_plugin.graph.reasons import Fixed, Why
 from lwdna_plugin.widen import widen_or_fix
 
 
-def _member(group, name):
-    return next(m for m in group.members if m.name == name)
-
-
 @pytest.fixture(scope="module")
 def resnet():
     model = timm.create_model("resnet18", pretrained=False, num_classes=10)

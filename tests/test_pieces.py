@@ -3,16 +3,10 @@ to one width and fixed together."""
 
 import torch
 import torch.nn as nn
+from graph_models import X, member
 
 import lwdna_plugin as lw
 from lwdna_plugin.graph import search
-
-# Batch 2: torch-pruning first calls `model(*X)`, which a batch of one unpacks into one unbatched image.
-X = torch.zeros(2, 3, 8, 8)
-
-
-def _member(group, name):
-    return next(m for m in group.members if m.name == name)
 
 
 class EqualSplit(nn.Module):
@@ -37,9 +31,9 @@ def test_equal_pieces_get_a_group_each_tied_to_one_width():
     assert "stem" not in [g.key for g in graph.groups]
     first, second = graph.group("stem#0"), graph.group("stem#1")
     assert first.tie == second.tie == "stem#0" and first.prunable and second.prunable
-    assert _member(second, "stem").positions == [4, 5, 6, 7]
-    assert _member(second, "stem").root_idxs == [0, 1, 2, 3]
-    assert _member(second, "right").positions == [0, 1, 2, 3]
+    assert member(second, "stem").positions == [4, 5, 6, 7]
+    assert member(second, "stem").root_idxs == [0, 1, 2, 3]
+    assert member(second, "right").positions == [0, 1, 2, 3]
     assert [pieces for _, pieces in second.splits] == [(1,)]
     # The split's size lives on the block in Python, found and kept in step.
     assert [(c.module, c.attr, c.kind) for c in graph.cached_widths] == [(model, "half", "piece")]

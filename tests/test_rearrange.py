@@ -3,23 +3,16 @@ autograd: a channels-last patch merge, selective-kernel and split attention."""
 
 import timm
 import torch
-from graph_models import small_swin
+from graph_models import member, small_swin
 
 import lwdna_plugin as lw
-
-# Batch 2: torch-pruning first calls `model(*X)`, which a batch of one unpacks into one unbatched image.
-X = torch.zeros(2, 3, 8, 8)
-
-
-def _member(group, name):
-    return next(m for m in group.members if m.name == name)
 
 
 def test_channels_last_patch_merge_is_mapped_cyclically():
     model = small_swin((1, 2))
     graph = lw.GroupGraph(model, torch.zeros(1, 3, 32, 32))
     group = graph.group("layers.0.blocks.0.mlp.fc2")
-    norm = _member(group, "layers.1.downsample.norm")
+    norm = member(group, "layers.1.downsample.norm")
     assert norm.repeat == 4 and group.prunable
     assert sorted(p for p, r in zip(norm.positions, norm.root_idxs, strict=True) if r == 3) == [3, 11, 19, 27]
     lw.resize(graph, {group.key: 12})
@@ -33,7 +26,7 @@ def test_selective_kernel_attention_is_mapped_cyclically():
     model = timm.create_model("skresnet18", pretrained=False, num_classes=10).eval()
     graph = lw.GroupGraph(model, torch.zeros(1, 3, 32, 32))
     group = graph.group("layer1.0.conv1.paths.0.conv")
-    select = _member(group, "layer1.0.conv1.attn.fc_select")
+    select = member(group, "layer1.0.conv1.attn.fc_select")
     assert select.repeat == 2 and group.prunable
     assert sorted(p for p, r in zip(select.positions, select.root_idxs, strict=True) if r == 3) == [3, 67]
 
@@ -48,8 +41,8 @@ def test_split_attention_is_mapped_cyclically_through_its_softmax():
     group = graph.group("layer1.0.conv2.fc1:in")  # rooted where the C channels are whole
     assert group.prunable and group.size == 64
     for name in ("layer1.0.conv2.conv", "layer1.0.conv2.bn0", "layer1.0.conv2.fc2"):
-        member = _member(group, name)
-        assert member.repeat == 2
-        assert sorted(p for p, r in zip(member.positions, member.root_idxs, strict=True) if r == 3) == [3, 67]
-    assert _member(group, "layer1.0.conv3").repeat == 1
+        found = member(group, name)
+        assert found.repeat == 2
+        assert sorted(p for p, r in zip(found.positions, found.root_idxs, strict=True) if r == 3) == [3, 67]
+    assert member(group, "layer1.0.conv3").repeat == 1
     assert not [g.key for g in graph.groups if g.fixed and g.key != "fc"]

@@ -3,18 +3,12 @@ concatenated later maps past the inputs before it, at offsets read live."""
 
 import torch
 import torch.nn as nn
+from graph_models import X, member
 from torch_pruning import ops
 
 import lwdna_plugin as lw
 from lwdna_plugin.graph.index_mapping import SegmentMapping, between
 from lwdna_plugin.graph.tracing import trace
-
-# Batch 2: torch-pruning first calls `model(*X)`, which a batch of one unpacks into one unbatched image.
-X = torch.zeros(2, 3, 8, 8)
-
-
-def _member(group, name):
-    return next(m for m in group.members if m.name == name)
 
 
 class UnequalSplit(nn.Module):
@@ -63,9 +57,9 @@ class PieceConcat(nn.Module):
 
 def test_split_pieces_map_to_their_consumers():
     graph = lw.GroupGraph(UnequalSplit(), X)
-    right = _member(graph.group("stem"), "right")
+    right = member(graph.group("stem"), "right")
     assert right.positions == [0, 1, 2, 3, 4] and right.root_idxs == [3, 4, 5, 6, 7]
-    assert _member(graph.group("stem"), "left").root_idxs == [0, 1, 2]
+    assert member(graph.group("stem"), "left").root_idxs == [0, 1, 2]
 
 
 def test_split_mappings_are_wired_both_ways():
@@ -80,9 +74,9 @@ def test_split_mappings_are_wired_both_ways():
 
 def test_a_piece_read_twice_keeps_its_offset():
     group = lw.GroupGraph(PieceTwice(), X).group("mid")
-    stem = _member(group, "stem")
+    stem = member(group, "stem")
     assert stem.positions == [4, 5, 6, 7] and stem.root_idxs == [0, 1, 2, 3]
-    assert _member(group, "head").positions == [3, 4, 5, 6]
+    assert member(group, "head").positions == [3, 4, 5, 6]
     assert group.prunable
 
 
@@ -90,10 +84,10 @@ def test_a_piece_concatenated_maps_past_the_inputs_before_it():
     model = PieceConcat()
     graph = lw.GroupGraph(model, X)
     assert list(trace(PieceConcat(), X).splits.values()) == [True]  # `chunk(2)`: one number sizes both pieces
-    head = _member(graph.group("stem#1"), "head")
+    head = member(graph.group("stem#1"), "head")
     assert head.positions == [6, 7, 8, 9] and head.root_idxs == [0, 1, 2, 3]
     # Offsets are read live: after the conv before it grows, the piece sits further on.
     lw.resize(graph, {"conv": 9})
-    head = _member(graph.refresh("stem#1")[0], "head")
+    head = member(graph.refresh("stem#1")[0], "head")
     assert head.positions == [9, 10, 11, 12]
     assert model(X).shape == (2, 2, 8, 8)
