@@ -62,11 +62,17 @@ def test_a_search_past_its_step_limit_stalls(monkeypatch, resnet):
     pruner = dg.get_pruner_of_module(model.conv1)
     with pytest.raises(SearchStalled, match="from conv1 did not settle within 20 steps") as stalled:
         BoundedSearch(dg).run(model.conv1, pruner.prune_out_channels, list(range(64)))
-    assert model.bn1 in stalled.value.reached
+    # It reached the output channels of the stem's BN and of the first blocks' second convs
+    # (the residual stream), and the first blocks' first convs at their input only.
+    assert {model.bn1, model.layer1[0].conv2} <= stalled.value.reached
+    assert model.layer1[0].conv1 not in stalled.value.reached
     graph = lw.GroupGraph(model, torch.zeros(1, 3, IMG, IMG))
     assert graph.group("conv1").fixed.why is Why.STALLED and "did not settle" in str(graph.group("conv1").fixed)
-    # Layers a stalled search reached are not roots of groups of their own.
-    assert "layer1.0.conv1" not in [g.key for g in graph.groups]
+    # A layer whose output channels the stalled search reached roots no group of its own; one it
+    # reached at its input does, and that group resizes on its own.
+    keys = [g.key for g in graph.groups]
+    assert "layer1.0.conv2" not in keys
+    assert graph.group("layer1.0.conv1").prunable
 
 
 def test_a_search_past_its_index_budget_stalls_before_a_flatten_expands(monkeypatch):
@@ -85,3 +91,15 @@ def test_a_search_past_its_index_budget_stalls_before_a_flatten_expands(monkeypa
         bounded.run(model[0], pruner.prune_out_channels, list(range(16)))
     assert bounded.indices <= 1_001 + 16  # the flatten's 1,024 indices were never built
     assert "did not settle" in str(lw.GroupGraph(model, example).group("0").fixed)
+
+
+def test_a_transformer_whose_residual_stream_stalls_still_resizes_its_mlps():
+    """DINOv3's residual stream (rotary embeddings on token slices, a `qkv` called through its
+    weight) is a search that does not settle at 64 px; every block's MLP reads that stream at
+    `fc1`'s input only, so each `fc1` is a group of its own that resizes."""
+    model = timm.create_model("vit_tiny_patch16_dinov3_qkvb", pretrained=False, num_classes=10, img_size=64)
+    graph = lw.GroupGraph(model.eval(), torch.zeros(1, 3, 64, 64))
+    assert graph.group("blocks.11.mlp.fc2").fixed.why is Why.STALLED
+    mlps = [graph.group(f"blocks.{i}.mlp.fc1") for i in range(12)]
+    assert all(g.prunable and g.size == 768 for g in mlps)
+    assert lw.graph.Depth.of(graph.groups).free_share > 0.9

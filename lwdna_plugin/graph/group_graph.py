@@ -170,8 +170,12 @@ class GroupGraph:
 
     def _add_layer_groups(self) -> dict[nn.Module, str]:
         """Add a group per layer group torch-pruning finds, as its `get_all_groups` does (every conv
-        and linear layer's output channels, each channel once); return the layers a stalled search
-        reached (-> the stalled group's key).
+        and linear layer's output channels, each channel once); return the layers whose output
+        channels a stalled search reached (-> the stalled group's key).
+
+        A layer a stalled search reached only at its input roots a group of its own: the
+        transformer MLP whose `fc1` reads a residual stream torch-pruning cannot resolve is still
+        a group (`fc1`'s output, `fc2`'s input) that resizes on its own.
 
         A layer counts as grouped once a group holds some of its channels; for a group re-rooted
         at a narrower layer that is the re-rooted group, so the channels it leaves out (the other

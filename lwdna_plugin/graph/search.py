@@ -38,7 +38,8 @@ Overflow = list[tuple[tp.dependency.Node, int]]
 
 
 class SearchStalled(RuntimeError):
-    """torch-pruning's group search from `root` did not settle; `reached` holds what it touched."""
+    """torch-pruning's group search from `root` did not settle; `reached` holds the layers whose
+    output channels it reached (layers it reached at their input may still root groups of their own)."""
 
     def __init__(self, root: str, reached: set[nn.Module], failure: str | None = None) -> None:
         if failure is None:
@@ -104,7 +105,8 @@ class BoundedSearch:
         if self.active:
             self.steps += 1
             self.indices += len(idxs)
-            self.reached.add(dep.target.module)
+            if self.dg.is_out_channel_pruning_fn(dep.handler):
+                self.reached.add(dep.target.module)
             if self.steps > SEARCH_STEPS or self.indices > self.budget:
                 return []  # ends the search; `run` reports it stalled
         width = target_width(self.dg, dep)
