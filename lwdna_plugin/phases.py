@@ -122,7 +122,10 @@ class Identification:
         self.memory = PeakMemory(self.example.device)
         self.original_flops = count_flops(self.base, self.example)
         self.target = parse_flops(o.flops, self.original_flops)
-        self.base_groups = GroupGraph(self.base, self.example, o.ignore).groups
+        graph = GroupGraph(self.base, self.example, o.ignore)
+        self.base_groups = graph.groups
+        # Searches that did not settle are taken as found in the graphs of the model's copies.
+        self.stalls = graph.stalls
         check_round_to(self.base_groups, o.width, o.round_to)
         if is_fraction(o.flops) and self.target > self.original_flops:
             warn_caller(
@@ -135,11 +138,11 @@ class Identification:
         o, base, example = self.options, self.base, self.example
         check_widening_fits(base, o.width, example.device)
         self.create = self.inputs.recipe.create if self.inputs.recipe is not None else None
-        self.widened = widen_or_fix(base, example, o.width, o.round_to, self.create, o.ignore)
+        self.widened = widen_or_fix(base, example, o.width, o.round_to, self.create, o.ignore, self.stalls)
         self.wide = self.widened.model
-        self.graph = GroupGraph(self.wide, example, o.ignore, self.widened.unwidenable)
+        self.graph = GroupGraph(self.wide, example, o.ignore, self.widened.unwidenable, self.stalls)
         if self.widened.unwidenable:
-            self.base_groups = GroupGraph(base, example, o.ignore, self.widened.unwidenable).groups
+            self.base_groups = GroupGraph(base, example, o.ignore, self.widened.unwidenable, self.stalls).groups
         name = self.inputs.recipe.name if self.inputs.recipe else type(base).__name__
         self.shallow = Depth.of(self.base_groups).warning(name)
         if self.shallow:
@@ -205,7 +208,9 @@ class Identification:
     def shrink(self, plan: Plan) -> None:
         """The LW-DNA model: shrunk to the plan, timed when a latency budget is set, initialised
         afresh ("shrink")."""
-        shrinker = Shrinker(self.wide, self.planner, self.target, self.example, self.options.ignore, self.timer)
+        shrinker = Shrinker(
+            self.wide, self.planner, self.target, self.example, self.options.ignore, self.timer, self.stalls
+        )
         self.candidate = shrinker.shrink(plan)
         self.timed = self.calibration.meet(self.candidate, shrinker) if self.calibration else None
         if self.timed:

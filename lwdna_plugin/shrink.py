@@ -4,7 +4,7 @@ count of the result is at or under the FLOP target."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +15,7 @@ from .budget import Limit
 from .flops import count_flops
 from .graph import GroupGraph
 from .graph.keys import GroupKey
+from .graph.search import Stall
 from .modes import in_mode
 from .planner import Plan, Planner
 from .resize import resize
@@ -47,19 +48,20 @@ def shrink_to_target(
     example: torch.Tensor,
     ignore: Iterable[str],
     timer: StageTimer,
+    stalls: Mapping[str, Stall] | None = None,
 ) -> Candidate:
     """Shrink a copy of `wide` to the plan; if fvcore counts more than the target, re-plan lower
     with `planner`.
 
     The analytic model treats a few width-dependent ops (pooling, some element-wise ones) as
     constant, so each round corrects the planned target by the measured ratio. Re-planning is
-    charged to the timer's "search" stage.
+    charged to the timer's "search" stage. `stalls`: the widened graph's (`GroupGraph.stalls`).
     """
     planned = target
     for _ in range(_MAX_ROUNDS):
         lw = copy_model(wide)
-        shrink(GroupGraph(lw, example, ignore), plan)
-        check_shrunk_runs(lw, wide, plan, example, ignore)
+        shrink(GroupGraph(lw, example, ignore, stalls=stalls), plan)
+        check_shrunk_runs(lw, wide, plan, example, ignore, stalls)
         achieved = count_flops(lw, example)
         if achieved <= target:
             return Candidate(lw, plan, achieved)
@@ -80,10 +82,13 @@ class Shrinker:
     example: torch.Tensor
     ignore: tuple[str, ...]
     timer: StageTimer
+    stalls: Mapping[str, Stall] = dataclasses.field(default_factory=dict)
 
     def shrink(self, plan: Plan) -> Candidate:
         """A candidate shrunk to `plan`, re-planned lower until fvcore counts it under the target."""
-        return shrink_to_target(self.wide, plan, self.planner, self.target, self.example, self.ignore, self.timer)
+        return shrink_to_target(
+            self.wide, plan, self.planner, self.target, self.example, self.ignore, self.timer, self.stalls
+        )
 
     def under(self, limits: Sequence[Limit]) -> Candidate:
         """A candidate planned and shrunk anew under other latency limits."""
@@ -93,7 +98,14 @@ class Shrinker:
         return dataclasses.replace(self, planner=planner).shrink(plan)
 
 
-def check_shrunk_runs(lw: nn.Module, wide: nn.Module, plan: Plan, example: torch.Tensor, ignore: Iterable[str]) -> None:
+def check_shrunk_runs(
+    lw: nn.Module,
+    wide: nn.Module,
+    plan: Plan,
+    example: torch.Tensor,
+    ignore: Iterable[str],
+    stalls: Mapping[str, Stall] | None = None,
+) -> None:
     """Raise, naming the groups to blame and what to pass, if the shrunk model `lw` fails on
     `example`, which the original model took: a width constraint in the model's code that the
     graph did not see (a group count or head count written as a number), never the caller's input."""
@@ -104,7 +116,9 @@ def check_shrunk_runs(lw: nn.Module, wide: nn.Module, plan: Plan, example: torch
     except WIDEN_ERRORS as err:
         error = first_line(err)
     ignore = tuple(ignore)
-    found = breaking_groups(wide, example, lambda g: plan.widths.get(g.key, g.size), ignore, {}, error, "shrinking")
+    found = breaking_groups(
+        wide, example, lambda g: plan.widths.get(g.key, g.size), ignore, {}, error, "shrinking", stalls
+    )
     layers = sorted({GroupKey.parse(key).layer for key in found})
     blamed = "; ".join(f"{key}: {why}" for key, why in sorted(found.items())) or error
     raise RuntimeError(

@@ -17,6 +17,7 @@ import torch.nn as nn
 from .adapter import copy_model
 from .arguments import check_module, is_number
 from .graph import ChannelGroup, GroupGraph
+from .graph.search import Stall
 from .initialise import initialise
 from .modes import in_mode
 from .resize import resize
@@ -58,12 +59,13 @@ def _grown_copy(
     ignored: Sequence[str],
     fixed: Mapping[str, str],
     keys: Sequence[str] | None = None,
+    stalls: Mapping[str, Stall] | None = None,
 ) -> tuple[nn.Module, dict[str, int], list[str]]:
     """A copy of `model` with `keys` (None: every prunable group) grown by `width`, not yet
     initialised, the grown sizes, and the grown attention groups whose block reads its head
     width off a tensor (see `_tied_heads`)."""
     wide = copy_model(model)
-    graph = GroupGraph(wide, example, ignored, fixed)
+    graph = GroupGraph(wide, example, ignored, fixed, stalls)
     sizes = {g.key: widened_size(g, width, round_to) for g in graph.groups if g.prunable}
     sizes = {k: v for k, v in sizes.items() if keys is None or k in keys}
     heads = [g.key for g in graph.groups if g.key in sizes and g.heads_from_shape]
@@ -92,30 +94,33 @@ def widen_or_fix(
     round_to: int = 1,
     create: Callable[[], nn.Module] | None = None,
     ignored: Iterable[str] = (),
+    stalls: Mapping[str, Stall] | None = None,
 ) -> Widened:
     """`widen`, checked by one forward pass; groups whose widening breaks the model are found
     (see the module) and left at their width. Costs one forward pass when nothing breaks, and
-    two more for each attention group whose block reads its head width off a tensor."""
+    two more for each attention group whose block reads its head width off a tensor. `stalls`:
+    the searches that did not settle in the model's graph (`GroupGraph.stalls`)."""
     ignored = tuple(ignored)
     fixed: dict[str, str] = {}
     probed = False
     for _ in range(_ROUNDS + 1):
         try:
-            wide, sizes, heads = _grown_copy(model, example_inputs, width, round_to, ignored, fixed)
+            wide, sizes, heads = _grown_copy(model, example_inputs, width, round_to, ignored, fixed, stalls=stalls)
             with torch.no_grad(), in_mode(wide, training=False):
                 wide(example_inputs)
         except WIDEN_ERRORS as err:
             error = first_line(err)
             found = breaking_groups(
-                model, example_inputs, lambda g: widened_size(g, width, round_to), ignored, fixed, error, "widening"
-            )
+                model, example_inputs, lambda g: widened_size(g, width, round_to), ignored, fixed, error, "widening",
+                stalls,
+            )  # fmt: skip
             if not found:
                 raise RuntimeError(f"widening {type(model).__name__} fails ({error}), but no group alone does") from err
             fixed.update(found)
             continue
         if heads and not probed:
             probed = True
-            found = _tied_heads(model, example_inputs, width, round_to, ignored, fixed, heads)
+            found = _tied_heads(model, example_inputs, width, round_to, ignored, fixed, heads, stalls)
             if found:
                 fixed.update(found)
                 continue
@@ -126,13 +131,13 @@ def widen_or_fix(
     )
 
 
-def _tied_heads(model, example, width, round_to, ignored, fixed, keys: Sequence[str]) -> dict[str, str]:
+def _tied_heads(model, example, width, round_to, ignored, fixed, keys: Sequence[str], stalls) -> dict[str, str]:
     """Attention groups whose block reads each head's width off a tensor (no `head_dim`) and
     breaks when the group is widened alone: the tensor it reads is another group's (DaVit's and
     CrossViT's `C // num_heads`, C the block's input width), so the two widths are tied in a
     way the graph does not show. Widening every group by one factor hides it; a plan that
     shrinks them apart breaks. Swin reads the width off the group's own tensor and passes."""
-    trials = _Trials(model, example, lambda g: widened_size(g, width, round_to), ignored, fixed)
+    trials = _Trials(model, example, lambda g: widened_size(g, width, round_to), ignored, fixed, stalls)
     found = {}
     for key in keys:
         failure = trials.error([key])
@@ -155,8 +160,8 @@ class _Trials:
     leaves a copy that no longer runs, has them rebuilt.
     """
 
-    def __init__(self, model, example, target: Callable[[ChannelGroup], int], ignored, fixed) -> None:
-        self.source, self.example, self.ignored, self.fixed = model, example, ignored, fixed
+    def __init__(self, model, example, target: Callable[[ChannelGroup], int], ignored, fixed, stalls=None) -> None:
+        self.source, self.example, self.ignored, self.fixed, self.stalls = model, example, ignored, fixed, stalls
         self._rebuild()
         groups = [g for g in self.graph.groups if g.prunable and target(g) != g.size]
         self.keys = [g.key for g in groups]
@@ -165,7 +170,7 @@ class _Trials:
 
     def _rebuild(self) -> None:
         self.copy = copy_model(self.source)
-        self.graph = GroupGraph(self.copy, self.example, self.ignored, self.fixed)
+        self.graph = GroupGraph(self.copy, self.example, self.ignored, self.fixed, self.stalls)
 
     def _run(self) -> None:
         with torch.no_grad(), in_mode(self.copy, training=False):
@@ -199,12 +204,13 @@ def breaking_groups(
     fixed: Mapping[str, str],
     error: str,
     action: str,
+    stalls: Mapping[str, Stall] | None = None,
 ) -> dict[str, str]:
     """Groups of `model` that break it on their own when resized to `target(group)`, each with
     the reason (`action` names the resizing: "widening", "shrinking"), found by resizing halves
     (about 2 log2(groups) trials per culprit). A failure that needs two groups together gives
     the smallest such set found."""
-    trials = _Trials(model, example, target, ignored, fixed)
+    trials = _Trials(model, example, target, ignored, fixed, stalls)
     found: dict[str, str] = {}
     _bisect(trials, trials.keys, error, found, action)
     return found

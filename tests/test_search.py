@@ -103,3 +103,40 @@ def test_a_transformer_whose_residual_stream_stalls_still_resizes_its_mlps():
     mlps = [graph.group(f"blocks.{i}.mlp.fc1") for i in range(12)]
     assert all(g.prunable and g.size == 768 for g in mlps)
     assert lw.graph.Depth.of(graph.groups).free_share > 0.9
+
+
+def test_a_graph_of_a_copy_takes_the_stalls_it_is_given_instead_of_searching_again(monkeypatch, resnet):
+    """With 20 steps every residual search of ResNet-18 stalls; a graph of a widened copy given
+    those stalls keeps them (same keys, same fixed groups) even with the step limit restored,
+    so it did not run them again."""
+    model, _ = resnet
+    monkeypatch.setattr(search, "SEARCH_STEPS", 20)
+    stalled = lw.GroupGraph(model, torch.zeros(1, 3, IMG, IMG))
+    assert "conv1" in stalled.stalls and "layer1.0.conv2" in stalled.stalls["conv1"].reached
+    monkeypatch.setattr(search, "SEARCH_STEPS", 5_000)
+    wide, _ = lw.widen(model, torch.zeros(1, 3, IMG, IMG), 1.5)
+    again = lw.GroupGraph(wide, torch.zeros(1, 3, IMG, IMG), stalls=stalled.stalls)
+    assert [g.key for g in again.groups] == [g.key for g in stalled.groups]
+    assert {g.key for g in again.groups if not g.prunable} == {g.key for g in stalled.groups if not g.prunable}
+    assert again.stalls == stalled.stalls
+    assert lw.GroupGraph(wide, torch.zeros(1, 3, IMG, IMG)).group("conv1").prunable  # searched anew: settles
+
+
+def test_dissimilate_runs_each_stalled_search_once(monkeypatch):
+    """The widened, probed and shrunk copies' graphs reuse the original graph's stalls: DINOv3's
+    residual search (a few seconds each, 40 s a graph for HaloNet's 38) runs once, not once a graph."""
+    runs = []
+    real = search.BoundedSearch._run  # the search itself; `run` raises a known stall without it
+
+    def counted(self, root, fn, idxs):
+        try:
+            return real(self, root, fn, idxs)
+        except SearchStalled:
+            runs.append(root)
+            raise
+
+    monkeypatch.setattr(search.BoundedSearch, "_run", counted)
+    model = timm.create_model("vit_tiny_patch16_dinov3_qkvb", pretrained=False, num_classes=10, img_size=64)
+    result = lw.dissimilate(model, input_size=(3, 64, 64), data=None, criterion="random", flops=1.0)
+    assert result.report.depth.reasons.get("search stalled", 0) >= 1
+    assert len(runs) == result.report.depth.reasons["search stalled"]

@@ -25,7 +25,7 @@ from .internals import module_name, modules_by_name, swap_parameter
 from .keys import GroupKey
 from .pieces import split_root, tie_pieces
 from .reasons import Fixed, Why
-from .search import BoundedSearch, Overflow, SearchStalled
+from .search import BoundedSearch, Overflow, SearchStalled, Stall
 from .tracing import trace
 
 _Found = tuple[tp.dependency.Group, Overflow]
@@ -51,10 +51,12 @@ class GroupGraph:
         example_inputs: torch.Tensor,
         ignored: Iterable[str] = (),
         fixed: Mapping[str, str | Fixed] | None = None,
+        stalls: Mapping[str, Stall] | None = None,
     ) -> None:
         """`ignored`: layer names whose groups keep their width; `fixed`: group keys that keep
         their width, each with the reason the report gives (groups found not to widen; a reason
-        given as text, as a spec records it, is one of those)."""
+        given as text, as a spec records it, is one of those); `stalls`: a graph of this model's
+        `stalls` (searches that did not settle), taken as found instead of run again."""
         check_module("GroupGraph(model, example_inputs)", model, example_inputs)
         self.model = model
         traced = trace(model, example_inputs)
@@ -63,7 +65,8 @@ class GroupGraph:
         self.per_head = per_head_tensors(self.dg, model)
         # A search stops at per-head parameters (tables, scales added to the logits, off the
         # main path); a per-head layer sits on it (CaiT's talking heads) and keeps its own group.
-        self._search = BoundedSearch(self.dg, {t for t in self.per_head if isinstance(t, nn.Parameter)})
+        self._search = BoundedSearch(self.dg, {t for t in self.per_head if isinstance(t, nn.Parameter)}, stalls)
+        self.stalls: dict[str, Stall] = self._search.stalls  # group key -> its stalled search
         self.cached_widths = find_cached_widths(self.dg, model, traced.block_widths, self._splits)
         nodes = {node.grad_fn: node for node in self.dg.module2node.values() if node.grad_fn is not None}
         # Layers torch-pruning does not know (a blur filter applied with F.conv2d) show up as
@@ -150,13 +153,13 @@ class GroupGraph:
             op, piece = self._pieces[key]
             start = sum(op.split_sizes[:piece])
             idxs = range(op.split_sizes[piece]) if idxs is None else idxs
-            group, overflow = self._search.run(root, fn, [start + i for i in idxs])
+            group, overflow = self._search.run(root, fn, [start + i for i in idxs], key)
             for item in group:
                 item.root_idxs = [r - start for r in item.root_idxs]
             return group, overflow
         if idxs is None:
             idxs = range(pruner.get_in_channels(root) if as_input else pruner.get_out_channels(root))
-        return self._search.run(root, fn, list(idxs))
+        return self._search.run(root, fn, list(idxs), key)
 
     def _describe(self, key: str, found: _Found) -> ChannelGroup:
         tp_group, overflow = found
@@ -171,11 +174,8 @@ class GroupGraph:
     def _add_layer_groups(self) -> dict[nn.Module, str]:
         """Add a group per layer group torch-pruning finds, as its `get_all_groups` does (every conv
         and linear layer's output channels, each channel once); return the layers whose output
-        channels a stalled search reached (-> the stalled group's key).
-
-        A layer a stalled search reached only at its input roots a group of its own: the
-        transformer MLP whose `fc1` reads a residual stream torch-pruning cannot resolve is still
-        a group (`fc1`'s output, `fc2`'s input) that resizes on its own.
+        channels a stalled search reached (-> the stalled group's key); one it reached only at
+        its input (an MLP's `fc1` reading an unresolved residual stream) roots a group of its own.
 
         A layer counts as grouped once a group holds some of its channels; for a group re-rooted
         at a narrower layer that is the re-rooted group, so the channels it leaves out (the other
@@ -191,9 +191,8 @@ class GroupGraph:
                 continue
             key = module_name(self.dg, module)
             try:
-                found = self._search.run(
-                    module, pruner.prune_out_channels, list(range(pruner.get_out_channels(module)))
-                )
+                width = pruner.get_out_channels(module)
+                found = self._search.run(module, pruner.prune_out_channels, list(range(width)), key)
             except SearchStalled as stall:
                 visited.update(stall.reached)
                 self.groups.append(

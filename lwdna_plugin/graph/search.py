@@ -12,7 +12,8 @@ search of hours and gigabytes).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 
 import torch.nn as nn
@@ -20,7 +21,7 @@ import torch_pruning as tp
 from torch_pruning import ops
 
 from .constants import PASS_THROUGH
-from .internals import HybridIndex, flatten_stride, module_name
+from .internals import HybridIndex, flatten_stride, module_name, modules_by_name
 
 # Dependency steps one group search may take: DenseNet-121 needs about 500 and ResNet-50 under 100;
 # a search circling through ops that mix channels with other dimensions can run for hours.
@@ -41,7 +42,13 @@ class SearchStalled(RuntimeError):
     """torch-pruning's group search from `root` did not settle; `reached` holds the layers whose
     output channels it reached (layers it reached at their input may still root groups of their own)."""
 
-    def __init__(self, root: str, reached: set[nn.Module], failure: str | None = None) -> None:
+    def __init__(self, message: str, reached: set[nn.Module]) -> None:
+        super().__init__(message)
+        self.reached = reached
+
+    @classmethod
+    def of(cls, root: str, reached: set[nn.Module], failure: str | None = None) -> SearchStalled:
+        """The search from `root` went past its bounds, or failed with `failure`."""
         if failure is None:
             message = (
                 f"torch-pruning's channel coupling search from {root} did not settle within {SEARCH_STEPS:,} "
@@ -49,8 +56,17 @@ class SearchStalled(RuntimeError):
             )
         else:
             message = f"torch-pruning's channel coupling search from {root} failed: {failure}"
-        super().__init__(message)
-        self.reached = reached
+        return cls(message, reached)
+
+
+@dataclass(frozen=True)
+class Stall:
+    """A group search that did not settle, kept by name so that a graph of a copy of the same
+    model (widened, shrunk) reuses it instead of running the search again: what it said, and
+    the layers whose output channels it reached."""
+
+    detail: str
+    reached: frozenset[str]
 
 
 class BoundedSearch:
@@ -60,10 +76,17 @@ class BoundedSearch:
     graph's own index mappings first.
     """
 
-    def __init__(self, dg: tp.DependencyGraph, per_head: Collection[object] = ()) -> None:
+    def __init__(
+        self, dg: tp.DependencyGraph, per_head: Collection[object] = (), stalls: Mapping[str, Stall] | None = None
+    ) -> None:
         """`per_head`: layers and parameters that hold one entry per attention head, where a
-        search of channels stops (see `heads.per_head_tensors`)."""
+        search of channels stops (see `heads.per_head_tensors`); `stalls`: searches that did not
+        settle in a graph of the same model at other widths (HaloNet's 38 cost 40 s a graph at
+        256 px), raised again by group key without searching."""
         self.dg = dg
+        self.known = dict(stalls or {})
+        # Group key -> the search that did not settle from its root (given, or found here).
+        self.stalls: dict[str, Stall] = {}
         self.per_head = set(per_head)
         self.active = False
         self.steps = self.indices = 0
@@ -74,13 +97,29 @@ class BoundedSearch:
             for dep in node.dependencies:
                 dep.index_mapping = _BoundedMappings(dep.index_mapping, self, dep)
 
-    def run(self, root: nn.Module, fn: Callable, idxs: list[int]) -> tuple[tp.dependency.Group, Overflow]:
+    def run(
+        self, root: nn.Module, fn: Callable, idxs: list[int], key: str | None = None
+    ) -> tuple[tp.dependency.Group, Overflow]:
         """torch-pruning's group of `root`'s channels `idxs`, and where a mapping pointed past a layer.
 
         Raises `SearchStalled` when the search takes more than `SEARCH_STEPS` steps or carries
         more indices than its budget (`SEARCH_INDICES_PER_CHANNEL` a root channel, at least
-        `SEARCH_INDICES`).
+        `SEARCH_INDICES`); a search of group `key` is remembered in `stalls` when it stalls, and
+        one given stalled is raised again without searching.
         """
+        if key in self.known:
+            by_name = modules_by_name(self.dg)
+            known = self.stalls[key] = self.known[key]
+            raise SearchStalled(known.detail, {by_name[n] for n in known.reached if n in by_name})
+        try:
+            return self._run(root, fn, idxs)
+        except SearchStalled as stall:
+            if key is not None:
+                names = (module_name(self.dg, m) for m in stall.reached if isinstance(m, nn.Module))
+                self.stalls[key] = Stall(str(stall), frozenset(n for n in names if n is not None))
+            raise
+
+    def _run(self, root: nn.Module, fn: Callable, idxs: list[int]) -> tuple[tp.dependency.Group, Overflow]:
         self.overflow.clear()
         self.active, self.steps, self.indices, self.reached = True, 0, 0, set()
         self.budget = max(SEARCH_INDICES, SEARCH_INDICES_PER_CHANNEL * len(idxs))
@@ -89,11 +128,12 @@ class BoundedSearch:
         except (TypeError, IndexError, KeyError, ArithmeticError) as err:
             # An index mapping torch-pruning built from sizes it could not read (a concatenation
             # offset of None, a head dimension of 0): the coupling is unknown, so the group keeps its width.
-            raise SearchStalled(module_name(self.dg, root, "?"), self.reached, f"{type(err).__name__}: {err}") from err
+            failure = f"{type(err).__name__}: {err}"
+            raise SearchStalled.of(module_name(self.dg, root, "?"), self.reached, failure) from err
         finally:
             self.active = False
         if self.steps > SEARCH_STEPS or self.indices > self.budget:
-            raise SearchStalled(module_name(self.dg, root, "?"), self.reached)
+            raise SearchStalled.of(module_name(self.dg, root, "?"), self.reached)
         return group, list(self.overflow)
 
     def bound(self, dep: tp.dependency.Dependency, idxs: Sequence[HybridIndex]) -> Sequence[HybridIndex]:
