@@ -121,3 +121,32 @@ def test_a_group_a_stalled_search_only_reached_stays_free():
     wide = widen_or_fix(model, example, 2.0)
     assert wide.unwidenable == {} and wide.model.stages[0][0].conv1_1x1.conv.out_channels == 128
     assert wide.model.eval()(example).shape == (1, 10)
+
+
+class GatedMlpNet(nn.Module):
+    def __init__(self, mlp):
+        super().__init__()
+        self.inp, self.mlp, self.out = nn.Linear(8, 32), mlp, nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.inp(x)
+        return self.out(x + self.mlp(x))
+
+
+@pytest.mark.parametrize("layer", ["GluMlp", "SwiGLUPacked"])
+def test_a_gated_mlp_is_one_group_of_channel_pairs(layer):
+    """A gated MLP splits `fc1`'s output in halves joined channel by channel (`x1 * act(x2)`):
+    rooted at `fc2`'s input, each channel holds one channel of each half. It was fixed as an
+    irregular mapping (64 channels at 32 positions)."""
+    import timm.layers
+
+    model = GatedMlpNet(getattr(timm.layers, layer)(32, 64))
+    x = torch.randn(2, 5, 8)
+    graph = lw.GroupGraph(model, x)
+    group = graph.group("mlp.fc2:in")
+    assert group.prunable and group.size == 32
+    fc1 = next(m for m in group.members if m.name == "mlp.fc1")
+    assert sorted(fc1.positions) == list(range(64))
+    lw.resize(graph, {group.key: 24})
+    assert model.mlp.fc1.out_features == 48 and model.mlp.fc2.in_features == 24
+    assert model(x).shape == (2, 5, 10)

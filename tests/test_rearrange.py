@@ -46,3 +46,38 @@ def test_split_attention_is_mapped_cyclically_through_its_softmax():
         assert sorted(p for p, r in zip(found.positions, found.root_idxs, strict=True) if r == 3) == [3, 67]
     assert member(group, "layer1.0.conv3").repeat == 1
     assert not [g.key for g in graph.groups if g.fixed and g.key != "fc"]
+
+
+def _mixers(model, graph):
+    return sorted(name for name, m in model.named_modules() if m in graph.dg.pass_through)
+
+
+def test_token_mixing_layers_pass_channels_through():
+    """MLP-Mixer's token MLP, ResMLP's token layer (after a patch embedding and an affine norm
+    torch-pruning does not know) and gMLP's spatial gate apply a linear layer to transposed
+    tokens: torch-pruning took its token count for channels (gMLP: 30 groups of 16 "channels",
+    each breaking the forward when resized). Channels pass through them; they keep their size."""
+    from functools import partial
+
+    from timm.models.mlp_mixer import Affine, MlpMixer, ResBlock
+
+    mixer = MlpMixer(num_classes=10, img_size=64, patch_size=16, num_blocks=2, embed_dim=32).eval()
+    resmlp = MlpMixer(
+        num_classes=10, img_size=64, patch_size=16, num_blocks=2, embed_dim=32, mlp_ratio=4,
+        block_layer=partial(ResBlock, init_values=1e-4), norm_layer=Affine,
+    ).eval()  # fmt: skip
+    gmlp = timm.create_model("gmlp_ti16_224", pretrained=False, num_classes=10, img_size=64).eval()
+    x = torch.zeros(1, 3, 64, 64)
+    graphs = {name: lw.GroupGraph(m, x) for name, m in [("mixer", mixer), ("resmlp", resmlp), ("gmlp", gmlp)]}
+    assert _mixers(mixer, graphs["mixer"]) == [f"blocks.{i}.mlp_tokens.fc{j}" for i in (0, 1) for j in (1, 2)]
+    assert _mixers(resmlp, graphs["resmlp"]) == ["blocks.0.linear_tokens", "blocks.1.linear_tokens"]
+    assert len(_mixers(gmlp, graphs["gmlp"])) == 30
+    for name, graph in graphs.items():
+        assert not any("tokens" in g.key or "gate.proj" in g.key for g in graph.groups), name
+        assert lw.graph.Depth.of(graph.groups).free_share == 1.0, name
+    # Every group resizes and the model runs; the token layers keep their token count.
+    result = lw.dissimilate(mixer, input_size=(3, 64, 64), data=None, criterion="random", flops=1.0)
+    assert result.model.blocks[0].mlp_tokens.fc1.weight.shape == mixer.blocks[0].mlp_tokens.fc1.weight.shape
+    assert result.spec["groups"]["blocks.1.mlp_channels.fc2"]["widened"] == 64  # the residual stream
+    assert result.model.stem.proj.out_channels == result.spec["groups"]["blocks.1.mlp_channels.fc2"]["kept"]
+    assert result.model(x).shape == (1, 10)

@@ -31,6 +31,11 @@ from .tracing import trace
 _Found = tuple[tp.dependency.Group, Overflow]
 
 
+def _covers(group: ChannelGroup, layer: str, size: int) -> bool:
+    """Whether `group` holds all `size` output channels of `layer`."""
+    return any(m.name == layer and m.dim == "out" and len(set(m.positions)) == size for m in group.members)
+
+
 @dataclass(frozen=True)
 class _Rooted:
     """A group as rooted at one layer: the layer, whether at its input, the group, and what the
@@ -234,24 +239,23 @@ class GroupGraph:
             as_input = not self.dg.is_out_channel_pruning_fn(item.dep.handler)
             pruner = self.dg.get_pruner_of_module(module)
             width = pruner.get_in_channels(module) if as_input else pruner.get_out_channels(module)
-            if width < group.size:
+            if width is not None and width < group.size:  # None: a layer channels pass through
                 candidates.append((as_input, width, module_name(self.dg, module), module))
         for as_input, width, name, module in sorted(candidates, key=lambda c: c[:3]):
             pruner = self.dg.get_pruner_of_module(module)
             fn: Callable = pruner.prune_in_channels if as_input else pruner.prune_out_channels
             key = str(GroupKey(name, at_input=as_input))
-            if as_input and splits and head_owner(self.model, key) is None:
-                # Through a split, a layer's input may be one piece whose size is fixed in Python
-                # (Res2Net's `torch.split(x, self.width)`); only attention heads are known to split
-                # evenly. Without one it reads the group's channels whole (split attention's sum
-                # over its paths feeding `conv3`).
-                continue
+            # Through a split, a layer's input may be one piece whose size is fixed in Python
+            # (Res2Net's `torch.split(x, self.width)`); only attention heads are known to split
+            # evenly, or pieces joined channel by channel (a gated MLP's `x1 * act(x2)`), where
+            # the narrower root reaches every channel of the wider one.
+            whole = as_input and splits and head_owner(self.model, key) is None
             try:
                 narrower = self._search.run(module, fn, list(range(width)))
             except SearchStalled:
                 continue  # no better root: the group stays as described, fixed
             candidate = self._describe(key, narrower)
-            if candidate.prunable:
+            if candidate.prunable and (not whole or _covers(candidate, module_name(self.dg, root), group.size)):
                 return _Rooted(module, as_input, candidate, narrower)
         return rooted
 

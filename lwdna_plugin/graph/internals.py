@@ -9,7 +9,8 @@ What is relied on:
 - `DependencyGraph._module2name` and `._param_to_name`: the model's name of each layer and of
   each bare parameter (torch-pruning keeps them private; the graph has no public lookup).
 - `DependencyGraph._build_dependency`: the step after which the graph's nodes exist and before
-  its index mappings are built; `HookedDependencyGraph` runs a hook there.
+  its index mappings are built; `HookedDependencyGraph` runs a hook before and after it, and
+  gives the layers the first hook names (`pass_through`) the pruner of an element-wise op.
 - `torch_pruning._helpers._HybridIndex`: the index type its mappings pass along (an index with
   the root index it came from).
 - `torch_pruning.dependency.index_mapping._FlattenIndexMapping`: the mapping it puts on a flatten,
@@ -50,12 +51,28 @@ FlattenIndexMapping = _private(index_mapping, "_FlattenIndexMapping", "torch_pru
 
 
 class HookedDependencyGraph(tp.DependencyGraph):
-    """torch-pruning's graph with a hook after its nodes are connected and before their index
-    mappings are built: the one place the graph's own build is overridden."""
+    """torch-pruning's graph with hooks before its nodes' dependencies are built and after,
+    before their index mappings are: the one place the graph's own build is overridden."""
+
+    # Layers whose channels pass through one to one, as through an element-wise op (their own
+    # weights act on another dimension): torch-pruning gives them no dependency of their own.
+    pass_through: frozenset[nn.Module] = frozenset()
 
     def _build_dependency(self, module2node: dict) -> None:
+        self.pass_through = frozenset(self.before_dependency(module2node))
+        for module in self.pass_through:
+            module2node[module].type = ops.OPTYPE.ELEMENTWISE
         super()._build_dependency(module2node)
         self.after_dependency(module2node)
+
+    def get_pruner_of_module(self, module: nn.Module) -> object:
+        if module in self.pass_through:
+            return self.REGISTERED_PRUNERS[ops.OPTYPE.ELEMENTWISE]
+        return super().get_pruner_of_module(module)
+
+    def before_dependency(self, module2node: dict) -> set[nn.Module]:
+        """Subclasses name the layers whose channels pass through (see `pass_through`)."""
+        return set()
 
     def after_dependency(self, module2node: dict) -> None:
         """Subclasses adjust the nodes here (types, concatenation sizes)."""

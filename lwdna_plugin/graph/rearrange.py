@@ -33,6 +33,9 @@ _REARRANGE = {
     "ConstantPadNdBackward0",
     "CloneBackward0",
 }
+_TRANSPOSES = {"PermuteBackward0", "TransposeBackward0"}
+# A linear layer's own matrix product, as autograd records it for a 3-D input.
+_LINEAR_MATMULS = {"MmBackward0", "AddmmBackward0"}
 _CHANNELS_FIRST = (ops.OPTYPE.CONV, ops.OPTYPE.DEPTHWISE_CONV, ops.OPTYPE.BN, ops.OPTYPE.GN, ops.OPTYPE.IN)
 _CHANNELS_LAST = (ops.OPTYPE.LINEAR, ops.OPTYPE.LN)
 
@@ -85,6 +88,56 @@ def _channel_dim(
     counts = {_width(dg, n.module, upstream) for n in layers}
     count = counts.pop() if len(counts) == 1 else None
     return (None, count) if across else (dims.pop(), count)
+
+
+def token_mixers(dg: tp.DependencyGraph, module2node: dict) -> set[nn.Module]:
+    """Linear layers that mix another dimension than the channels: gMLP's spatial gate and
+    MLP-Mixer's token MLP, `proj(x.transpose(-1, -2))`. One reads, through a transpose, a tensor
+    whose nearest layers hold another channel count than its `in_features`; a linear layer fed
+    only by such layers (a token MLP's `fc2`) mixes the same dimension. Each channel passes
+    through them on its own, as through an element-wise op; their widths are token counts."""
+    found: set[nn.Module] = set()
+    changed = True
+    while changed:
+        changed = False
+        for node in module2node.values():
+            if node.type != ops.OPTYPE.LINEAR or node.module in found or len(node.inputs) != 1:
+                continue
+            first, transposed = _linear_input(node)
+            layers = _nearest_layers([first], upstream=True)
+            if transposed and not layers:
+                # Past rearrangements too where none is nearer (a patch embedding's flattened conv).
+                layers = _nearest_layers([first], upstream=True, across=True)
+            mixers = [n for n in layers if n.module in found]
+            if transposed:
+                counts = {_width(dg, n.module, True) for n in layers}
+                mixes = bool(layers) and not mixers and None not in counts and node.module.in_features not in counts
+            else:
+                mixes = bool(layers) and len(mixers) == len(layers)
+            if mixes:
+                found.add(node.module)
+                changed = True
+    return found
+
+
+def _linear_input(node: tp.dependency.Node) -> tuple[tp.dependency.Node, bool]:
+    """The op that feeds a linear layer's input, past the layer's own matmul (torch-pruning
+    keeps a 3-D input's `mm` and views as ops of their own) and past rearrangements; and whether
+    one of those rearrangements was a transpose or permute."""
+    first, transposed, own_matmul = node.inputs[0], False, True
+    while True:
+        name = first.grad_fn.name() if first.grad_fn is not None else ""
+        if own_matmul and name in _LINEAR_MATMULS:
+            # The weight's transpose (`TBackward0`) is an input of its own, fed by nothing.
+            inputs = [n for n in first.inputs if n.inputs]
+            if len(inputs) != 1:
+                return first, False
+            first, own_matmul = inputs[0], False
+        elif _moves(first):
+            transposed |= name in _TRANSPOSES
+            first = first.inputs[0]
+        else:
+            return first, transposed
 
 
 def _width(dg: tp.DependencyGraph, module: object, out: bool) -> int | None:

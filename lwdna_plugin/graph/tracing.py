@@ -21,7 +21,7 @@ from torch_pruning.dependency import shape_infer
 
 from ..modes import in_mode
 from .internals import HookedDependencyGraph, check_internals
-from .rearrange import map_rearrangement
+from .rearrange import map_rearrangement, token_mixers
 from .splits import MappedSplits, along_image_channels, map_concat_inputs, map_splits
 
 
@@ -45,6 +45,9 @@ class _DependencyGraph(HookedDependencyGraph):
     and fails summing the sizes. Autograd records the shape of every tensor it passed, so the
     sizes are taken from there wherever it recorded them.
     """
+
+    def before_dependency(self, module2node: dict) -> set[nn.Module]:
+        return token_mixers(self, module2node)
 
     def after_dependency(self, module2node: dict) -> None:
         self.unsized_concats: set[nn.Module] = set()
