@@ -240,6 +240,7 @@ def sweep_timm(args: argparse.Namespace) -> None:
     runs = args.out / "coverage_timm_runs"
     runs.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    code = code_version()
     entries = selection["selected"]
     # `--models` with `--timm-all`: run only these models or modules (the table keeps every row).
     chosen = [e for e in entries if not args.models or e["model"] in args.models or e["module"] in args.models]
@@ -252,7 +253,7 @@ def sweep_timm(args: argparse.Namespace) -> None:
         # What the worker scores, recorded even when it times out.
         row["scoring_images"] = scoring_images(entry["model"], args.batches, args.batch_size)
         row.update(run_isolated(["--worker", entry["model"], *extra], args.timeout, args.memory_gb))
-        row.update(module=entry["module"], params=entry["params"])
+        row.update(module=entry["module"], params=entry["params"], code=code)
         row.setdefault("seconds", args.timeout)
         if "stage" not in row or (not row["ok"] and row["stage"] is None):
             row["stage"] = "worker"
@@ -263,6 +264,19 @@ def sweep_timm(args: argparse.Namespace) -> None:
     selected = {e["model"] for e in entries}
     rows = [r for r in rows if r["model"] in selected]
     write_timm_table(rows, selection, args, time.perf_counter() - started)
+
+
+def code_version() -> str:
+    """The git commit the workers import the package from ('+dirty' if its files differ), as
+    `hypothesis.py` records it per run; 'unknown' outside a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        git = {"cwd": root, "capture_output": True, "text": True}
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **git)
+        dirty = subprocess.run(["git", "status", "--porcelain", "lwdna_plugin"], **git)
+    except OSError:
+        return "unknown"
+    return "unknown" if head.returncode else head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def _rerun(row: dict, args: argparse.Namespace) -> bool:
