@@ -69,7 +69,8 @@ class FlopModel:
     """FLOPs as a function of every group's width, fitted once to fvcore's per-layer counts.
 
     A leaf layer's count scales with the product of its input and output widths (conv,
-    linear) or with its one width (norms, depthwise convs); the rest of the network is constant.
+    linear) or with its one width (norms, depthwise convs, layers channels pass through, such as
+    a token-mixing linear layer); the rest of the network is constant.
     """
 
     def __init__(self, graph: GroupGraph, inputs: torch.Tensor) -> None:
@@ -91,6 +92,12 @@ class FlopModel:
                 if key not in dims:
                     dims[key] = _Dim(_channels(graph, m.name, m.dim), 0, [])
                 dims[key].terms.append((index[g.key], m.repeat))
+        for g in graph.groups:
+            for name in g.passes:
+                # The channels it carries are the groups passing through it, all of them.
+                passing = dims.setdefault((name, "tied"), _Dim(0, 0, []))
+                passing.current += g.size
+                passing.terms.append((index[g.key], 1))
         for d in dims.values():
             d.fixed = d.current - sum(r * self.sizes[i] for i, r in d.terms)
 

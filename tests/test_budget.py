@@ -66,6 +66,24 @@ def test_flop_model_matches_fvcore_after_resize():
     assert abs(predicted - lw.count_flops(graph.model, X)) / predicted < 1e-3
 
 
+def test_flop_model_counts_the_layers_channels_pass_through():
+    """gMLP's spatial gates multiply tokens (196 x 196 at 224 px) for every channel passing
+    through: a third of the model's FLOPs (0.33), which scale with their group's width though
+    their weights do not change. Counted as constant, half widths were predicted at 0.50 of the
+    FLOPs instead of 0.34, and at 224 px no plan fit the budget."""
+    model = timm.create_model("gmlp_ti16_224", pretrained=False, num_classes=10).eval()
+    x = torch.zeros(1, 3, 224, 224)
+    graph = lw.GroupGraph(model, x)
+    gate = graph.group("blocks.0.mlp_channels.fc2:in")
+    assert gate.passes == ["blocks.0.mlp_channels.gate.proj"]
+    flop_model = lw.FlopModel(graph, x)
+    widths = {g.key: g.size // 2 for g in graph.groups if g.prunable}
+    vector = [widths.get(k, s) for k, s in zip(flop_model.keys, flop_model.sizes, strict=True)]
+    predicted = flop_model(torch.tensor(vector, dtype=torch.float64).numpy())
+    lw.resize(graph, widths)
+    assert abs(predicted - lw.count_flops(model, x)) / predicted < 1e-3
+
+
 def test_flops_ranking_cuts_expensive_channels_first():
     """With every channel scored alike, the raw threshold cannot tell groups apart; ranking per
     FLOP keeps a larger share of the cheapest channels than of the most expensive ones."""

@@ -55,6 +55,8 @@ class ChannelGroup:
     heads_from_shape: bool = False
     # (split op, pieces) for every equal-piece split the group passes through.
     splits: list[tuple[nn.Module, tuple[int, ...]]] = field(default_factory=list, repr=False)
+    # Layers the group's channels pass through unchanged (token mixers): their cost scales with it.
+    passes: list[str] = field(default_factory=list)
 
     @property
     def prunable(self) -> bool:
@@ -106,6 +108,8 @@ def describe(
         if node.type == ops.OPTYPE.OUTPUT:
             reasons.append(Fixed(Why.OUTPUT, "feeds the model output"))
             continue
+        if node.module in getattr(dg, "pass_through", ()):
+            group.passes.append(_name(dg, node))
         if node.type in PASS_THROUGH or (node.type == ops.OPTYPE.SLICE and not slices_channels(node)):
             continue
         if node.type == ops.OPTYPE.SPLIT and splits.get(node.module, False):
