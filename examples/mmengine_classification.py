@@ -141,3 +141,7 @@ def main(argv: list[str] | None = None) -> Runner:
 
 if __name__ == "__main__":
     main()
+    if torch.distributed.is_initialized():
+        # Without this, gloo's threads can still run as the interpreter exits, and a rank then
+        # aborts ("terminate called without an active exception") after training has finished.
+        torch.distributed.destroy_process_group()
