@@ -7,7 +7,7 @@ searches the widths within them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -95,11 +95,18 @@ def floor_widths(
     flop_model: FlopModel,
     floors: Floors | None = None,
     round_to: int = 1,
+    originals: Mapping[str, int] | None = None,
 ) -> np.ndarray:
     """The narrowest width vector the floors allow, in the FLOP model's order: scored groups at
     their floor (rounded up to the step, tied groups at the highest floor of the tie), the
-    others at their full width."""
+    others at their full width.
+
+    `originals` (group key -> width in the model before widening) caps each floor at the
+    group's original width: rounding a small group's floor up to the step (4 or 12 channels in
+    steps of 8) must not force it wider than the original, or even `flops=1.0` is out of reach.
+    """
     floors = floors or Floors()
+    originals = originals or {}
     lows = flop_model.sizes.copy()
     highest: dict[str, float] = {}
     for i, key in enumerate(flop_model.keys):
@@ -109,7 +116,7 @@ def floor_widths(
         step = g.step(round_to)
         fraction = floors.tau if g.classifier_input else floors.rho
         low = max(math.ceil(fraction * g.size), floors.min_channels)
-        lows[i] = min(g.size, math.ceil(low / step) * step)
+        lows[i] = min(g.size, originals.get(key, g.size), math.ceil(low / step) * step)
         if g.tie is not None:
             highest[g.tie] = max(highest.get(g.tie, 0), lows[i])
     for i, key in enumerate(flop_model.keys):
@@ -127,6 +134,7 @@ def check_flop_target(
     floors: Floors,
     round_to: int,
     input_size: tuple[int, ...] = (),
+    originals: Mapping[str, int] | None = None,
 ) -> None:
     """Before any scoring: a FLOP target the floors and `round_to` cannot reach is an error that
     gives the reachable range as fractions of the original and floors that would reach it.
@@ -134,7 +142,7 @@ def check_flop_target(
     Analytic (the FLOP model at the floors' widths), so it costs no forward pass; the plan
     checks again after scoring, with the footprint and latency limits."""
     prunable = {g.key: None for g in graph.groups if g.prunable}
-    lowest = flop_model(floor_widths(graph, prunable, flop_model, floors, round_to))
+    lowest = flop_model(floor_widths(graph, prunable, flop_model, floors, round_to, originals))
     if lowest <= target:
         return
     settings = f"rho={floors.rho}, tau={floors.tau}, min_channels={floors.min_channels}, round_to={round_to}"
@@ -146,7 +154,7 @@ def check_flop_target(
         for rho in sorted({floors.rho, *(r for r in (0.3, 0.2, 0.1, 0.05) if r < floors.rho)}, reverse=True):
             lower = Floors(rho=rho, tau=min(rho, floors.tau), min_channels=floors.min_channels)
             if (step, rho) != (round_to, floors.rho) and flop_model(
-                floor_widths(graph, prunable, flop_model, lower, step)
+                floor_widths(graph, prunable, flop_model, lower, step, originals)
             ) <= target:
                 found = (lower, step)
                 break

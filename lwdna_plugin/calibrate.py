@@ -75,7 +75,7 @@ class Calibration:
         original = {g.key: g.size for g in base_groups}
         base_widths = np.array([original.get(k, s) for k, s in zip(flop_model.keys, flop_model.sizes, strict=True)])
         models = latency_models(flop_model, base, graph.model, base_widths, shape, budget)
-        lowest = floor_widths(graph, scores, flop_model, floors, round_to)
+        lowest = floor_widths(graph, scores, flop_model, floors, round_to, original)
         calibration = cls(budget, base, tuple(shape), lowest, [])
         calibration.limits = calibration.above_floors([Limit(m, budget.aim * m.base_seconds) for m in models])
         return calibration

@@ -188,13 +188,14 @@ class FootprintPlan:
     ) -> FootprintPlan:
         """Costs of the widened model (`graph.model`) and the limits `footprint` sets at `share`
         of the original's FLOPs."""
-        base = widths_vector(flop_model, {g.key: g.size for g in base_groups})
+        originals = {g.key: g.size for g in base_groups}
+        base = widths_vector(flop_model, originals)
         uniform = uniform_reference(flop_model, base, share)
         reference = uniform if share >= 1 else base.astype(np.float64)
         if footprint is None:
             return cls(None, {}, reference, uniform, [], flop_model)
         costs = layer_costs(flop_model, graph.model, example)
-        lowest = floor_widths(graph, scores, flop_model, floors, round_to)
+        lowest = floor_widths(graph, scores, flop_model, floors, round_to, originals)
         limits = footprint_limits(footprint, costs, reference, lowest)
         return cls(footprint, costs, reference, uniform, limits, flop_model)
 

@@ -144,6 +144,8 @@ class Identification:
         if self.widened.unwidenable:
             self.base_groups = GroupGraph(base, example, o.ignore, self.widened.unwidenable, self.stalls).groups
         name = self.inputs.recipe.name if self.inputs.recipe else type(base).__name__
+        # Each group's width before widening: no floor goes above it (see `floor_widths`).
+        self.originals = {g.key: g.size for g in self.base_groups}
         self.shallow = Depth.of(self.base_groups).warning(name)
         if self.shallow:
             warn_caller(self.shallow)
@@ -157,7 +159,7 @@ class Identification:
         self.flop_model = FlopModel(self.graph, self.example)
         check_flop_target(
             self.graph, self.flop_model, self.target, self.original_flops, o.floors, o.round_to,
-            tuple(self.example.shape[1:]),
+            tuple(self.example.shape[1:]), self.originals,
         )  # fmt: skip
         if not is_fraction(o.flops) and self.target > self.flop_model.total:
             raise ValueError(
@@ -192,7 +194,7 @@ class Identification:
         self.planner = Planner(
             self.graph, self.scores, self.flop_model, o.floors, o.round_to, o.ranking,
             limits=tuple(self.calibration.limits) if self.calibration else (), footprint=tuple(self.limited.limits),
-            toward=self.limited.toward, least=self.limited.least,
+            toward=self.limited.toward, least=self.limited.least, originals=self.originals,
         )  # fmt: skip
 
     def search(self) -> Plan:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +66,7 @@ def plan_widths(
     ranking: str = "saliency",
     toward: np.ndarray | None = None,
     least: float = 0.0,
+    originals: Mapping[str, int] | None = None,
 ) -> Plan:
     """Widths and kept channels for every scored group, at or under `target` FLOPs.
 
@@ -78,12 +79,13 @@ def plan_widths(
     `toward`, `least`: where the limits leave the plan under `least` x `target` FLOPs, its widths
     move toward `toward` (widths that meet the target and the limits, such as the original
     thinned uniformly) just far enough to reach it.
+    `originals`: each group's width before widening, where its floor stops (see `floor_widths`).
     """
     check_choice("ranking", ranking, RANKINGS)
     if not strengths:
         raise ValueError("strengths=(): give at least one cost strength, (0.0,) for the plain global threshold")
     floors = floors or Floors()
-    space = _Space(graph, scores, flop_model, floors, round_to, target, tolerance)
+    space = _Space(graph, scores, flop_model, floors, round_to, target, tolerance, originals)
     space.check_reachable(limits, floors)
     ordered = space.ordered
     if ranking == "uniform":
@@ -146,13 +148,14 @@ class _Space:
         round_to: int,
         target: float,
         tolerance: float,
+        originals: Mapping[str, int] | None = None,
     ) -> None:
         self.flop_model, self.target, self.tolerance, self.round_to = flop_model, target, tolerance, round_to
         groups = [graph.group(k) for k in flop_model.keys]
         self.scored = [i for i, g in enumerate(groups) if g.key in scores]
         self.steps = np.array([g.step(round_to) for g in groups])
         self.sizes = flop_model.sizes.copy()
-        self.lows = floor_widths(graph, scores, flop_model, floors, round_to)
+        self.lows = floor_widths(graph, scores, flop_model, floors, round_to, originals)
         self.ordered = {i: np.sort(scores[groups[i].key].double().numpy())[::-1] for i in self.scored}
         # Tied groups (equal pieces of one split) take the width of the first of them, the leader,
         # planned on the mean of their ranked scores.
@@ -225,10 +228,12 @@ class _Space:
         the plan is within `tolerance` of the target: rounding makes the threshold coarse."""
         while self.target - self.flop_model(widths) > self.tolerance * self.target:
             for i in sorted(self.free, key=lambda j: -_next_score(ranked[j], widths[j])):
-                if widths[i] + self.steps[i] > self.sizes[i]:
+                # The next multiple of the step: a floor at an original width may lie between two.
+                grown = (widths[i] // self.steps[i] + 1) * self.steps[i]
+                if grown > self.sizes[i]:
                     continue
                 trial = widths.copy()
-                trial[i] += self.steps[i]
+                trial[i] = grown
                 trial = self.follow(trial)
                 if self.fits(trial, limits):
                     widths = trial
@@ -375,12 +380,14 @@ class Planner:
     footprint: Sequence[Limit] = ()
     toward: np.ndarray | None = None
     least: float = 0.0
+    originals: Mapping[str, int] | None = None
 
     def plan(self, target: float) -> Plan:
         """Widths and kept channels at or under `target` FLOPs."""
         return plan_widths(
             self.graph, self.scores, self.flop_model, target, self.floors, self.round_to,
             limits=[*self.limits, *self.footprint], ranking=self.ranking, toward=self.toward, least=self.least,
+            originals=self.originals,
         )  # fmt: skip
 
     def under(self, limits: Sequence[Limit]) -> Planner:

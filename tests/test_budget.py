@@ -30,6 +30,16 @@ def test_absolute_target_and_round_to(batches):
     assert all(e["kept"] % 8 == 0 for e in result.spec["groups"].values())
 
 
+def test_groups_narrower_than_the_step_can_keep_their_original_width(batches):
+    # ghostnet_050's groups of 4-30 channels: in steps of 8 their floors rounded up above their
+    # own widths, so the defaults could not plan even flops=1.0.
+    result = lw.dissimilate("ghostnet_050", data=batches, flops=1.0, model_kwargs={"num_classes": 10})
+    groups = result.spec["groups"].values()
+    assert result.spec["achieved"]["flops_ratio"] <= 1.0
+    assert all(e["kept"] % 8 == 0 or e["kept"] == e["original"] for e in groups)
+    assert any(e["kept"] % 8 and e["kept"] < 8 for e in groups)
+
+
 def test_unreachable_target_names_the_floors(batches):
     with pytest.raises(ValueError, match="floors"):
         lw.dissimilate("resnet18", flops=0.2, data=batches)
