@@ -23,6 +23,7 @@ with warnings.catch_warnings():
 from .adapter import check_input
 from .arguments import check_module
 from .graph import GroupGraph
+from .graph.split_bias import layers_called
 from .modes import in_mode
 
 FLOP_CONVENTION = "fvcore FlopCountAnalysis total; one flop = one multiply-accumulate (conv, linear)"
@@ -75,7 +76,8 @@ class FlopModel:
 
     def __init__(self, graph: GroupGraph, inputs: torch.Tensor) -> None:
         model = graph.model
-        with torch.no_grad():
+        # A qkv layer its block calls through its weight would count toward the block, not itself.
+        with torch.no_grad(), layers_called(model):
             analysis = _analysis(model, inputs)
         per_module = analysis.by_module()
         self.total = int(analysis.total())

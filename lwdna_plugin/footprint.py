@@ -28,6 +28,7 @@ from .arguments import is_number
 from .budget import Floors, Limit, floor_widths
 from .flops import FlopModel, lookup
 from .graph import ChannelGroup, GroupGraph
+from .graph.split_bias import layers_called
 from .modes import in_mode
 from .planner import Plan
 
@@ -99,7 +100,7 @@ def layer_costs(flop_model: FlopModel, model: nn.Module, example: torch.Tensor) 
     modules = {n: lookup(model, n) for n in names}
     handles = [m.register_forward_hook(hook(n)) for n, m in modules.items() if isinstance(m, nn.Module)]
     try:
-        with torch.no_grad(), in_mode(model, training=False):
+        with torch.no_grad(), in_mode(model, training=False), layers_called(model):
             model(example)
     finally:
         for handle in handles:

@@ -19,6 +19,7 @@ from torch_pruning import ops
 from .adapter import model_device
 from .data import Batch
 from .graph import ChannelGroup, GroupGraph
+from .graph.split_bias import layers_called
 from .memory import MicroBatch, batch_len
 from .modes import in_mode
 
@@ -142,7 +143,8 @@ def _gate_pass(
     seen = 0
     try:
         # In float32 whatever autocast the caller runs under: fp16 gate gradients underflow.
-        with in_mode(model, training=train), torch.autocast(device.type, enabled=False):
+        # A qkv layer whose block adds its biases apart is called as a layer, so its gate acts.
+        with in_mode(model, training=train), torch.autocast(device.type, enabled=False), layers_called(model):
             for batch in batches:
                 run = partial(_train_loss, loss_fn, model, seen)
                 for piece, share in pieces.cut(batch, run, device):

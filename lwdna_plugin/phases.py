@@ -140,12 +140,11 @@ class Identification:
         self.create = self.inputs.recipe.create if self.inputs.recipe is not None else None
         self.widened = widen_or_fix(base, example, o.width, o.round_to, self.create, o.ignore, self.stalls)
         self.wide = self.widened.model
-        self.graph = GroupGraph(self.wide, example, o.ignore, self.widened.unwidenable, self.stalls)
+        self.graph = GroupGraph(self.wide, example, o.ignore, self.widened.unwidenable, self.stalls, self.widened.ties)
         if self.widened.unwidenable:
             self.base_groups = GroupGraph(base, example, o.ignore, self.widened.unwidenable, self.stalls).groups
         name = self.inputs.recipe.name if self.inputs.recipe else type(base).__name__
-        # Each group's width before widening: no floor goes above it (see `floor_widths`).
-        self.originals = {g.key: g.size for g in self.base_groups}
+        self.originals = {g.key: g.size for g in self.base_groups}  # no floor goes above these
         self.shallow = Depth.of(self.base_groups).warning(name)
         if self.shallow:
             warn_caller(self.shallow)

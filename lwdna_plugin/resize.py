@@ -13,6 +13,7 @@ from torch_pruning import ops
 from .arguments import is_whole
 from .graph import GroupGraph, growth_slots, slices_channels
 from .graph.internals import drop_items
+from .graph.split_bias import bias_pieces, split_bias_blocks
 from .grow import GROWERS, ParameterGrower, insert_along, like
 
 # Tensors the layer functions of torch-pruning and `grow` already resize.
@@ -171,9 +172,11 @@ def _extra_tensors(graph: GroupGraph, tp_group) -> list[tuple[nn.Module, str, li
     A layer subclass may keep more per-channel state than its base class (timm's
     ScaledStdConv2d has a `gain` per output channel); a layer torch-pruning does not know at
     all (timm's BlurPool2d: a `filt` buffer and a `channels` attribute) sits in the group as
-    an element-wise op. Both are resized with the group.
+    an element-wise op; an attention block may keep its qkv layer's biases (`split_bias`). All
+    are resized with the group.
     """
     found = []
+    split_biases = split_bias_blocks(graph.model)
     for item in tp_group:
         node, module = item.dep.target, item.dep.target.module
         if node in graph.opaque:
@@ -183,6 +186,8 @@ def _extra_tensors(graph: GroupGraph, tp_group) -> list[tuple[nn.Module, str, li
                 continue  # a scalar affine (HGNetV2's LearnableAffineBlock) has no per-channel state
         elif isinstance(module, nn.Module) and graph.dg.is_out_channel_pruning_fn(item.dep.handler):
             width = graph.dg.get_out_channels(module)
+            if module in split_biases:
+                found += bias_pieces(split_biases[module], list(item.idxs), list(item.root_idxs))
         else:
             continue
         for attr, tensor in [*module._parameters.items(), *module._buffers.items()]:

@@ -9,7 +9,7 @@ until the culprits are single groups, and leaves each at its width with the erro
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -81,6 +81,8 @@ class Widened:
     model: nn.Module
     sizes: dict[str, int]
     unwidenable: dict[str, str]
+    # Group key -> tie label: attention groups that widen only with their block's input width.
+    ties: dict[str, str] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[nn.Module | dict[str, int]]:
         """`wide, sizes = widen(...)`: the model and the sizes, as `widen` has always returned them."""
@@ -102,6 +104,7 @@ def widen_or_fix(
     the searches that did not settle in the model's graph (`GroupGraph.stalls`)."""
     ignored = tuple(ignored)
     fixed: dict[str, str] = {}
+    ties: dict[str, str] = {}
     probed = False
     for _ in range(_ROUNDS + 1):
         try:
@@ -120,30 +123,59 @@ def widen_or_fix(
             continue
         if heads and not probed:
             probed = True
-            found = _tied_heads(model, example_inputs, width, round_to, ignored, fixed, heads, stalls)
+            found, ties = _tied_heads(model, example_inputs, width, round_to, ignored, fixed, heads, stalls)
             if found:
                 fixed.update(found)
                 continue
         initialise(wide, create)
-        return Widened(wide, sizes, fixed)
+        return Widened(wide, sizes, fixed, ties)
     raise RuntimeError(
         f"widening {type(model).__name__} still fails after leaving {len(fixed)} group(s) at their width"
     )
 
 
-def _tied_heads(model, example, width, round_to, ignored, fixed, keys: Sequence[str], stalls) -> dict[str, str]:
+def _tied_heads(
+    model, example, width, round_to, ignored, fixed, keys: Sequence[str], stalls
+) -> tuple[dict[str, str], dict[str, str]]:
     """Attention groups whose block reads each head's width off a tensor (no `head_dim`) and
     breaks when the group is widened alone: the tensor it reads is another group's (DaVit's and
-    CrossViT's `C // num_heads`, C the block's input width), so the two widths are tied in a
-    way the graph does not show. Widening every group by one factor hides it; a plan that
-    shrinks them apart breaks. Swin reads the width off the group's own tensor and passes."""
+    CrossViT's `C // num_heads`, BEiT's and PVT's `reshape(B, N, C)`, C the block's input
+    width), so the two widths are tied in a way the graph does not show. Widening every group
+    by one factor hides it; a plan that shrinks them apart breaks. Swin reads the width off the
+    group's own tensor and passes.
+
+    Returns the groups to fix (key -> reason) and the ties (key -> label): the groups whose
+    blocks read one input width (a transformer's residual stream) that widen together with it
+    (of equal size) are tied to it, not fixed."""
     trials = _Trials(model, example, lambda g: widened_size(g, width, round_to), ignored, fixed, stalls)
-    found = {}
-    for key in keys:
-        failure = trials.error([key])
-        if failure is not None:
-            found[key] = f"widening it alone breaks the model ({failure}): its attention reads the head width elsewhere"
-    return found
+    # Read before any trial: a trial leaves the descriptions of the groups it resized stale.
+    inputs = {key: _input_group(trials.graph, key) for key in keys}
+    failures = {key: failure for key in keys if (failure := trials.error([key])) is not None}
+    by_input: dict[str | None, list[str]] = {}
+    for key in failures:
+        by_input.setdefault(inputs[key], []).append(key)
+    found, ties = {}, {}
+    for partner, keys_read in by_input.items():
+        if partner is not None and trials.error([partner, *keys_read]) is None:
+            ties.update(dict.fromkeys([partner, *keys_read], f"width of {partner}"))
+            continue
+        for key in keys_read:
+            found[key] = (
+                f"widening it alone breaks the model ({failures[key]}): its attention reads the head width elsewhere"
+            )
+    return found, ties
+
+
+def _input_group(graph: GroupGraph, key: str) -> str | None:
+    """The free group, of the same size, at the input of the layers whose outputs `key` holds
+    (an attention block's qkv layer: the block's input width)."""
+    group = graph.group(key)
+    producers = {m.name for m in group.members if m.dim == "out"}
+    for g in graph.groups:
+        if g.key != key and g.prunable and g.tie is None and g.size == group.size:
+            if any(m.dim == "in" and m.name in producers for m in g.members):
+                return g.key
+    return None
 
 
 def first_line(err: BaseException) -> str:

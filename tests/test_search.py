@@ -94,14 +94,15 @@ def test_a_search_past_its_index_budget_stalls_before_a_flatten_expands(monkeypa
 
 
 def test_a_transformer_whose_residual_stream_stalls_still_resizes_its_mlps():
-    """DINOv3's residual stream (rotary embeddings on token slices, a `qkv` called through its
-    weight) is a search that does not settle at 64 px; every block's MLP reads that stream at
-    `fc1`'s input only, so each `fc1` is a group of its own that resizes."""
-    model = timm.create_model("vit_tiny_patch16_dinov3_qkvb", pretrained=False, num_classes=10, img_size=64)
+    """CoaT's residual stream (factorised attention with convolutional position encodings) is a
+    search that does not settle at 64 px; every block's MLP reads that stream at `fc1`'s input
+    only, so each `fc1` is a group of its own that resizes."""
+    model = timm.create_model("coat_tiny", pretrained=False, num_classes=10, img_size=64)
     graph = lw.GroupGraph(model.eval(), torch.zeros(1, 3, 64, 64))
-    assert graph.group("blocks.11.mlp.fc2").fixed.why is Why.STALLED
-    mlps = [graph.group(f"blocks.{i}.mlp.fc1") for i in range(12)]
-    assert all(g.prunable and g.size == 768 for g in mlps)
+    assert graph.group("parallel_blocks.5.mlp2.fc2").fixed.why is Why.STALLED
+    assert "parallel_blocks.0.mlp2.fc2" in graph.stalls["parallel_blocks.5.mlp2.fc2"].reached
+    mlps = [graph.group(f"parallel_blocks.{i}.mlp2.fc1") for i in range(6)]
+    assert all(g.prunable and g.size == 608 for g in mlps)
     assert lw.graph.Depth.of(graph.groups).free_share > 0.9
 
 
@@ -123,8 +124,8 @@ def test_a_graph_of_a_copy_takes_the_stalls_it_is_given_instead_of_searching_aga
 
 
 def test_dissimilate_runs_each_stalled_search_once(monkeypatch):
-    """The widened, probed and shrunk copies' graphs reuse the original graph's stalls: DINOv3's
-    residual search (a few seconds each, 40 s a graph for HaloNet's 38) runs once, not once a graph."""
+    """The widened, probed and shrunk copies' graphs reuse the original graph's stalls: GCViT's
+    six attention searches (40 s a graph for HaloNet's 38) run once, not once a graph."""
     runs = []
     real = search.BoundedSearch._run  # the search itself; `run` raises a known stall without it
 
@@ -136,7 +137,7 @@ def test_dissimilate_runs_each_stalled_search_once(monkeypatch):
             raise
 
     monkeypatch.setattr(search.BoundedSearch, "_run", counted)
-    model = timm.create_model("vit_tiny_patch16_dinov3_qkvb", pretrained=False, num_classes=10, img_size=64)
+    model = timm.create_model("gcvit_xxtiny", pretrained=False, num_classes=10, img_size=64)
     result = lw.dissimilate(model, input_size=(3, 64, 64), data=None, criterion="random", flops=1.0)
     assert result.report.depth.reasons.get("search stalled", 0) >= 1
     assert len(runs) == result.report.depth.reasons["search stalled"]

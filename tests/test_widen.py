@@ -129,19 +129,32 @@ class _Tokens(torch.nn.Module):
 
 
 @pytest.mark.parametrize("own", [False, True])
-def test_attention_that_reads_its_head_width_from_another_tensor_keeps_it(own):
+def test_attention_that_reads_its_head_width_from_its_input_is_tied_to_it(own):
     """Widening every group by one factor keeps the block's input and its heads in step; a
-    plan that sizes them apart would break the model. The group is tried alone first."""
+    plan that sizes them apart would break the model. The group is tried alone first, then
+    with the group of the block's input: together they widen, so they keep one width."""
     model, x = _Tokens(own), torch.randn(2, 5, 8)
     group = lw.GroupGraph(model, x).group("attn.proj:in")
     assert group.prunable and group.heads_from_shape
     widened = widen_or_fix(model, x, 2.0)
+    assert "attn.proj:in" not in widened.unwidenable
+    assert widened.model.attn.proj.in_features == 64
     if own:
-        assert "attn.proj:in" not in widened.unwidenable
-        assert widened.model.attn.proj.in_features == 64
+        assert widened.ties == {}
     else:
-        assert "widening it alone breaks the model" in widened.unwidenable["attn.proj:in"]
-        assert widened.model.attn.proj.in_features == 32
+        assert widened.ties == {"attn.proj:in": "width of embed", "embed": "width of embed"}
+        graph = lw.GroupGraph(widened.model, x, ties=widened.ties)
+        assert graph.group("attn.proj:in").tie == graph.group("embed").tie is not None
+        with pytest.raises(ValueError, match="tied to one width"):
+            lw.resize(graph, {"attn.proj:in": 48, "embed": 40})
+    assert widened.model(x).shape == (2, 10)
+
+
+def test_attention_whose_input_keeps_its_width_keeps_its_own():
+    model, x = _Tokens(own=False), torch.randn(2, 5, 8)
+    widened = widen_or_fix(model, x, 2.0, ignored=["embed"])
+    assert "breaks the model" in widened.unwidenable["attn.proj:in"]
+    assert widened.model.attn.proj.in_features == 32 and widened.ties == {}
     assert widened.model(x).shape == (2, 10)
 
 

@@ -57,11 +57,11 @@ class GroupGraph:
         ignored: Iterable[str] = (),
         fixed: Mapping[str, str | Fixed] | None = None,
         stalls: Mapping[str, Stall] | None = None,
+        ties: Mapping[str, str] | None = None,
     ) -> None:
-        """`ignored`: layer names whose groups keep their width; `fixed`: group keys that keep
-        their width, each with the reason the report gives (groups found not to widen; a reason
-        given as text, as a spec records it, is one of those); `stalls`: a graph of this model's
-        `stalls` (searches that did not settle), taken as found instead of run again."""
+        """`ignored`: layers whose groups keep their width; `fixed`: group key -> why it keeps its
+        width (text, as a spec records it: `Why.BREAKS`); `stalls`: a graph of this model's
+        `stalls`, not searched again; `ties`: key -> label, groups that resize only together."""
         check_module("GroupGraph(model, example_inputs)", model, example_inputs)
         self.model = model
         traced = trace(model, example_inputs)
@@ -109,6 +109,7 @@ class GroupGraph:
             if g.prunable and g.key in (fixed or {}):
                 reason = fixed[g.key]
                 g.fixed = reason if isinstance(reason, Fixed) else Fixed(Why.BREAKS, reason)
+            g.tie = (ties or {}).get(g.key, g.tie) if g.prunable and g.tie is None else g.tie
 
     def group(self, key: str) -> ChannelGroup:
         """The channel group rooted at layer `key` (KeyError naming a few known roots if none), as

@@ -22,6 +22,7 @@ from torch_pruning.dependency import shape_infer
 from ..modes import in_mode
 from .internals import HookedDependencyGraph, check_internals
 from .rearrange import map_rearrangement, token_mixers
+from .split_bias import layers_called
 from .splits import MappedSplits, along_image_channels, map_concat_inputs, map_splits
 
 
@@ -183,6 +184,7 @@ def trace(model: nn.Module, example_inputs: torch.Tensor) -> Trace:
             warnings.catch_warnings(),
             in_mode(model),
             _followed_by_autograd(model),
+            layers_called(model),
             torch.autograd.graph.saved_tensors_hooks(_drop, _dropped),
         ):
             # torch-pruning warns about every parameter outside a known layer; we report those groups ourselves.
