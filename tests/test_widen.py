@@ -145,6 +145,8 @@ def test_attention_that_reads_its_head_width_from_its_input_is_tied_to_it(own):
         assert widened.ties == {"attn.proj:in": "width of embed", "embed": "width of embed"}
         graph = lw.GroupGraph(widened.model, x, ties=widened.ties)
         assert graph.group("attn.proj:in").tie == graph.group("embed").tie is not None
+        # The block splits its width into 4 heads: the stream it is tied to steps by 4 too.
+        assert graph.group("attn.proj:in").divisor == graph.group("embed").divisor == 4
         with pytest.raises(ValueError, match="tied to one width"):
             lw.resize(graph, {"attn.proj:in": 48, "embed": 40})
     assert widened.model(x).shape == (2, 10)

@@ -23,7 +23,7 @@ from .groups import ChannelGroup, describe
 from .heads import per_head_tensors
 from .internals import module_name, modules_by_name, swap_parameter
 from .keys import GroupKey
-from .pieces import split_root, tie_pieces
+from .pieces import split_root, tie_found, tie_pieces
 from .reasons import Fixed, Why
 from .search import BoundedSearch, Overflow, SearchStalled, Stall
 from .tracing import trace
@@ -109,7 +109,7 @@ class GroupGraph:
             if g.prunable and g.key in (fixed or {}):
                 reason = fixed[g.key]
                 g.fixed = reason if isinstance(reason, Fixed) else Fixed(Why.BREAKS, reason)
-            g.tie = (ties or {}).get(g.key, g.tie) if g.prunable and g.tie is None else g.tie
+        tie_found(self.groups, ties or {})
 
     def group(self, key: str) -> ChannelGroup:
         """The channel group rooted at layer `key` (KeyError naming a few known roots if none), as

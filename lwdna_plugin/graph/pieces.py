@@ -1,12 +1,14 @@
 """Equal-piece splits: the layer whose channels a split cuts, and one width for all its pieces.
 
 A split sized by one number in Python (`x.split(n)`, `x.chunk(k)`) keeps its pieces equal, so
-the groups its pieces fall in must keep one width: they are tied, and fixed together.
+the groups its pieces fall in must keep one width: they are tied, and fixed together. Groups
+that trials found to resize only together (`tie_found`) are tied the same way.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch.nn as nn
 import torch_pruning as tp
@@ -78,3 +80,17 @@ def tie_pieces(groups: list[ChannelGroup]) -> None:
             g.tie, g.divisor = tied[0].key, divisor
             if reason and not g.fixed:
                 g.fixed = reason
+
+
+def tie_found(groups: list[ChannelGroup], ties: Mapping[str, str]) -> None:
+    """Tie the free, untied groups that `ties` labels (found to resize only together, see
+    `widen`): one label and one divisor, the least multiple of the tied groups' own."""
+    tied: dict[str, list[ChannelGroup]] = {}
+    for g in groups:
+        if g.prunable and g.tie is None and g.key in ties:
+            g.tie = ties[g.key]
+            tied.setdefault(g.tie, []).append(g)
+    for members in tied.values():
+        divisor = math.lcm(*(g.divisor for g in members))
+        for g in members:
+            g.divisor = divisor
