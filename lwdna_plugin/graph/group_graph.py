@@ -20,7 +20,7 @@ from torch_pruning import ops
 from ..arguments import check_module
 from .cached_widths import find_cached_widths, head_owner, internal_heads, sync_cached_widths, sync_head_dims
 from .groups import ChannelGroup, describe
-from .heads import per_head_tensors
+from .heads import head_sources, per_head_tensors
 from .internals import module_name, modules_by_name, swap_parameter
 from .keys import GroupKey
 from .pieces import split_root, tie_found, tie_pieces
@@ -70,7 +70,7 @@ class GroupGraph:
         self.per_head = per_head_tensors(self.dg, model)
         # A search stops at per-head parameters (tables, scales added to the logits, off the
         # main path); a per-head layer sits on it (CaiT's talking heads) and keeps its own group.
-        self._search = BoundedSearch(self.dg, {t for t in self.per_head if isinstance(t, nn.Parameter)}, stalls)
+        self._search = BoundedSearch(self.dg, head_sources(self.per_head), stalls)
         self.stalls: dict[str, Stall] = self._search.stalls  # group key -> its stalled search
         self.cached_widths = find_cached_widths(self.dg, model, traced.block_widths, self._splits)
         nodes = {node.grad_fn: node for node in self.dg.module2node.values() if node.grad_fn is not None}

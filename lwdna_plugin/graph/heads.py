@@ -9,6 +9,8 @@ Such a tensor has the head count, not a channel count, along the dimension torch
 prunes. A channel search stops at a per-head parameter (it hangs off the logits' path); a
 per-head layer lies on that path, so a search goes on through it, and its own group (the
 talking-heads projection's outputs) keeps its width: changing it would change the head count.
+A layer that makes per-head values from other features (Swin V2's continuous position bias
+MLP: hidden width in, one output a head) hangs off the path like a table: a search stops there.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def num_heads(owner: nn.Module) -> int | None:
 
 def per_head_tensors(dg: tp.DependencyGraph, model: nn.Module) -> set[object]:
     """Layers and bare parameters of `model` whose pruned dimension is the head count of the
-    attention block that holds them (their parent module's `num_heads`)."""
+    attention block that holds them (their parent module's `num_heads`), and layers with one
+    output a head of the nearest block that declares one (see `head_sources`)."""
     found: set[object] = set()
     for node in dg.module2node.values():
         module = node.module
@@ -46,4 +49,26 @@ def per_head_tensors(dg: tp.DependencyGraph, model: nn.Module) -> set[object]:
         heads = num_heads(model.get_submodule(name.rpartition(".")[0]))
         if heads is not None and all(w == heads for w in widths):
             found.add(module)
+        elif len(widths) == 2 and widths[1] == _nearest_heads(model, name):
+            found.add(module)
     return found
+
+
+def head_sources(per_head: set[object]) -> set[object]:
+    """The per-head tensors a channel search stops at: parameters, and layers that make per-head
+    values from inputs of another width (talking-heads layers, heads in and out, lie on the path)."""
+    return {
+        t
+        for t in per_head
+        if isinstance(t, nn.Parameter) or (isinstance(t, nn.Linear) and t.in_features != t.out_features)
+    }
+
+
+def _nearest_heads(model: nn.Module, name: str) -> int | None:
+    """The head count of the nearest module above `name` that declares one."""
+    while "." in name:
+        name = name.rpartition(".")[0]
+        heads = num_heads(model.get_submodule(name))
+        if heads is not None:
+            return heads
+    return None
