@@ -68,7 +68,7 @@ def _grown_copy(
     graph = GroupGraph(wide, example, ignored, fixed, stalls)
     sizes = {g.key: widened_size(g, width, round_to) for g in graph.groups if g.prunable}
     sizes = {k: v for k, v in sizes.items() if keys is None or k in keys}
-    heads = [g.key for g in graph.groups if g.key in sizes and g.heads_from_shape]
+    heads = [g.key for g in graph.groups if g.key in sizes and g.attention]
     resize(graph, sizes)
     return wide, sizes, heads
 

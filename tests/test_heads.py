@@ -63,3 +63,5 @@ def test_a_layer_that_makes_one_value_a_head_stops_the_channel_search():
     graph = lw.GroupGraph(model, x)
     assert graph.group("1.proj:in").prunable  # q, k and v: the search did not run into the heads
     assert not graph.group("1.bias_mlp.2").prunable
+    # The MLP's hidden features reach its last layer at its input, which resizes with them.
+    assert ("1.bias_mlp.2", "in") in [(m.name, m.dim) for m in graph.group("1.bias_mlp.0").members]

@@ -102,25 +102,27 @@ class _Attention(torch.nn.Module):
     """Multi-head self-attention that keeps `num_heads` but no `head_dim`: each head's width is
     read off a tensor, the block's input (as DaVit and CrossViT do) or its own `qkv` (as Swin)."""
 
-    def __init__(self, dim: int, heads: int, own: bool):
+    def __init__(self, dim: int, heads: int, own: bool, head_dim: bool = False):
         super().__init__()
         self.num_heads, self.own = heads, own
+        if head_dim:  # kept (and resized with the group), but the output still takes the input's width
+            self.head_dim = dim // heads
         self.qkv = torch.nn.Linear(dim, 3 * dim)
         self.proj = torch.nn.Linear(dim, dim)
 
     def forward(self, x):
         b, n, c = x.shape
-        per_head = -1 if self.own else c // self.num_heads
+        per_head = getattr(self, "head_dim", -1 if self.own else c // self.num_heads)
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, per_head).permute(2, 0, 3, 1, 4).unbind(0)
         x = (q @ k.transpose(-2, -1)).softmax(-1) @ v
-        return self.proj(x.transpose(1, 2).reshape(b, n, -1))
+        return self.proj(x.transpose(1, 2).reshape(b, n, c if hasattr(self, "head_dim") else -1))
 
 
 class _Tokens(torch.nn.Module):
-    def __init__(self, own: bool):
+    def __init__(self, own: bool, head_dim: bool = False):
         super().__init__()
         self.embed = torch.nn.Linear(8, 32)
-        self.attn = _Attention(32, 4, own)
+        self.attn = _Attention(32, 4, own, head_dim)
         self.head = torch.nn.Linear(32, 10)
 
     def forward(self, x):
@@ -149,6 +151,16 @@ def test_attention_that_reads_its_head_width_from_its_input_is_tied_to_it(own):
         assert graph.group("attn.proj:in").divisor == graph.group("embed").divisor == 4
         with pytest.raises(ValueError, match="tied to one width"):
             lw.resize(graph, {"attn.proj:in": 48, "embed": 40})
+    assert widened.model(x).shape == (2, 10)
+
+
+def test_attention_that_keeps_head_dim_but_reshapes_to_its_input_width_is_tied_to_it():
+    """PVT-v2 and ViT-relpos keep `head_dim` and end in `reshape(B, N, C)`, C the input's width:
+    widening the heads alone breaks; found at widening, a plan cannot size them apart."""
+    model, x = _Tokens(own=False, head_dim=True), torch.randn(2, 5, 8)
+    assert not lw.GroupGraph(model, x).group("attn.proj:in").heads_from_shape
+    widened = widen_or_fix(model, x, 2.0)
+    assert widened.ties == {"attn.proj:in": "width of embed", "embed": "width of embed"}
     assert widened.model(x).shape == (2, 10)
 
 

@@ -50,8 +50,10 @@ class ChannelGroup:
     balance: int = 1
     # Groups with the same `tie` keep one width: the pieces of a split sized by one number in Python.
     tie: str | None = None
-    # An attention block's group whose block keeps no `head_dim`: it reads each head's width
-    # off a tensor, which may be another group's (see `widen._tied_heads`).
+    # An attention block's group (every head's width); `heads_from_shape` where the block keeps
+    # no `head_dim`: it reads each head's width off a tensor, which may be another group's.
+    # Either may also reshape its output to its input's width (see `widen._tied_heads`).
+    attention: bool = False
     heads_from_shape: bool = False
     # (split op, pieces) for every equal-piece split the group passes through.
     splits: list[tuple[nn.Module, tuple[int, ...]]] = field(default_factory=list, repr=False)
@@ -131,6 +133,7 @@ def describe(
         group.members.append(member)
     if heads is not None:
         divisors.append(heads.num_heads)
+        group.attention = True
         group.heads_from_shape = type(getattr(heads, "head_dim", None)) is not int
     group.divisor = math.lcm(*divisors)
     if size % group.divisor:

@@ -138,9 +138,15 @@ class BoundedSearch:
 
     def bound(self, dep: tp.dependency.Dependency, idxs: Sequence[HybridIndex]) -> Sequence[HybridIndex]:
         """Count one step of the search into `dep`'s target and drop indices past its width."""
-        if self.active and dep.target.module in self.per_head and dep.source.module not in self.per_head:
+        if (
+            self.active
+            and dep.target.module in self.per_head
+            and dep.source.module not in self.per_head
+            and not _at_layer_input(self.dg, dep)
+        ):
             # Reached through the attention logits, whose second dimension torch-pruning takes
-            # for channels: a head count, which no channel group changes.
+            # for channels: a head count, which no channel group changes. (A layer making
+            # per-head values is reached at its input by its own features, which do resize.)
             return []
         if self.active:
             self.steps += 1
@@ -154,6 +160,11 @@ class BoundedSearch:
             return idxs
         self.overflow.append((dep.target, width))
         return [i for i in idxs if i.idx < width]
+
+
+def _at_layer_input(dg: tp.DependencyGraph, dep: tp.dependency.Dependency) -> bool:
+    """Whether `dep` reaches a layer's input channels."""
+    return isinstance(dep.target.module, nn.Module) and dg.is_in_channel_pruning_fn(dep.handler)
 
 
 class _BoundedMappings(list):
