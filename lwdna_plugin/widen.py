@@ -62,8 +62,8 @@ def _grown_copy(
     stalls: Mapping[str, Stall] | None = None,
 ) -> tuple[nn.Module, dict[str, int], list[str]]:
     """A copy of `model` with `keys` (None: every prunable group) grown by `width`, not yet
-    initialised, the grown sizes, and the grown attention groups whose block reads its head
-    width off a tensor (see `_tied_heads`)."""
+    initialised, the grown sizes, and the grown attention groups, to be tried alone (see
+    `_tied_heads`)."""
     wide = copy_model(model)
     graph = GroupGraph(wide, example, ignored, fixed, stalls)
     sizes = {g.key: widened_size(g, width, round_to) for g in graph.groups if g.prunable}
@@ -100,7 +100,7 @@ def widen_or_fix(
 ) -> Widened:
     """`widen`, checked by one forward pass; groups whose widening breaks the model are found
     (see the module) and left at their width. Costs one forward pass when nothing breaks, and
-    two more for each attention group whose block reads its head width off a tensor. `stalls`:
+    two more for each attention group (one more per block input they tie to). `stalls`:
     the searches that did not settle in the model's graph (`GroupGraph.stalls`)."""
     ignored = tuple(ignored)
     fixed: dict[str, str] = {}
@@ -137,8 +137,8 @@ def widen_or_fix(
 def _tied_heads(
     model, example, width, round_to, ignored, fixed, keys: Sequence[str], stalls
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """Attention groups whose block reads each head's width off a tensor (no `head_dim`) and
-    breaks when the group is widened alone: the tensor it reads is another group's (DaVit's and
+    """Attention groups (every one is tried, with or without `head_dim`) that break the model
+    when widened alone: the tensor it reads is another group's (DaVit's and
     CrossViT's `C // num_heads`, BEiT's and PVT's `reshape(B, N, C)`, C the block's input
     width), so the two widths are tied in a way the graph does not show. Widening every group
     by one factor hides it; a plan that shrinks them apart breaks. Swin reads the width off the
