@@ -2,9 +2,10 @@
 
 A forward hook multiplies each scored layer's output by a gate of ones; one backward pass gives
 every gate's gradient (for an affine norm read off its weight and bias gradients, with no gate
-in the graph). On the CPU the pass runs in float64 (scores the same on any thread count) and in
-channels-last layout (faster), each falling back where the model's forward cannot take it. A
-loss that is not one finite scalar is explained: the batch, or the first layer to blame.
+in the graph). On the CPU the pass runs in float64 (scores the same on any thread count; depthwise
+convolutions in float32, as deterministic and far faster) and in channels-last layout (faster),
+each falling back where the model's forward cannot take it. A loss that is not one finite scalar
+is explained: the batch, or the first layer to blame.
 """
 
 from __future__ import annotations
@@ -32,9 +33,6 @@ NORMS = (ops.TORCH_BATCHNORM, ops.TORCH_LAYERNORM, ops.TORCH_GROUPNORM, ops.TORC
 _FEATURES_LAST = (ops.TORCH_LINEAR, ops.TORCH_EMBED)
 
 
-# Layers whose channel axis is the last one of their output (linear layers on tokens or NHWC maps).
-
-
 def gate_gradients(
     graph: GroupGraph, groups: list[ChannelGroup], batches: Iterable, loss_fn: LossFn, train: bool, pieces: MicroBatch
 ) -> dict[str, torch.Tensor]:
@@ -53,15 +51,45 @@ def gate_gradients(
     if dtype != torch.float32 or model_device(model).type != "cpu":
         return _in_layout(graph, groups, batches, loss_fn, train, pieces)
     model.double()
-    cast = model.register_forward_pre_hook(_to_float64, with_kwargs=True)
+    hooks = [model.register_forward_pre_hook(_to_float64, with_kwargs=True), *_depthwise_in_float32(model)]
     try:
         return _in_layout(graph, groups, batches, loss_fn, train, pieces)
     except RuntimeError:
         pass  # a dtype error; any other failure repeats below in float32 and is raised from there
     finally:
-        cast.remove()
+        for hook in hooks:
+            hook.remove()
         model.to(dtype)
     return _in_layout(graph, groups, batches, loss_fn, train, pieces)
+
+
+def _depthwise_in_float32(model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+    """Keep `model`'s depthwise convolutions in float32 inside the float64 pass.
+
+    The CPU has no fast float64 kernel for them (a 9x9 depthwise layer of ConvMixer took over
+    10x its float32 time, and the whole pass of Xception 6x), while oneDNN's float32 kernel
+    computes each output, and each input gradient, within one thread: bit for bit the same on
+    any thread count (`tests/test_gates.py`), which is all the float64 pass is for. Their outputs
+    return to float64 before anything else (a gate, a norm) reads them.
+    """
+    hooks = []
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
+            module.float()
+            hooks.append(module.register_forward_pre_hook(_to_dtype(torch.float32)))
+            hooks.append(module.register_forward_hook(_output_to_float64, prepend=True))
+    return hooks
+
+
+def _to_dtype(dtype: torch.dtype) -> Callable[[nn.Module, tuple], tuple]:
+    def cast(module: nn.Module, args: tuple) -> tuple:
+        return tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+
+    return cast
+
+
+def _output_to_float64(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    return output.double()
 
 
 def _to_float64(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

@@ -393,3 +393,19 @@ def test_training_goes_on_from_its_checkpoint_as_if_never_stopped(tmp_path):
 
     other = {**protocol, "lr": protocol["lr"] / 2}  # another protocol's state is never picked up
     assert hypothesis.load_checkpoint(checkpoint, other, 0, model()) is None and not checkpoint.exists()
+
+
+@needs_data
+def test_gate_precision_times_both_passes_and_their_scores_agree(tmp_path):
+    module = _benchmark("gate_precision")
+    rows = module.main(["--models", "resnet18", "mobilenetv2_100", "--repeats", "1", "--out", str(tmp_path)])
+    by_model = {row["model"]: row for row in rows}
+    # No depthwise layer in resnet18: the two passes are the same computation.
+    assert by_model["resnet18"]["max_relative_score_difference"] == 0.0
+    assert by_model["resnet18"]["min_rank_correlation"] == pytest.approx(1.0)
+    # With depthwise layers in float32 the scores move at float32's rounding, not their order.
+    assert by_model["mobilenetv2_100"]["max_relative_score_difference"] > 0.0
+    assert by_model["mobilenetv2_100"]["min_rank_correlation"] > 0.99
+    payload = json.loads((tmp_path / "gate_precision.json").read_text())
+    assert [row["model"] for row in payload["rows"]] == ["resnet18", "mobilenetv2_100"]
+    assert all(row["seconds"]["float64"] > 0 and row["seconds"]["depthwise_float32"] > 0 for row in payload["rows"])
