@@ -130,6 +130,8 @@ def describe(
                 group.balance = math.lcm(group.balance, node.module.groups)
         elif node.type == ops.OPTYPE.GN:
             divisors.append(node.module.num_groups)
+        # Heads of a product of activations (`q @ k` on conv features): see `products`.
+        divisors.append(getattr(dg, "product_divisors", {}).get((node.module, member.dim == "out"), 1))
         group.members.append(member)
     if heads is not None:
         divisors.append(heads.num_heads)
