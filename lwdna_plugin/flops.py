@@ -23,6 +23,7 @@ with warnings.catch_warnings():
 from .adapter import check_input
 from .arguments import check_module
 from .graph import GroupGraph
+from .graph.internals import module_name
 from .graph.split_bias import layers_called
 from .modes import in_mode
 
@@ -71,7 +72,8 @@ class FlopModel:
 
     A leaf layer's count scales with the product of its input and output widths (conv,
     linear) or with its one width (norms, depthwise convs, layers channels pass through, such as
-    a token-mixing linear layer); the rest of the network is constant.
+    a token-mixing linear layer); a product of two activations the graph mapped with the widths
+    its operands hold; the rest of the network is constant.
     """
 
     def __init__(self, graph: GroupGraph, inputs: torch.Tensor) -> None:
@@ -121,6 +123,15 @@ class FlopModel:
             counts.append(flops)
             first.append(a)
             second.append(b)
+        # A product of two activations (`q @ k` on conv features) counts toward its block, not a
+        # layer: its multiply-adds scale with the widths its operands' layers hold (see `products`).
+        for cost in getattr(graph.dg, "product_costs", ()):
+            ends = [self._slot.get((module_name(graph.dg, module), dim)) for module, dim in cost.scales_with]
+            if None in ends or len(ends) > 2:
+                continue
+            counts.append(cost.flops)
+            first.append(ends[0])
+            second.append(ends[1] if len(ends) == 2 else len(self._slot))
         self._counts = np.array(counts, dtype=np.float64)
         self._first, self._second = np.array(first, dtype=int), np.array(second, dtype=int)
         self.constant = self.total - self._counts.sum()

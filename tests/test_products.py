@@ -89,3 +89,13 @@ def test_timm_attention_on_conv_features_is_no_longer_stalled(name):
     graph = lw.GroupGraph(model.eval(), torch.zeros(1, 3, 64, 64))
     assert not graph.stalls
     assert graph.group("stage2.0.attn.proj:in").prunable
+
+
+def test_the_flop_budget_counts_products_with_the_widths_they_scale_with():
+    # At 8x8 the two products of each block hold over a third of the model's multiply-adds: a
+    # FLOP model that took them for a constant could not reach 0.6 of the original.
+    x = torch.zeros(1, 3, 8, 8)
+    floors = lw.Floors(rho=0.1, tau=0.1)
+    result = lw.dissimilate(_Net(), criterion="synflow", input_size=(3, 8, 8), flops=0.6, round_to=1, floors=floors)
+    ratio = lw.count_flops(result.model, x) / lw.count_flops(_Net(), x)
+    assert 0.57 <= ratio <= 0.6

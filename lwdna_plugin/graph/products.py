@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import ops
 
@@ -43,6 +44,15 @@ class PairMapping:
 
     def __call__(self, idxs: Sequence[HybridIndex]) -> list[HybridIndex]:
         return [HybridIndex(idx=t, root_idx=i.root_idx) for i in idxs for t in self.pairs.get(i.idx, ())]
+
+
+@dataclass(frozen=True)
+class ProductCost:
+    """The multiply-adds of one product and the layer dimensions they scale with: the contracted
+    width (`q @ k`), or each width that passes to the output (`attn @ v`)."""
+
+    flops: int
+    scales_with: tuple[tuple[nn.Module, str], ...]  # (layer, "out" or "in")
 
 
 @dataclass(frozen=True)
@@ -231,9 +241,14 @@ def _map_product(dg: tp.DependencyGraph, node: tp.dependency.Node, free: set) ->
     b_k, b_m = (_along(b.channels, 2), _along(b.channels, 1)) if b is not None else (None, None)
     if any(side is not None and (k is None) == (other is None) for side, k, other in ((a, a_k, a_n), (b, b_k, b_m))):
         return False, []  # channels on no dimension, or on both (a size of one)
+    out_shape = list(node.grad_fn._input_metadata[0].shape)
+    contracted = (a or b).channels.shape[2 if a is not None else 1]
+    costs = dg.__dict__.setdefault("product_costs", [])
+    flops = int(torch.tensor(out_shape).prod()) * contracted
     if a_k is not None and b_k is not None:
         _couple(dg, a, a_k, b, b_k)
         free.add(node)
+        costs.append(ProductCost(flops, ((a.layer.module, "out"),)))
         return True, known
     if a_k is not None or b_k is not None:
         return False, []  # one side's channels meet the other's tokens or nothing: leave it to torch-pruning
@@ -246,6 +261,7 @@ def _map_product(dg: tp.DependencyGraph, node: tp.dependency.Node, free: set) ->
     for side, held, out in passes:
         if side is not None:
             _couple(dg, side, held, reader, out)
+    costs.append(ProductCost(flops, tuple((side.layer.module, "out") for side in known)))
     return True, known
 
 
