@@ -144,4 +144,7 @@ if __name__ == "__main__":
     if torch.distributed.is_initialized():
         # Without this, gloo's threads can still run as the interpreter exits, and a rank then
         # aborts ("terminate called without an active exception") after training has finished.
+        # The barrier first: a rank that tears its group down while the other still talks to it
+        # aborts the same way (seen once in CI after the teardown alone was added).
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
