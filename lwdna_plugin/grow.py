@@ -232,6 +232,6 @@ GROWERS: dict[ops.OPTYPE, BaseGrowFunc] = {
     ops.OPTYPE.SPLIT: SplitGrower(),
     ops.OPTYPE.ELEMENTWISE: NoOpGrower(),
     ops.OPTYPE.RESHAPE: NoOpGrower(),
-    ops.OPTYPE.UNBIND: NoOpGrower(),
+    ops.OPTYPE.UNBIND: SplitGrower(),  # sizes only where `graph.splits` mapped its pieces
     ops.OPTYPE.EXPAND: NoOpGrower(),
 }

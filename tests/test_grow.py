@@ -287,7 +287,7 @@ def test_split_grower_grows_a_piece_and_recomputes_offsets():
         (ops.OPTYPE.SPLIT, SplitGrower),
         (ops.OPTYPE.ELEMENTWISE, NoOpGrower),
         (ops.OPTYPE.RESHAPE, NoOpGrower),
-        (ops.OPTYPE.UNBIND, NoOpGrower),
+        (ops.OPTYPE.UNBIND, SplitGrower),
         (ops.OPTYPE.EXPAND, NoOpGrower),
     ],
 )

@@ -91,3 +91,32 @@ def test_a_piece_concatenated_maps_past_the_inputs_before_it():
     head = member(graph.refresh("stem#1")[0], "head")
     assert head.positions == [9, 10, 11, 12]
     assert model(X).shape == (2, 2, 8, 8)
+
+
+def _cosine_xcit():
+    """XCiT: cosine attention (`F.normalize` reads q and k twice), so torch-pruning counted five
+    pieces in `q, k, v = qkv.unbind(0)` and every qkv group was fixed as irregular."""
+    from timm.models.xcit import Xcit
+
+    return Xcit(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, cls_attn_layers=1, num_classes=10)
+
+
+def test_an_unbind_piece_read_twice_keeps_its_offset():
+    graph = lw.GroupGraph(_cosine_xcit().eval(), torch.zeros(1, 3, 32, 32))
+    assert [g.key for g in graph.groups if not g.prunable] == ["head"]
+    for block in ("blocks.0", "blocks.1"):
+        group = graph.group(f"{block}.attn.proj:in")
+        qkv = next(m for m in group.members if m.name == f"{block}.attn.qkv")
+        assert len(qkv.positions) == 96  # q, k and v of every head, not 20 of them
+
+
+def test_dissimilate_resizes_the_pieces_of_an_unbind():
+    result = lw.dissimilate(_cosine_xcit(), criterion="synflow", input_size=(3, 32, 32), flops=1.0, round_to=1)
+    groups = {k: g for k, g in result.spec["groups"].items() if k.endswith("attn.proj:in")}
+    assert len(groups) == 2 and all(g["widened"] == 64 for g in groups.values())
+    model = lw.build(result.spec, base=_cosine_xcit()).eval()
+    for key, group in groups.items():
+        # q, k and v pieces at the kept width each: the unbind's three pieces resized together.
+        assert model.get_submodule(key.replace("proj:in", "qkv")).out_features == 3 * group["kept"]
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert lw.count_flops(model, torch.zeros(1, 3, 32, 32)) <= result.spec["target"]["flops"]

@@ -51,6 +51,30 @@ def _split_pieces(node: tp.dependency.Node) -> tuple[list[int], bool, list[int |
     return sizes, equal and len(sizes) > 1, pieces
 
 
+def _unbind_pieces(node: tp.dependency.Node) -> tuple[list[int], bool, list[int | None]] | None:
+    """An unbind's true pieces where torch-pruning miscounted them, as `_split_pieces` returns them.
+
+    torch-pruning reads an unbind along a factor of the channels (attention's `q, k, v =
+    qkv.unbind(0)`) as one equal piece per consumer; a piece read twice (rotary embeddings slice
+    `q` into prefix and patch tokens) makes five pieces of three. Autograd knows the count and
+    which piece each consumer reads. Where torch-pruning's count is right its reading is kept.
+    """
+    grad_fn, op = node.grad_fn, node.module
+    count = len(getattr(grad_fn, "_input_metadata", ()))
+    if count < 2 or count == len(node.outputs) or not op.offsets:
+        return None
+    total = op.offsets[-1]
+    if total % count:
+        return None
+    pieces: list[int | None] = []
+    for out in node.outputs:
+        edges = {nr for fn, nr in getattr(out.grad_fn, "next_functions", ()) if fn is grad_fn}
+        if len(edges) != 1:
+            return None  # a consumer of several pieces, or one autograd does not name
+        pieces.append(edges.pop())
+    return [total // count] * count, True, pieces
+
+
 def _resolve_pieces(dg: tp.DependencyGraph) -> dict[tp.dependency.Node, tuple[list[int], bool, list[int]]]:
     """Every split whose consumers' pieces are all known, and that shares no consumer with one that is not.
 
@@ -61,10 +85,13 @@ def _resolve_pieces(dg: tp.DependencyGraph) -> dict[tp.dependency.Node, tuple[li
     """
     found = {}
     for node in dg.module2node.values():
+        pieces = None
         if node.type == ops.OPTYPE.SPLIT:
             pieces = _split_pieces(node)
-            if pieces is not None:
-                found[node] = pieces
+        elif node.type == ops.OPTYPE.UNBIND:
+            pieces = _unbind_pieces(node)
+        if pieces is not None:
+            found[node] = pieces
     known = {}
     for node, (sizes, _, pieces) in found.items():
         for out, piece in zip(node.outputs, pieces, strict=True):
@@ -90,6 +117,8 @@ def map_splits(dg: tp.DependencyGraph) -> dict[tp.dependency.Node, bool]:
     """
     mapped = {}
     for node, (sizes, equal, pieces) in _resolve_pieces(dg).items():
+        if node.type == ops.OPTYPE.UNBIND:
+            _as_split(dg, node)
         op = node.module
         # `split_sizes` and `offsets` are torch-pruning's own description of the op (its pruner
         # and the op's name read them): they are corrected to the true sizes, not duplicated.
@@ -101,6 +130,18 @@ def map_splits(dg: tp.DependencyGraph) -> dict[tp.dependency.Node, bool]:
             wire(node, out, 0, to_piece, from_piece)
         mapped[node] = equal
     return mapped
+
+
+def _as_split(dg: tp.DependencyGraph, node: tp.dependency.Node) -> None:
+    """Prune an unbind mapped to its pieces as a split of equal pieces, the op it is along
+    channels (torch-pruning prunes nothing of an unbind, and its pieces would keep their sizes)."""
+    split = dg.REGISTERED_PRUNERS[ops.OPTYPE.SPLIT]
+    for other in dg.module2node.values():
+        for dep in other.dependencies:
+            if dep.target is node:
+                dep.handler = split.prune_out_channels
+            if dep.source is node:
+                dep.trigger = split.prune_out_channels
 
 
 def along_image_channels(shape: Sequence[int], dim: int) -> bool:
