@@ -87,3 +87,19 @@ def test_concatenations_of_slices_are_sized_from_autograd():
     # So the head reads conv's channels where they are: the sum's 4, then past the stem's 2.
     group = lw.GroupGraph(DualPath(), X).group("conv")
     assert next(m for m in group.members if m.name == "head").positions == [0, 1, 2, 3, 6, 7, 8]
+
+
+def test_an_expand_that_repeats_nothing_is_not_read_as_grouped_query_attention():
+    # Hiera's windowed attention expands q, k and v (5-d) to the shape they have; torch-pruning
+    # read it as key/value heads repeated 0 times and every search through qkv divided by zero.
+    from timm.models.hiera import Hiera
+
+    model = Hiera(img_size=(64, 64), embed_dim=16, num_heads=1, stages=(1, 1, 1, 1), num_classes=10).eval()
+    traced = trace(model, torch.zeros(1, 3, 64, 64))
+    expands = [
+        n for n in traced.dg.module2node.values() if n.grad_fn is not None and n.grad_fn.name() == "ExpandBackward0"
+    ]
+    assert expands and all(n.type == ops.OPTYPE.ELEMENTWISE for n in expands)
+    graph = lw.GroupGraph(model, torch.zeros(1, 3, 64, 64))
+    assert not graph.stalls
+    assert [g.key for g in graph.groups if not g.prunable] == ["head.fc"]

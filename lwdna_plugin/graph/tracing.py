@@ -90,6 +90,19 @@ class _DependencyGraph(HookedDependencyGraph):
         ]
         for node in self.zero_sized_reshapes:
             node.type = ops.OPTYPE.ELEMENTWISE
+        # torch-pruning reads every 5-d expand as grouped-query attention repeating key/value heads,
+        # and divides by the repeat it infers: 0 where nothing is repeated (Hiera's windowed
+        # attention expands q, k and v to the shape they have). Such an expand moves no element.
+        for node in module2node.values():
+            if node.type == ops.OPTYPE.EXPAND and _expands_nothing(node):
+                node.type = ops.OPTYPE.ELEMENTWISE
+
+
+def _expands_nothing(node: tp.dependency.Node) -> bool:
+    """Whether an expand's output has its input's shape, as autograd recorded both."""
+    grad_fn = node.grad_fn
+    before = getattr(grad_fn, "_saved_self_sym_sizes", None)
+    return before is not None and list(before) == list(grad_fn._input_metadata[0].shape)
 
 
 def _zero_sized(dg: tp.DependencyGraph, node: tp.dependency.Node) -> bool:
