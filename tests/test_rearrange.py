@@ -20,6 +20,27 @@ def test_channels_last_patch_merge_is_mapped_cyclically():
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
 
 
+def test_a_patch_merge_read_by_a_linear_layer_is_not_a_token_mixer():
+    """Swin V2's patch merge permutes and flattens (2, 2, C) into the features its `reduction`
+    reads with no norm between: a transpose then another count than C looked like a token
+    mixer, and the stage's channels passed through `reduction` into every later stage."""
+    model = timm.create_model(
+        "swinv2_tiny_window16_256", num_classes=10, img_size=32, window_size=2, depths=(1, 1), num_heads=(2, 2),
+        embed_dim=8,
+    ).eval()  # fmt: skip
+    graph = lw.GroupGraph(model, torch.zeros(1, 3, 32, 32))
+    assert model.layers[1].downsample.reduction not in graph.dg.pass_through
+    group = graph.group("layers.0.blocks.0.mlp.fc2")
+    assert len(member(group, "layers.1.downsample.reduction").positions) == 32
+    assert not any(m.name.startswith("layers.1.blocks") for m in group.members)
+    # The block reshapes its attention to its input's width (`reshape(B_, N, C)`): the two resize together.
+    proj = "layers.0.blocks.0.attn.proj"
+    attention = next(g for g in graph.groups if any(m.name == proj and m.dim == "in" for m in g.members))
+    lw.resize(graph, {group.key: 12, attention.key: 12})
+    assert model.layers[1].downsample.reduction.in_features == 48
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
 def test_selective_kernel_attention_is_mapped_cyclically():
     # fc_select writes (B, 2C) that `view(B, 2, C, 1, 1)` splits into one weight per path: path j
     # of channel c is at j*C + c. torch-pruning maps the view as a flatten (c at 2c and 2c + 1).

@@ -103,7 +103,7 @@ def token_mixers(dg: tp.DependencyGraph, module2node: dict) -> set[nn.Module]:
         for node in module2node.values():
             if node.type != ops.OPTYPE.LINEAR or node.module in found or len(node.inputs) != 1:
                 continue
-            first, transposed = _linear_input(node)
+            first, transposed, chain = _linear_input(node)
             layers = _nearest_layers([first], upstream=True)
             if transposed and not layers:
                 # Past rearrangements too where none is nearer (a patch embedding's flattened conv).
@@ -112,6 +112,7 @@ def token_mixers(dg: tp.DependencyGraph, module2node: dict) -> set[nn.Module]:
             if transposed:
                 counts = {_width(dg, n.module, True) for n in layers}
                 mixes = bool(layers) and not mixers and None not in counts and node.module.in_features not in counts
+                mixes = mixes and not _features_hold_channels(dg, first, chain)
             else:
                 mixes = bool(layers) and len(mixers) == len(layers)
             if mixes:
@@ -120,24 +121,37 @@ def token_mixers(dg: tp.DependencyGraph, module2node: dict) -> set[nn.Module]:
     return found
 
 
-def _linear_input(node: tp.dependency.Node) -> tuple[tp.dependency.Node, bool]:
+def _linear_input(node: tp.dependency.Node) -> tuple[tp.dependency.Node, bool, list[tp.dependency.Node]]:
     """The op that feeds a linear layer's input, past the layer's own matmul (torch-pruning
-    keeps a 3-D input's `mm` and views as ops of their own) and past rearrangements; and whether
-    one of those rearrangements was a transpose or permute."""
-    first, transposed, own_matmul = node.inputs[0], False, True
+    keeps a 3-D input's `mm` and views as ops of their own) and past rearrangements; whether
+    one of those rearrangements was a transpose or permute; and those rearrangements, first to last."""
+    first, transposed, own_matmul, chain = node.inputs[0], False, True, []
     while True:
         name = first.grad_fn.name() if first.grad_fn is not None else ""
         if own_matmul and name in _LINEAR_MATMULS:
             # The weight's transpose (`TBackward0`) is an input of its own, fed by nothing.
             inputs = [n for n in first.inputs if n.inputs]
             if len(inputs) != 1:
-                return first, False
+                return first, False, chain
             first, own_matmul = inputs[0], False
         elif _moves(first):
             transposed |= name in _TRANSPOSES
+            chain.insert(0, first)
             first = first.inputs[0]
         else:
-            return first, transposed
+            return first, transposed, chain
+
+
+def _features_hold_channels(dg: tp.DependencyGraph, producer: tp.dependency.Node, chain: list) -> bool:
+    """Whether the features a linear layer reads through `chain` hold `producer`'s channels,
+    each its own features: Swin V2's patch merging flattens (2, 2, C) into 4C features, which a
+    token mixer's features (tokens, every channel at each) do not. Element ids say; where
+    they cannot, no."""
+    found = _channel_dim(dg, [producer], upstream=True)
+    shapes = _shapes(chain, producer) if chain and found is not None else None
+    dim = None if shapes is None else _dim_of(shapes[0], found)
+    probed = None if dim is None else _probe(chain, producer, shapes, (dim, len(shapes[1]) - 1))
+    return probed is not None and len({tuple(lands) for lands in probed[0]}) > 1
 
 
 def _width(dg: tp.DependencyGraph, module: object, out: bool) -> int | None:
