@@ -86,3 +86,21 @@ def test_heads_written_by_a_value_projection_keep_the_head_dimension_in_step():
     lw.resize(graph, {"attn.v": 12})
     assert (model.attn.head_dim, model.attn.scale) == (6, 6**-0.5)
     assert model(tokens).shape == (2, 2)
+
+
+def _small_hiera():
+    from timm.models.hiera import Hiera
+
+    return Hiera(img_size=(64, 64), embed_dim=16, num_heads=1, stages=(1, 1, 1, 1), num_classes=10)
+
+
+def test_an_attention_block_that_names_its_heads_heads_keeps_its_widths_in_step():
+    # Hiera's blocks keep `heads`, `head_dim` and `dim_out` (heads x head_dim), all read in forward.
+    result = lw.dissimilate(_small_hiera(), criterion="synflow", input_size=(3, 64, 64), flops=1.0, round_to=1)
+    assert list(result.report.fixed_groups) == ["head.fc"]
+    model = lw.build(result.spec, base=_small_hiera()).eval()
+    for i, block in enumerate(model.blocks):
+        kept = result.spec["groups"][f"blocks.{i}.attn.proj:in"]["kept"]
+        assert block.attn.dim_out == block.attn.heads * block.attn.head_dim == kept
+    assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 10)
+    assert lw.count_flops(model, torch.zeros(1, 3, 64, 64)) <= result.spec["target"]["flops"]

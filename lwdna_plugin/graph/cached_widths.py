@@ -2,7 +2,7 @@
 
 A block may keep in Python the width of a concatenation or split inside it (GhostNet's
 `out[:, :self.out_chs]`, CSPNet's `x.split(self.expand_chs // 2)`, Res2Net's
-`torch.split(x, self.width)`) or its attention heads' dimension (timm's `head_dim`, `attn_dim`,
+`torch.split(x, self.width)`) or its attention heads' dimension (timm's `head_dim`, `attn_dim` or `dim_out`,
 `scale`). After a resize these must hold the new widths, or the next forward pass breaks.
 """
 
@@ -16,9 +16,14 @@ import torch_pruning as tp
 from torch_pruning import ops
 from torch_pruning.dependency import shape_infer
 
+from .heads import head_count
 from .internals import module_name
 from .keys import GroupKey
 from .splits import MappedSplits
+
+# What attention blocks call the width of all their heads (heads x head_dim), read in their
+# forward (`reshape(B, N, self.attn_dim)`; Hiera's and MViTv2's `dim_out`).
+_ALL_HEADS_WIDTHS = ("attn_dim", "dim_out")
 
 
 class CachedWidth(NamedTuple):
@@ -126,8 +131,8 @@ def head_owner(model: nn.Module, key: str) -> nn.Module | None:
     if not parts.at_input:
         return None
     owner = model.get_submodule(parts.layer.rpartition(".")[0])
-    heads, dim = getattr(owner, "num_heads", None), getattr(owner, "head_dim", None)
-    if type(heads) is int and heads > 0 and (dim is None or type(dim) is int):
+    dim = getattr(owner, "head_dim", None)
+    if head_count(owner) is not None and (dim is None or type(dim) is int):
         return owner
     return None
 
@@ -174,18 +179,20 @@ def _layers_before(node: tp.dependency.Node, limit: int = 64) -> list[nn.Module]
 
 
 def sync_head_dims(dg: tp.DependencyGraph, heads: Iterable[tuple[nn.Module, nn.Module]]) -> list[str]:
-    """Set each attention block's head dimension (and `attn_dim`, `scale`) to its projection's
-    input width; `heads` pairs each block with its output projection."""
+    """Set each attention block's head dimension (and its width of all heads, `scale`) to its
+    projection's input width; `heads` pairs each block with its output projection."""
     changed = []
     for owner, projection in heads:
         if getattr(owner, "head_dim", None) is None:
             continue  # no head dimension kept, or one read off the tensor's shape
         width = dg.get_pruner_of_module(projection).get_in_channels(projection)
-        if width == owner.num_heads * owner.head_dim:
+        count = head_count(owner)
+        if width == count * owner.head_dim:
             continue
-        old_dim, owner.head_dim = owner.head_dim, width // owner.num_heads
-        if getattr(owner, "attn_dim", None) == old_dim * owner.num_heads:
-            owner.attn_dim = width
+        old_dim, owner.head_dim = owner.head_dim, width // count
+        for attr in _ALL_HEADS_WIDTHS:
+            if getattr(owner, attr, None) == old_dim * count:
+                setattr(owner, attr, width)
         if isinstance(getattr(owner, "scale", None), float):
             owner.scale = owner.head_dim**-0.5
         changed.append(f"{module_name(dg, owner)}.head_dim")

@@ -19,6 +19,7 @@ from torch_pruning import ops
 
 from ..grow import GROWERS
 from .constants import PASS_THROUGH
+from .heads import head_count
 from .internals import node_name
 from .layout import member_layout
 from .reasons import Fixed, Why
@@ -134,7 +135,7 @@ def describe(
         divisors.append(getattr(dg, "product_divisors", {}).get((node.module, member.dim == "out"), 1))
         group.members.append(member)
     if heads is not None:
-        divisors.append(heads.num_heads)
+        divisors.append(head_count(heads))
         group.attention = True
         group.heads_from_shape = type(getattr(heads, "head_dim", None)) is not int
     group.divisor = math.lcm(*divisors)

@@ -21,11 +21,23 @@ from torch_pruning import ops
 
 from .internals import module_name, parameter_name
 
+# The attributes an attention block declares its head count in: timm's convention, and Hiera's.
+HEAD_COUNTS = ("num_heads", "heads")
+
+
+def head_count(owner: nn.Module) -> int | None:
+    """The head count an attention block declares (see `HEAD_COUNTS`), one head included; else None."""
+    for attr in HEAD_COUNTS:
+        heads = getattr(owner, attr, None)
+        if type(heads) is int and heads > 0:
+            return heads
+    return None
+
 
 def num_heads(owner: nn.Module) -> int | None:
-    """The head count an attention block declares (`num_heads`, timm's convention), else None."""
-    heads = getattr(owner, "num_heads", None)
-    return heads if type(heads) is int and heads > 1 else None
+    """The head count of a block with more than one head, else None."""
+    heads = head_count(owner)
+    return heads if heads is not None and heads > 1 else None
 
 
 def per_head_tensors(dg: tp.DependencyGraph, model: nn.Module) -> set[object]:
