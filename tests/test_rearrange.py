@@ -4,6 +4,7 @@ autograd: a channels-last patch merge, selective-kernel and split attention."""
 import timm
 import torch
 from graph_models import member, small_swin
+from torch_pruning import ops
 
 import lwdna_plugin as lw
 
@@ -39,6 +40,17 @@ def test_a_patch_merge_read_by_a_linear_layer_is_not_a_token_mixer():
     lw.resize(graph, {group.key: 12, attention.key: 12})
     assert model.layers[1].downsample.reduction.in_features == 48
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_a_crop_of_a_channels_last_map_keeps_every_channel():
+    """Twins' windowed attention pads its channels-last map to whole windows and crops it back,
+    `x[:, :H, :W, :]`: torch-pruning read the crop of H (dim 1 of a 4-d tensor) as a cut of the
+    channels, and every qkv group through it was fixed ("2 positions for 1536 channels")."""
+    model = timm.create_model("twins_svt_small", num_classes=10, img_size=64, depths=(1, 1, 1, 1)).eval()
+    graph = lw.GroupGraph(model, torch.zeros(1, 3, 64, 64))
+    crops = [n for n in graph.dg.module2node.values() if n.grad_fn is not None and n.grad_fn.name() == "SliceBackward0"]
+    assert len(crops) == 8 and all(n.type != ops.OPTYPE.SLICE for n in crops)
+    assert [g.key for g in graph.groups if not g.prunable] == ["head"]
 
 
 def test_selective_kernel_attention_is_mapped_cyclically():

@@ -162,6 +162,53 @@ def _width(dg: tp.DependencyGraph, module: object, out: bool) -> int | None:
     return (pruner.get_out_channels if out else pruner.get_in_channels)(module)
 
 
+def pass_slices(dg: tp.DependencyGraph) -> None:
+    """Make every slice of another dimension than the channels element-wise: it passes every channel."""
+    for node in dg.module2node.values():
+        if node.type == ops.OPTYPE.SLICE and slice_keeps_channels(dg, node):
+            node.type = ops.OPTYPE.ELEMENTWISE
+
+
+def slice_keeps_channels(dg: tp.DependencyGraph, node: tp.dependency.Node) -> bool:
+    """Whether a slice cuts another dimension than the channels its tensor holds: Twins' crop of
+    padded windows, `x[:, :H, :W, :]` on a channels-last map, which torch-pruning reads as a cut
+    of an image's channels. Ids of the next layers' channels, sent back through the
+    rearrangements and slices between, hold the same channels at every index of the sliced
+    dimension. Where they cannot say, no."""
+    dim = getattr(node.grad_fn, "_saved_dim", None)
+    chain, last = [], node
+    while len(last.outputs) == 1 and (_moves(last.outputs[0]) or _is_slice(last.outputs[0])):
+        last = last.outputs[0]
+        chain.append(last)
+    found = _channel_dim(dg, last.outputs, upstream=False)
+    shape = list(node.grad_fn._input_metadata[0].shape)
+    if dim is None or found is None or len(last.outputs) != 1 or not -len(shape) <= dim < len(shape):
+        return False
+    out_shape = list(last.grad_fn._input_metadata[0].shape)
+    read = _dim_of(out_shape, found)
+    if read is None:
+        return False
+    view = [1] * len(out_shape)
+    view[read] = out_shape[read]
+    # Ids from 1: a slice sends 0 back to what it cut away.
+    ids = torch.arange(1, out_shape[read] + 1, dtype=torch.float64).view(view).expand(out_shape).contiguous()
+    with torch.no_grad():
+        for n, prev in zip(reversed(chain), reversed([node, *chain][:-1]), strict=True):
+            edge = _edge(n.grad_fn, prev.grad_fn)
+            ids = None if edge is None else n.grad_fn(ids.to(n.grad_fn._input_metadata[0].dtype))
+            ids = ids[edge] if isinstance(ids, tuple) else ids
+            if ids is None:
+                return False
+    if list(ids.shape) != shape:
+        return False
+    held = [{v for v in ids.select(dim, i).reshape(-1).tolist() if v} for i in range(shape[dim])]
+    return all(h == held[0] for h in held) and bool(held[0])
+
+
+def _is_slice(node: tp.dependency.Node) -> bool:
+    return node.grad_fn is not None and node.grad_fn.name() == "SliceBackward0" and len(node.inputs) == 1
+
+
 def _dim_of(shape: list[int], found: tuple[int | None, int | None]) -> int | None:
     """The dimension of `shape` that holds the channels the nearest layers hold.
 

@@ -22,7 +22,7 @@ from torch_pruning.dependency import shape_infer
 from ..modes import in_mode
 from .internals import HookedDependencyGraph, check_internals
 from .products import map_products
-from .rearrange import map_rearrangement, token_mixers
+from .rearrange import map_rearrangement, pass_slices, token_mixers
 from .split_bias import layers_called
 from .splits import MappedSplits, along_image_channels, map_concat_inputs, map_splits
 
@@ -229,6 +229,7 @@ def trace(model: nn.Module, example_inputs: torch.Tensor) -> Trace:
         node.type = ops.OPTYPE.ELEMENTWISE
         if node in unmapped:
             dg.unmapped_reshapes.add(node.module)
+    pass_slices(dg)
     map_products(dg)
     mapped = map_splits(dg)
     splits = {node.module: equal for node, equal in mapped.items()}
