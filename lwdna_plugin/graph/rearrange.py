@@ -191,15 +191,9 @@ def slice_keeps_channels(dg: tp.DependencyGraph, node: tp.dependency.Node) -> bo
     view = [1] * len(out_shape)
     view[read] = out_shape[read]
     # Ids from 1: a slice sends 0 back to what it cut away.
-    ids = torch.arange(1, out_shape[read] + 1, dtype=torch.float64).view(view).expand(out_shape).contiguous()
-    with torch.no_grad():
-        for n, prev in zip(reversed(chain), reversed([node, *chain][:-1]), strict=True):
-            edge = _edge(n.grad_fn, prev.grad_fn)
-            ids = None if edge is None else n.grad_fn(ids.to(n.grad_fn._input_metadata[0].dtype))
-            ids = ids[edge] if isinstance(ids, tuple) else ids
-            if ids is None:
-                return False
-    if list(ids.shape) != shape:
+    ids = torch.arange(1, out_shape[read] + 1, dtype=torch.float64).view(view).expand(out_shape)
+    ids = _send_back(chain, node, ids.to(last.grad_fn._input_metadata[0].dtype).contiguous())
+    if ids is None or list(ids.shape) != shape:
         return False
     held = [{v for v in ids.select(dim, i).reshape(-1).tolist() if v} for i in range(shape[dim])]
     return all(h == held[0] for h in held) and bool(held[0])
@@ -270,17 +264,26 @@ def _probe(
     view = [1] * len(out_shape)
     view[out_dim] = c_out
     grad = torch.arange(c_out, dtype=torch.float64).view(view).expand(out_shape).to(out_dtype).contiguous()
+    grad = _send_back(chain, producer, grad)
+    if grad is None or list(grad.shape) != in_shape:
+        return None
+    grad = grad.movedim(in_dim, 0).reshape(c_in, -1)
+    return [sorted({int(v) for v in row.tolist()}) for row in grad], c_out
+
+
+def _send_back(chain: list, producer: tp.dependency.Node, grad: torch.Tensor) -> torch.Tensor | None:
+    """`grad` at the chain's last output sent back through the chain's backward functions to
+    `producer`'s output; None where autograd does not say."""
     with torch.no_grad():
-        for n, prev in zip(reversed(chain), [*reversed(chain[:-1]), producer], strict=True):
+        for n, prev in zip(reversed(chain), reversed([producer, *chain][:-1]), strict=True):
             i = _edge(n.grad_fn, prev.grad_fn)
             if i is None:
                 return None
             grad = n.grad_fn(grad)
             grad = grad[i] if isinstance(grad, tuple) else grad
-    if grad is None or list(grad.shape) != in_shape:
-        return None
-    grad = grad.movedim(in_dim, 0).reshape(c_in, -1)
-    return [sorted({int(v) for v in row.tolist()}) for row in grad], c_out
+            if grad is None:
+                return None
+    return grad
 
 
 def _layout(lands: list[list[int]], c_out: int) -> str | None:
